@@ -1,0 +1,89 @@
+/* Coroutines: a saved context plus what ASan and TSan need to follow a switch
+ * between stacks. The loop's scheduler runs on the thread's own stack and every
+ * task on a stack of its own; a task only ever switches to its scheduler and
+ * back, so the side that resumes a coroutine is always the one it switched to.
+ * The arch file (lib/arch/) provides the bare switch; this file wraps it. */
+#include "internal.h"
+
+#if defined(WEFT_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if defined(WEFT_TSAN)
+#include <sanitizer/tsan_interface.h>
+#endif
+
+#if defined(WEFT_SWITCH_X86_64)
+const char weft__switch_name[] = "asm-x86_64";
+#elif defined(WEFT_SWITCH_AARCH64)
+const char weft__switch_name[] = "asm-aarch64";
+#endif
+
+const char *weft_switch_method(void) {
+  return weft__switch_name;
+}
+
+void weft__coro_init_thread(weft__coro_t *sched) {
+  sched->stack_lo = NULL;  /* learnt from ASan at the first switch back */
+  sched->stack_size = 0;
+  sched->asan_fake = NULL;
+#if defined(WEFT_TSAN)
+  sched->tsan_fiber = __tsan_get_current_fiber();
+#else
+  sched->tsan_fiber = NULL;
+#endif
+}
+
+void weft__coro_init(weft__coro_t *c, weft__stack_t *s, void (*entry)(void)) {
+  c->stack_lo = s->lo;
+  c->stack_size = s->size;
+  c->asan_fake = NULL;
+#if defined(WEFT_TSAN)
+  c->tsan_fiber = __tsan_create_fiber(0);
+#else
+  c->tsan_fiber = NULL;
+#endif
+  weft__ctx_make(&c->ctx, s->lo, s->size, entry);
+}
+
+void weft__coro_destroy(weft__coro_t *c) {
+#if defined(WEFT_TSAN)
+  if (c->tsan_fiber)
+    __tsan_destroy_fiber(c->tsan_fiber);
+#endif
+  c->tsan_fiber = NULL;
+}
+
+void weft__coro_switch(weft__coro_t *from, weft__coro_t *to) {
+#if defined(WEFT_ASAN)
+  __sanitizer_start_switch_fiber(&from->asan_fake, to->stack_lo, to->stack_size);
+#endif
+#if defined(WEFT_TSAN)
+  __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
+  weft__ctx_switch(&from->ctx, &to->ctx);
+#if defined(WEFT_ASAN)
+  /* We are back; the side that resumed us is `to`. Recording its bounds is
+   * how the scheduler learns its own stack's extent. */
+  __sanitizer_finish_switch_fiber(from->asan_fake, &to->stack_lo, &to->stack_size);
+#endif
+}
+
+void weft__coro_started(weft__coro_t *self, weft__coro_t *from) {
+#if defined(WEFT_ASAN)
+  __sanitizer_finish_switch_fiber(NULL, &from->stack_lo, &from->stack_size);
+#endif
+  (void)self;
+  (void)from;
+}
+
+void weft__coro_exit(weft__coro_t *self, weft__coro_t *to) {
+#if defined(WEFT_ASAN)
+  /* NULL: this stack will not be resumed, ASan may drop its fake stack. */
+  __sanitizer_start_switch_fiber(NULL, to->stack_lo, to->stack_size);
+#endif
+#if defined(WEFT_TSAN)
+  __tsan_switch_to_fiber(to->tsan_fiber, 0);
+#endif
+  weft__ctx_switch(&self->ctx, &to->ctx);
+  weft__fatal("a finished task was resumed");
+}

@@ -1,0 +1,294 @@
+/* Private declarations shared by the files of lib/. Nothing here is part of
+ * the public API; the double underscore marks every non-static name. */
+#ifndef WEFT_INTERNAL_H
+#define WEFT_INTERNAL_H
+
+#include "weft.h"
+#include "internal/queue.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#if defined(WEFT_SWITCH_UCONTEXT)
+#include <ucontext.h>
+#endif
+
+/* ------------------------------------------------------------ arch switch */
+
+/* A saved execution context. The assembly switches keep only the stack
+ * pointer: the callee-saved registers are pushed on the suspended stack. */
+typedef struct weft__ctx {
+  void *sp;
+#if defined(WEFT_SWITCH_UCONTEXT)
+  ucontext_t uc;
+#endif
+} weft__ctx_t;
+
+/* Prepares ctx so that the first switch to it calls entry() on the stack
+ * [stack_lo, stack_lo + size). entry must never return. */
+void weft__ctx_make(weft__ctx_t *ctx, void *stack_lo, size_t size, void (*entry)(void));
+/* Saves the running context into from and resumes to. The one function each
+ * lib/arch/ file implements; everything else is shared. */
+void weft__ctx_switch(weft__ctx_t *from, weft__ctx_t *to);
+extern const char weft__switch_name[];
+
+/* ------------------------------------------------------------------ stacks */
+
+/* One task stack. Guarded stacks own a mapping whose lowest page is
+ * PROT_NONE; canary stacks are carved out of a shared slab mapping and have
+ * no guard page, only the canary word at their lowest address.
+ *
+ *   high  +---------------------+  <- lo + size (initial stack pointer)
+ *         |  task frames ...    |
+ *         |         |           |  grows down
+ *         |         v           |
+ *         |                     |
+ *         |  canary word        |  <- lo (checked at every switch away)
+ *   low   +---------------------+
+ *         |  guard page         |  (guarded stacks only)
+ */
+typedef struct weft__slab weft__slab_t;
+typedef struct weft__stack {
+  weft__queue_t node;  /* link in the pool's warm or cold list */
+  void *lo;            /* lowest usable byte; holds the canary */
+  size_t size;         /* usable bytes from lo */
+  void *map;           /* the guarded mapping (NULL for slab stacks) */
+  size_t map_len;      /* its length, guard page included */
+  weft__slab_t *slab;  /* the slab it was carved from, or NULL */
+  unsigned vg_id;      /* valgrind stack id */
+} weft__stack_t;
+
+/* A loop's stacks: warm ones are reused as they are (their pages stay
+ * resident, so reuse costs no page fault); cold ones gave their pages back
+ * and are reused before a new mapping is made. */
+typedef struct weft__stack_pool {
+  weft__queue_t warm;   /* LIFO, the most recently used first */
+  size_t nwarm;
+  weft__queue_t cold;
+  size_t warm_max;      /* warm stacks kept; the rest turn cold or unmap */
+  size_t stack_size;    /* usable bytes per stack, page multiple */
+  weft__slab_t *slabs;  /* every slab of this pool, freed with it */
+  weft__slab_t *carving; /* the slab new canary stacks come from */
+  size_t nguarded;      /* guarded stacks alive (pooled or in use) */
+  size_t ncanary;       /* slab stacks handed out at least once */
+} weft__stack_pool_t;
+
+#define WEFT__STACK_CANARY UINT64_C(0x7765667443414e59) /* "weftCANY" */
+
+void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm_max);
+void weft__stack_pool_destroy(weft__stack_pool_t *p);
+weft__stack_t *weft__stack_get(weft__stack_pool_t *p);
+void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s);
+size_t weft__stack_round(size_t size);
+
+/* ---------------------------------------------------------------- coros */
+
+/* A context plus what the sanitizers need to follow a switch. The loop's
+ * scheduler has one too (its stack is the thread's own). */
+typedef struct weft__coro {
+  weft__ctx_t ctx;
+  const void *stack_lo;  /* bounds reported to ASan at a switch into it */
+  size_t stack_size;
+  void *asan_fake;       /* ASan's fake stack of this side while suspended */
+  void *tsan_fiber;      /* TSan fiber (the thread's own for the scheduler) */
+} weft__coro_t;
+
+void weft__coro_init_thread(weft__coro_t *sched);
+void weft__coro_init(weft__coro_t *c, weft__stack_t *s, void (*entry)(void));
+void weft__coro_destroy(weft__coro_t *c);
+/* Asymmetric switches: a task only ever switches to its scheduler and back. */
+void weft__coro_switch(weft__coro_t *from, weft__coro_t *to);
+/* First thing a new coroutine does, on its own stack. */
+void weft__coro_started(weft__coro_t *self, weft__coro_t *from);
+/* The last switch away from a coroutine that has ended. */
+void weft__coro_exit(weft__coro_t *self, weft__coro_t *to) __attribute__((noreturn));
+
+/* ---------------------------------------------------------------- timers */
+
+/* A timer in the loop's heap (one uv_timer_t drives them all). Due times are
+ * in the loop's millisecond clock (uv_now). */
+typedef struct weft__timer weft__timer_t;
+struct weft__timer {
+  uint64_t due;
+  uint64_t seq;                      /* insertion order: equal dues fire FIFO */
+  size_t index;                      /* place in the heap; SIZE_MAX if idle */
+  void (*fire)(weft__timer_t *t);    /* runs on the loop, outside any task */
+};
+
+#define WEFT__TIMER_IDLE SIZE_MAX
+
+static inline void weft__timer_init(weft__timer_t *t, void (*fire)(weft__timer_t *)) {
+  t->index = WEFT__TIMER_IDLE;
+  t->fire = fire;
+}
+static inline bool weft__timer_active(const weft__timer_t *t) {
+  return t->index != WEFT__TIMER_IDLE;
+}
+
+/* Capacity is reserved at spawn (two timers per live task) so that starting
+ * a timer at an await point never fails. */
+int weft__timers_reserve(weft_loop_t *loop, size_t n);
+void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due);
+void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t);
+void weft__timers_arm(weft_loop_t *loop);   /* point the uv_timer at the earliest */
+void weft__timers_free(weft_loop_t *loop);
+void weft__timers_cb(uv_timer_t *h);
+
+/* ----------------------------------------------------------------- waits */
+
+/* What a parked task waits on, kept on the task's own stack for the length
+ * of the wait (libdill's idea). Whoever completes the wait calls
+ * weft__wake; cancellation and deadlines go through interrupt. */
+typedef struct weft__wait weft__wait_t;
+struct weft__wait {
+  weft_task_t *task;
+  weft_wait_kind_t kind;
+  int result;       /* what weft__park returns */
+  int interrupted;  /* the error an interrupt recorded while the wait goes on */
+  int arg;          /* for the event hook: sleep ms */
+  /* Called when the task is cancelled or its deadline passes while parked.
+   * Returns true if the task may be woken now with err (the hook detached it
+   * from what it waited on), false if it will be woken when what it waits on
+   * has unwound (the hook cancelled that). NULL: the wait cannot be cut. */
+  bool (*interrupt)(weft__wait_t *w, int err);
+};
+
+/* ----------------------------------------------------------------- tasks */
+
+enum weft__task_state {
+  WEFT__NEW = 0,   /* spawned, in the ready queue, never run */
+  WEFT__READY,     /* in the ready queue */
+  WEFT__RUNNING,   /* the loop's current task */
+  WEFT__WAITING,   /* parked on w->wait */
+  WEFT__DONE,      /* ended; status final */
+};
+
+struct weft_task {
+  weft__queue_t node;        /* ready-queue link: the one scheduling list */
+  weft__queue_t all;         /* link in loop->tasks while the task lives */
+  weft__queue_t joiners;     /* join nodes of tasks awaiting this one */
+  weft__queue_t group_link;  /* link in group->children */
+  weft_loop_t *loop;         /* the loop it runs on, for life */
+  weft_fn fn;
+  void *arg;
+  void *result;              /* fn's return value once DONE */
+  int status;                /* WEFT_EPENDING until DONE */
+  int fail;                  /* weft_task_fail code; 0 if none */
+  enum weft__task_state state;
+  bool cancelled;            /* sticky cancellation request */
+  atomic_int refs;           /* the loop's while alive + the handle's */
+  weft__wait_t *wait;        /* while WAITING */
+  weft__stack_t *stack;      /* from the first run to the end */
+  weft__coro_t coro;
+  uint64_t deadline;         /* loop ms; 0 = none */
+  weft__timer_t deadline_timer;
+  weft_group_t *group;       /* set for group children */
+  uint64_t id;
+  uint64_t spawn_ns;
+  unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */
+  char name[32];
+};
+
+#define WEFT__TASK_MAGIC 0x7461736bu /* "task" */
+
+int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out);
+int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
+                const char *caller);
+void weft__task_unref(weft_task_t *t);
+void weft__task_complete(weft_task_t *t, int status);
+void weft__task_entry(void) __attribute__((noreturn));
+
+/* Join support (join.c): wakes every task awaiting t, which has ended. */
+void weft__join_notify(weft_task_t *t);
+/* Group support (group.c): a child of a group has ended. */
+void weft__group_child_done(weft_task_t *t);
+
+/* ----------------------------------------------------------------- loops */
+
+enum weft__goal {
+  WEFT__GOAL_TASK,   /* run_until_complete: goal_task has ended */
+  WEFT__GOAL_STOP,   /* run_forever: weft_loop_stop was called */
+  WEFT__GOAL_EMPTY,  /* close: every task has ended */
+};
+
+struct weft_loop {
+  uv_loop_t uv;
+  uv_timer_t timer;          /* fires the earliest weft__timer */
+  uv_async_t wakeup;         /* rung by weft_loop_stop from other threads */
+  weft__queue_t ready;       /* FIFO of runnable tasks */
+  size_t nready;
+  size_t nwaiting;           /* the waiting set: tasks parked on a wait */
+  size_t nlive;              /* tasks not yet ended */
+  weft__queue_t tasks;       /* every live task (for close and dumps) */
+  weft__coro_t sched;        /* the loop thread's own context */
+  weft_task_t *current;      /* the task running now, or NULL */
+  weft__timer_t **heap;      /* min-heap of timers by (due, seq) */
+  size_t heap_len, heap_cap;
+  uint64_t timer_seq;
+  uint64_t armed_due;        /* due the uv_timer points at; 0 = not armed */
+  weft__stack_pool_t stacks;
+  pthread_t owner;           /* the only thread that may drive the loop */
+  bool running;
+  bool closing;
+  enum weft__goal goal;      /* what the running run function waits for */
+  weft_task_t *goal_task;    /* for WEFT__GOAL_TASK */
+  atomic_int stop;           /* weft_loop_stop requested */
+  uint64_t next_id;
+  uint64_t round;
+  weft_stats_t counters;
+  weft_event_fn on_event;
+  void *event_arg;
+};
+
+/* Thread state: the loop this thread runs (set while a run function is on
+ * the stack) and the one it is bound to (weft_loop_set_current). */
+typedef struct weft__tls {
+  weft_loop_t *running;
+  weft_loop_t *bound;
+} weft__tls_t;
+extern _Thread_local weft__tls_t weft__tls;
+
+static inline weft_task_t *weft__current(void) {
+  weft_loop_t *l = weft__tls.running;
+  return l ? l->current : NULL;
+}
+
+static inline bool weft__on_owner(const weft_loop_t *loop) {
+  return pthread_equal(loop->owner, pthread_self()) != 0;
+}
+
+static inline uint64_t weft__now(weft_loop_t *loop) {
+  return uv_now(&loop->uv);
+}
+
+void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
+                weft_wait_kind_t wait, int detail, int status);
+#define WEFT__EMIT(loop, ...) \
+  do { if ((loop)->on_event) weft__emit((loop), __VA_ARGS__); } while (0)
+
+void weft__ready(weft_loop_t *loop, weft_task_t *t);
+/* Suspends the current task on w until weft__wake. Returns w->result. */
+int weft__park(weft__wait_t *w);
+void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause);
+/* Cancellation or a deadline reaches a task: cut its wait if it has one. */
+void weft__interrupt(weft_task_t *t, int err);
+/* The checks every await point makes first: ENOTASK, sticky cancel, passed
+ * deadline. On success *out is the current task. */
+int weft__await_begin(weft_task_t **out, const char *fn);
+
+/* ------------------------------------------------------------- debugging */
+
+bool weft__debug_enabled(void);
+void weft__misuse(const char *fn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void weft__fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+
+#if defined(WEFT_DEBUG_BUILD)
+#define WEFT__ASSERT(cond) \
+  do { if (!(cond)) weft__fatal("assertion failed: %s (%s:%d)", #cond, __FILE__, __LINE__); } while (0)
+#else
+#define WEFT__ASSERT(cond) ((void)0)
+#endif
+
+#endif /* WEFT_INTERNAL_H */

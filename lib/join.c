@@ -1,0 +1,191 @@
+/* Joins: weft_await, weft_await_shielded, weft_gather and weft_wait_for are one
+ * mechanism. The awaiting task puts a join node on each awaited task's list of
+ * joiners and parks on a join wait that counts the nodes still pending; each
+ * awaited task, as it ends, fires its nodes, and the last one wakes the
+ * waiter. Cancelling the waiter (or its deadline, or a wait_for timeout)
+ * cancels every awaited task still running, as asyncio does, and the waiter
+ * still waits for them to unwind before it returns, so nothing it passed them
+ * is freed under their feet. A shielded join instead detaches at once and
+ * leaves the awaited task alone. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+typedef struct join_wait join_wait_t;
+
+typedef struct join_node {
+  weft__queue_t link;   /* in target->joiners while pending */
+  join_wait_t *jw;
+  weft_task_t *target;
+} join_node_t;
+
+struct join_wait {
+  weft__wait_t base;
+  size_t pending;       /* nodes not yet fired */
+  int first_err;        /* the first failure, in the order tasks ended */
+  bool shielded;
+  join_node_t *nodes;
+  size_t n;
+  weft__timer_t timeout; /* weft_wait_for only */
+};
+
+static void cancel_pending(join_wait_t *jw) {
+  for (size_t i = 0; i < jw->n; i++)
+    if (weft__queue_linked(&jw->nodes[i].link))
+      weft_task_cancel(jw->nodes[i].target);
+}
+
+static bool join_interrupt(weft__wait_t *w, int err) {
+  join_wait_t *jw = weft__container_of(w, join_wait_t, base);
+  if (jw->shielded) {
+    for (size_t i = 0; i < jw->n; i++)
+      weft__queue_remove(&jw->nodes[i].link);
+    jw->pending = 0;
+    return true;
+  }
+  cancel_pending(jw);
+  return false;
+}
+
+static void join_timeout(weft__timer_t *timer) {
+  join_wait_t *jw = weft__container_of(timer, join_wait_t, timeout);
+  weft__wait_t *w = &jw->base;
+  if (w->task->state == WEFT__WAITING && !w->interrupted) {
+    w->interrupted = WEFT_ETIMEDOUT;
+    cancel_pending(jw);
+  }
+}
+
+void weft__join_notify(weft_task_t *t) {
+  while (!weft__queue_empty(&t->joiners)) {
+    weft__queue_t *q = weft__queue_head(&t->joiners);
+    weft__queue_remove(q);
+    join_node_t *node = weft__container_of(q, join_node_t, link);
+    join_wait_t *jw = node->jw;
+    if (t->status != 0 && jw->first_err == 0)
+      jw->first_err = t->status;
+    if (--jw->pending == 0) {
+      int cut = jw->base.interrupted;
+      weft__wake(&jw->base, cut,
+                 cut == 0 ? WEFT_WAKE_DONE
+                 : cut == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
+    }
+  }
+}
+
+/* Validates, registers and parks. Returns an error found before waiting
+ * (*joined stays false: nothing was registered), or, once every task has
+ * ended (or a shielded join was cut), 0 or the error that interrupted the
+ * wait. *first_err gets the first failure among the tasks. */
+static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_ms,
+                bool has_timeout, int *first_err, bool *joined, const char *fn) {
+  weft_task_t *self;
+  *joined = false;
+  *first_err = 0;
+  int err = weft__await_begin(&self, fn);
+  if (err)
+    return err;
+  if (n > 0 && !tasks) {
+    weft__misuse(fn, "tasks is NULL");
+    return WEFT_EINVAL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    weft_task_t *t = tasks[i];
+    if (!t || t->magic != WEFT__TASK_MAGIC) {
+      weft__misuse(fn, "task %zu is NULL or not a live task handle", i);
+      return WEFT_EINVAL;
+    }
+    if (t == self) {
+      weft__misuse(fn, "a task cannot await itself");
+      return WEFT_EDEADLK;
+    }
+    if (t->state != WEFT__DONE && t->loop != self->loop) {
+      weft__misuse(fn, "task %zu runs on another loop", i);
+      return WEFT_EINVAL;
+    }
+  }
+
+  join_node_t small[8];
+  join_node_t *nodes = small;
+  if (n > sizeof small / sizeof small[0]) {
+    nodes = malloc(n * sizeof *nodes);
+    if (!nodes)
+      return WEFT_ENOMEM;
+  }
+  join_wait_t jw = {
+    .base = {.task = self, .kind = WEFT_WAIT_JOIN, .interrupt = join_interrupt},
+    .shielded = shielded,
+    .nodes = nodes,
+    .n = n,
+  };
+  weft__timer_init(&jw.timeout, join_timeout);
+  for (size_t i = 0; i < n; i++) {
+    weft_task_t *t = tasks[i];
+    nodes[i].jw = &jw;
+    nodes[i].target = t;
+    weft__queue_init(&nodes[i].link);
+    if (t->state == WEFT__DONE) {
+      if (t->status != 0 && jw.first_err == 0)
+        jw.first_err = t->status;
+      continue;
+    }
+    /* The same task twice is fine: each node fires once. */
+    weft__queue_insert_tail(&t->joiners, &nodes[i].link);
+    jw.pending++;
+  }
+  int result = 0;
+  if (jw.pending > 0) {
+    if (has_timeout) {
+      weft_loop_t *loop = self->loop;
+      uv_update_time(&loop->uv);
+      uint64_t now = weft__now(loop);
+      weft__timer_start(loop, &jw.timeout,
+                        timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms);
+    }
+    result = weft__park(&jw.base);
+    weft__timer_stop(self->loop, &jw.timeout);
+  }
+  *first_err = jw.first_err;
+  *joined = true;
+  if (nodes != small)
+    free(nodes);
+  return result;
+}
+
+static int await_one(weft_task_t *task, void **result, bool shielded, uint64_t ms,
+                     bool has_timeout, const char *fn) {
+  int first_err;
+  bool joined;
+  int err = join(&task, 1, shielded, ms, has_timeout, &first_err, &joined, fn);
+  if (joined && result && task->state == WEFT__DONE)
+    *result = task->result;
+  /* The caller's own cancellation or timeout wins over the task's status. */
+  return err ? err : task->status;
+}
+
+int weft_await(weft_task_t *task, void **result) {
+  return await_one(task, result, false, 0, false, "weft_await");
+}
+
+int weft_await_shielded(weft_task_t *task, void **result) {
+  return await_one(task, result, true, 0, false, "weft_await_shielded");
+}
+
+int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result) {
+  return await_one(task, result, false, timeout_ms, true, "weft_wait_for");
+}
+
+int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses) {
+  int first_err;
+  bool joined;
+  int err = join(tasks, n, false, 0, false, &first_err, &joined, "weft_gather");
+  if (!joined)
+    return err;
+  for (size_t i = 0; i < n; i++) {
+    if (results)
+      results[i] = tasks[i]->result;
+    if (statuses)
+      statuses[i] = tasks[i]->status;
+  }
+  return err ? err : first_err;
+}

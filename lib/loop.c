@@ -1,0 +1,422 @@
+/* The loop: a libuv loop underneath, a FIFO ready queue of tasks, the waiting
+ * set (tasks parked on an await, each described by a wait record on its own
+ * stack), and the scheduling round that moves tasks between them. Also the
+ * two suspension primitives every await point is built on: weft__park (the
+ * current task gives the thread back to the scheduler) and weft__wake (a
+ * completion makes a parked task ready again). */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+_Thread_local weft__tls_t weft__tls;
+
+static void wakeup_cb(uv_async_t *h) {
+  /* Nothing to do: the ring only ends the poll so the round loop looks at
+   * the stop flag again. */
+  (void)h;
+}
+
+int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
+  weft_loop_opts_t defaults = {0};
+  int err;
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  if (!opts)
+    opts = &defaults;
+  if (opts->stack_size > (size_t)1 << 30) {
+    weft__misuse("weft_loop_new", "stack_size %zu is over the 1 GiB limit", opts->stack_size);
+    return WEFT_EINVAL;
+  }
+  weft_loop_t *loop = calloc(1, sizeof *loop);
+  if (!loop)
+    return WEFT_ENOMEM;
+  err = uv_loop_init(&loop->uv);
+  if (err)
+    goto error1;
+  err = uv_timer_init(&loop->uv, &loop->timer);
+  if (err)
+    goto error2;
+  uv_unref((uv_handle_t *)&loop->timer);
+  err = uv_async_init(&loop->uv, &loop->wakeup, wakeup_cb);
+  if (err)
+    goto error3;
+  weft__queue_init(&loop->ready);
+  weft__queue_init(&loop->tasks);
+  weft__stack_pool_init(&loop->stacks, opts->stack_size,
+                        opts->stack_pool_max ? opts->stack_pool_max : 1024);
+  loop->owner = pthread_self();
+  loop->on_event = opts->on_event;
+  loop->event_arg = opts->event_arg;
+  loop->next_id = 1;
+  atomic_init(&loop->stop, 0);
+  *out = loop;
+  return 0;
+
+error3:
+  uv_close((uv_handle_t *)&loop->timer, NULL);
+error2:
+  uv_run(&loop->uv, UV_RUN_DEFAULT);
+  uv_loop_close(&loop->uv);
+error1:
+  free(loop);
+  return err == UV_ENOMEM ? WEFT_ENOMEM : err;
+}
+
+int weft_loop_set_current(weft_loop_t *loop) {
+  if (loop && !weft__on_owner(loop)) {
+    weft__misuse("weft_loop_set_current", "loop %p belongs to another thread", (void *)loop);
+    return WEFT_EPERM;
+  }
+  weft__tls.bound = loop;
+  return 0;
+}
+
+weft_loop_t *weft_loop_current(void) {
+  return weft__tls.running ? weft__tls.running : weft__tls.bound;
+}
+
+uv_loop_t *weft_loop_uv(weft_loop_t *loop) {
+  return loop ? &loop->uv : NULL;
+}
+
+void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
+                weft_wait_kind_t wait, int detail, int status) {
+  weft_event_t ev = {
+    .kind = kind,
+    .time_ns = uv_hrtime(),
+    .round = loop->round,
+    .task = t,
+    .wait = wait,
+    .detail = detail,
+    .status = status,
+    .count = loop->nready,
+  };
+  loop->on_event(&ev, loop->event_arg);
+}
+
+/* ------------------------------------------------------- park and wake */
+
+void weft__ready(weft_loop_t *loop, weft_task_t *t) {
+  WEFT__ASSERT(!weft__queue_linked(&t->node));
+  weft__queue_insert_tail(&loop->ready, &t->node);
+  loop->nready++;
+}
+
+static void deadline_fire(weft__timer_t *timer) {
+  weft_task_t *t = weft__container_of(timer, weft_task_t, deadline_timer);
+  weft__interrupt(t, WEFT_ETIMEDOUT);
+}
+
+int weft__park(weft__wait_t *w) {
+  weft_task_t *t = w->task;
+  weft_loop_t *loop = t->loop;
+  WEFT__ASSERT(t == loop->current && t->state == WEFT__RUNNING);
+  w->interrupted = 0;
+  if (w->kind == WEFT_WAIT_YIELD) {
+    t->state = WEFT__READY;
+    weft__ready(loop, t);
+  } else {
+    t->state = WEFT__WAITING;
+    loop->nwaiting++;
+    if (t->deadline && w->interrupt) {
+      weft__timer_init(&t->deadline_timer, deadline_fire);
+      weft__timer_start(loop, &t->deadline_timer, t->deadline);
+    }
+  }
+  t->wait = w;
+  WEFT__EMIT(loop, WEFT_EV_PARK, t, w->kind, w->arg, 0);
+  if (*(const uint64_t *)t->stack->lo != WEFT__STACK_CANARY)
+    weft__fatal("task stack overflow in %s (its canary was overwritten)", t->name[0] ? t->name : "a task");
+  weft__coro_switch(&t->coro, &loop->sched);
+  weft__timer_stop(loop, &t->deadline_timer);
+  t->wait = NULL;
+  return w->result;
+}
+
+void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause) {
+  weft_task_t *t = w->task;
+  weft_loop_t *loop = t->loop;
+  WEFT__ASSERT(t->state == WEFT__WAITING && t->wait == w);
+  w->result = result;
+  t->state = WEFT__READY;
+  loop->nwaiting--;
+  weft__ready(loop, t);
+  WEFT__EMIT(loop, WEFT_EV_WAKE, t, w->kind, (int)cause, 0);
+}
+
+void weft__interrupt(weft_task_t *t, int err) {
+  if (t->state != WEFT__WAITING)
+    return;
+  weft__wait_t *w = t->wait;
+  if (!w->interrupt || w->interrupted)
+    return;
+  if (w->interrupt(w, err))
+    weft__wake(w, err, err == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
+  else
+    w->interrupted = err;
+}
+
+int weft__await_begin(weft_task_t **out, const char *fn) {
+  weft_task_t *t = weft__current();
+  *out = t;
+  if (!t) {
+    weft__misuse(fn, "called outside a task (an await point needs a task to suspend)");
+    return WEFT_ENOTASK;
+  }
+  if (t->cancelled)
+    return WEFT_ECANCELED;
+  if (t->deadline && weft__now(t->loop) >= t->deadline)
+    return WEFT_ETIMEDOUT;
+  return 0;
+}
+
+/* ---------------------------------------------------------- the round */
+
+/* Gives one task the thread until its next await, then cleans up after it
+ * if that step was its last. A task cancelled before it ever ran ends here
+ * without running. */
+static void run_task(weft_loop_t *loop, weft_task_t *t) {
+  if (t->state == WEFT__NEW) {
+    if (t->cancelled) {
+      weft__task_complete(t, WEFT_ECANCELED);
+      weft__task_unref(t);
+      return;
+    }
+    t->stack = weft__stack_get(&loop->stacks);
+    if (!t->stack) {
+      weft__task_complete(t, WEFT_ENOMEM);
+      weft__task_unref(t);
+      return;
+    }
+    weft__coro_init(&t->coro, t->stack, weft__task_entry);
+  }
+  t->state = WEFT__RUNNING;
+  loop->current = t;
+  loop->counters.switches++;
+  WEFT__EMIT(loop, WEFT_EV_STEP, t, WEFT_WAIT_NONE, 0, 0);
+  weft__coro_switch(&loop->sched, &t->coro);
+  loop->current = NULL;
+  if (t->state == WEFT__DONE) {
+    /* The safe point: we are off the task's stack for good. */
+    weft__coro_destroy(&t->coro);
+    weft__stack_put(&loop->stacks, t->stack);
+    t->stack = NULL;
+    weft__task_unref(t);
+  }
+}
+
+/* What the running run function waits for; once it holds, the round polls
+ * without blocking and the run function returns. */
+static bool goal_met(weft_loop_t *loop) {
+  switch (loop->goal) {
+  case WEFT__GOAL_TASK:
+    return loop->goal_task->state == WEFT__DONE;
+  case WEFT__GOAL_STOP:
+    return atomic_load_explicit(&loop->stop, memory_order_acquire) != 0;
+  case WEFT__GOAL_EMPTY:
+    return loop->nlive == 0;
+  }
+  return true;
+}
+
+/* One scheduling round, asyncio's _run_once:
+ *
+ * 1. Run every task that was ready when the round began, each until its next
+ *    await (or its end). Tasks made ready during the round (spawned, yielded,
+ *    woken) wait for the next round, so no task can starve the others by
+ *    yielding and no flood of wake-ups stalls I/O polling.
+ * 2. Look at requests from other threads (today: weft_loop_stop's flag; the
+ *    cross-thread inbox joins here).
+ * 3. Poll libuv: without blocking when tasks are ready, else blocking until
+ *    the earliest weft timer, I/O, or a wake-up from another thread. The
+ *    libuv callbacks that run here (timers, I/O) complete wait records and so
+ *    move tasks from the waiting set to the ready queue for the next round.
+ */
+static void loop_round(weft_loop_t *loop) {
+  loop->round++;
+  loop->counters.rounds++;
+  WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);
+  for (size_t n = loop->nready; n > 0; n--) {
+    weft__queue_t *q = weft__queue_head(&loop->ready);
+    weft__queue_remove(q);
+    loop->nready--;
+    run_task(loop, weft__container_of(q, weft_task_t, node));
+  }
+  weft__timers_arm(loop);
+  uv_run(&loop->uv, loop->nready > 0 || goal_met(loop) ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+}
+
+static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
+  if (!loop)
+    return WEFT_EINVAL;
+  if (!weft__on_owner(loop)) {
+    weft__misuse(fn, "loop %p belongs to another thread", (void *)loop);
+    return WEFT_EPERM;
+  }
+  if (loop->running || weft__tls.running) {
+    weft__misuse(fn, "a loop is already running on this thread (loops do not nest)");
+    return WEFT_EBUSY;
+  }
+  if (loop->closing)
+    return WEFT_EINVAL;
+  loop->running = true;
+  loop->goal = goal;
+  weft__tls.running = loop;
+  weft__coro_init_thread(&loop->sched);
+  uv_update_time(&loop->uv);
+  return 0;
+}
+
+static void run_end(weft_loop_t *loop) {
+  loop->running = false;
+  weft__tls.running = NULL;
+}
+
+int weft_loop_run_until_complete(weft_loop_t *loop, weft_task_t *task, void **result) {
+  if (!task)
+    return WEFT_EINVAL;
+  if (loop && task->loop != loop) {
+    weft__misuse("weft_loop_run_until_complete", "the task belongs to another loop");
+    return WEFT_EINVAL;
+  }
+  int err = run_begin(loop, WEFT__GOAL_TASK, "weft_loop_run_until_complete");
+  if (err)
+    return err;
+  loop->goal_task = task;
+  while (!goal_met(loop))
+    loop_round(loop);
+  run_end(loop);
+  if (result)
+    *result = task->result;
+  return task->status;
+}
+
+int weft_loop_run_forever(weft_loop_t *loop) {
+  int err = run_begin(loop, WEFT__GOAL_STOP, "weft_loop_run_forever");
+  if (err)
+    return err;
+  do
+    loop_round(loop);
+  while (!goal_met(loop));
+  atomic_store_explicit(&loop->stop, 0, memory_order_relaxed);
+  run_end(loop);
+  return 0;
+}
+
+int weft_loop_stop(weft_loop_t *loop) {
+  if (!loop)
+    return WEFT_EINVAL;
+  atomic_store_explicit(&loop->stop, 1, memory_order_release);
+  /* A loop parked in poll on another thread needs a ring to notice. Its own
+   * thread is busy in a task or a callback and finds the flag itself. */
+  if (!weft__on_owner(loop) && !loop->closing)
+    uv_async_send(&loop->wakeup);
+  return 0;
+}
+
+/* ---------------------------------------------------------- closing */
+
+static void find_user_handle(uv_handle_t *h, void *arg) {
+  void **found = arg;
+  weft_loop_t *loop = found[0];
+  if (h == (uv_handle_t *)&loop->timer || h == (uv_handle_t *)&loop->wakeup)
+    return;
+  if (!uv_is_closing(h))
+    found[1] = h;
+}
+
+int weft_loop_close(weft_loop_t *loop) {
+  if (!loop)
+    return WEFT_EINVAL;
+  if (!weft__on_owner(loop)) {
+    weft__misuse("weft_loop_close", "loop %p belongs to another thread", (void *)loop);
+    return WEFT_EPERM;
+  }
+  if (loop->running) {
+    weft__misuse("weft_loop_close", "the loop is running");
+    return WEFT_EBUSY;
+  }
+  void *found[2] = {loop, NULL};
+  uv_walk(&loop->uv, find_user_handle, found);
+  if (found[1]) {
+    weft__misuse("weft_loop_close", "a libuv handle (type %s) opened on weft_loop_uv() is still open",
+                 uv_handle_type_name(uv_handle_get_type(found[1])));
+    return WEFT_EBUSY;
+  }
+
+  /* Cancel what is left and let it unwind: task bodies free what they own
+   * on the way out, so they must run to their end, not vanish. */
+  int err = run_begin(loop, WEFT__GOAL_EMPTY, "weft_loop_close");
+  if (err)
+    return err;
+  loop->closing = true;
+  for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks; q = q->next) {
+    weft_task_t *t = weft__container_of(q, weft_task_t, all);
+    if (t->state != WEFT__DONE)
+      weft_task_cancel(t);
+  }
+  while (!goal_met(loop))
+    loop_round(loop);
+  run_end(loop);
+
+  weft__stack_pool_destroy(&loop->stacks);
+  weft__timers_free(loop);
+  uv_close((uv_handle_t *)&loop->timer, NULL);
+  uv_close((uv_handle_t *)&loop->wakeup, NULL);
+  uv_run(&loop->uv, UV_RUN_DEFAULT);
+  err = uv_loop_close(&loop->uv);
+  if (err)
+    weft__fatal("uv_loop_close failed after every weft handle closed: %s", uv_strerror(err));
+  if (weft__tls.bound == loop)
+    weft__tls.bound = NULL;
+  free(loop);
+  return 0;
+}
+
+int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
+  if (!loop || !out)
+    return WEFT_EINVAL;
+  if (!weft__on_owner(loop)) {
+    weft__misuse("weft_loop_stats", "loop %p belongs to another thread", (void *)loop);
+    return WEFT_EPERM;
+  }
+  *out = loop->counters;
+  out->ready = loop->nready;
+  out->waiting = loop->nwaiting;
+  out->live = loop->nlive;
+  out->stacks_pooled = loop->stacks.nwarm;
+  out->stacks_guarded = loop->stacks.nguarded;
+  out->stacks_canary = loop->stacks.ncanary;
+  return 0;
+}
+
+/* ------------------------------------------------------------ weft_run */
+
+int weft_run(weft_fn main, void *arg, void **result) {
+  weft_loop_t *loop;
+  weft_task_t *task;
+  if (!main)
+    return WEFT_EINVAL;
+  if (weft__tls.running) {
+    weft__misuse("weft_run", "a loop is already running on this thread (weft_run does not nest)");
+    return WEFT_EBUSY;
+  }
+  int err = weft_loop_new(&loop, NULL);
+  if (err)
+    return err;
+  err = weft_spawn(loop, main, arg, &task);
+  if (err) {
+    weft_loop_close(loop);
+    return err;
+  }
+  weft_task_set_name(task, "main");
+  weft_loop_t *bound = weft__tls.bound;
+  weft__tls.bound = loop;
+  int status = weft_loop_run_until_complete(loop, task, result);
+  weft_loop_close(loop);
+  weft_task_release(task);
+  weft__tls.bound = bound;
+  return status;
+}

@@ -1,0 +1,211 @@
+/* Task stacks. Each loop keeps a pool: warm stacks are reused as they are, so
+ * a spawn with a warm pool costs no system call and no page fault (a first
+ * touch of a fresh page is slow on virtual machines). Stacks come from mmap
+ * with a guard page below them while the process-wide guard budget lasts;
+ * each guarded stack costs two kernel mappings and Linux caps a process at
+ * vm.max_map_count (65530 by default). Past the budget, stacks are carved
+ * from large slab mappings without guard pages, and the canary word at each
+ * stack's low end is checked at every switch away from its task, so an
+ * overflow is still caught, if later. Surplus warm stacks beyond the pool's
+ * cap are unmapped (guarded) or handed back to the kernel with MADV_DONTNEED
+ * (slab stacks, kept cold for reuse): that happens when a burst of tasks
+ * ends, never on the spawn path. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(WEFT_HAVE_VALGRIND_H)
+#include <valgrind/valgrind.h>
+#else
+#define VALGRIND_STACK_REGISTER(lo, hi) 0u
+#define VALGRIND_STACK_DEREGISTER(id) ((void)(id))
+#endif
+
+#define SLAB_STACKS 256
+
+struct weft__slab {
+  weft__slab_t *next;    /* the pool's list of slabs */
+  void *map;
+  size_t map_len;
+  size_t carved;         /* stacks handed out from it so far */
+  weft__stack_t stacks[SLAB_STACKS];
+};
+
+static atomic_size_t guarded_total;
+static size_t guarded_budget;
+static pthread_once_t budget_once = PTHREAD_ONCE_INIT;
+static size_t page_size;
+
+/* A quarter of the mapping limit for guard pages (two mappings each) leaves
+ * half of it to the program, its libraries, malloc and the slabs. */
+static void budget_init(void) {
+  long max_maps = 65530;
+  FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+  if (f) {
+    if (fscanf(f, "%ld", &max_maps) != 1)
+      max_maps = 65530;
+    fclose(f);
+  }
+  const char *env = getenv("WEFT_GUARDED_STACKS_MAX");
+  guarded_budget = env ? (size_t)strtoull(env, NULL, 10) : (size_t)max_maps / 4;
+  page_size = (size_t)sysconf(_SC_PAGESIZE);
+}
+
+size_t weft__stack_round(size_t size) {
+  pthread_once(&budget_once, budget_init);
+  if (size == 0)
+    size = WEFT_STACK_SIZE_DEFAULT;
+  if (size < WEFT_STACK_SIZE_MIN)
+    size = WEFT_STACK_SIZE_MIN;
+  return (size + page_size - 1) & ~(page_size - 1);
+}
+
+void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm_max) {
+  weft__queue_init(&p->warm);
+  weft__queue_init(&p->cold);
+  p->nwarm = 0;
+  p->warm_max = warm_max;
+  p->stack_size = weft__stack_round(stack_size);
+  p->slabs = NULL;
+  p->carving = NULL;
+  p->nguarded = 0;
+  p->ncanary = 0;
+}
+
+static void stack_arm(weft__stack_t *s) {
+  *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+  s->vg_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + s->size);
+}
+
+static weft__stack_t *stack_new_guarded(weft__stack_pool_t *p) {
+  size_t n = atomic_fetch_add(&guarded_total, 1);
+  if (n >= guarded_budget) {
+    atomic_fetch_sub(&guarded_total, 1);
+    return NULL;
+  }
+  weft__stack_t *s = malloc(sizeof *s);
+  if (!s)
+    goto error1;
+  size_t len = p->stack_size + page_size;
+  void *map = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (map == MAP_FAILED)
+    goto error2;
+  if (mprotect(map, page_size, PROT_NONE) != 0)
+    goto error3;
+  s->map = map;
+  s->map_len = len;
+  s->slab = NULL;
+  s->lo = (char *)map + page_size;
+  s->size = p->stack_size;
+  weft__queue_init(&s->node);
+  stack_arm(s);
+  p->nguarded++;
+  return s;
+
+error3:
+  munmap(map, len);
+error2:
+  free(s);
+error1:
+  atomic_fetch_sub(&guarded_total, 1);
+  return NULL;
+}
+
+static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
+  weft__slab_t *slab = p->carving;
+  if (!slab || slab->carved == SLAB_STACKS) {
+    slab = malloc(sizeof *slab);
+    if (!slab)
+      return NULL;
+    slab->map_len = p->stack_size * SLAB_STACKS;
+    slab->map = mmap(NULL, slab->map_len, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (slab->map == MAP_FAILED) {
+      free(slab);
+      return NULL;
+    }
+    slab->carved = 0;
+    slab->next = p->slabs;
+    p->slabs = slab;
+    p->carving = slab;
+  }
+  weft__stack_t *s = &slab->stacks[slab->carved];
+  s->map = NULL;
+  s->map_len = 0;
+  s->slab = slab;
+  s->lo = (char *)slab->map + slab->carved * p->stack_size;
+  s->size = p->stack_size;
+  weft__queue_init(&s->node);
+  slab->carved++;
+  stack_arm(s);
+  p->ncanary++;
+  return s;
+}
+
+weft__stack_t *weft__stack_get(weft__stack_pool_t *p) {
+  weft__queue_t *q;
+  if (!weft__queue_empty(&p->warm)) {
+    q = weft__queue_head(&p->warm);
+    weft__queue_remove(q);
+    p->nwarm--;
+    weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
+    *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+    return s;
+  }
+  if (!weft__queue_empty(&p->cold)) {
+    q = weft__queue_head(&p->cold);
+    weft__queue_remove(q);
+    weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
+    *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+    return s;
+  }
+  weft__stack_t *s = stack_new_guarded(p);
+  return s ? s : stack_new_canary(p);
+}
+
+static void stack_unmap(weft__stack_pool_t *p, weft__stack_t *s) {
+  VALGRIND_STACK_DEREGISTER(s->vg_id);
+  munmap(s->map, s->map_len);
+  free(s);
+  p->nguarded--;
+  atomic_fetch_sub(&guarded_total, 1);
+}
+
+void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
+  if (p->nwarm < p->warm_max) {
+    weft__queue_insert_head(&p->warm, &s->node);
+    p->nwarm++;
+  } else if (s->slab) {
+    madvise(s->lo, s->size, MADV_DONTNEED);
+    weft__queue_insert_head(&p->cold, &s->node);
+  } else {
+    stack_unmap(p, s);
+  }
+}
+
+void weft__stack_pool_destroy(weft__stack_pool_t *p) {
+  weft__queue_t *lists[2] = {&p->warm, &p->cold};
+  for (int i = 0; i < 2; i++) {
+    while (!weft__queue_empty(lists[i])) {
+      weft__queue_t *q = weft__queue_head(lists[i]);
+      weft__queue_remove(q);
+      weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
+      if (s->slab)
+        VALGRIND_STACK_DEREGISTER(s->vg_id);
+      else
+        stack_unmap(p, s);
+    }
+  }
+  p->nwarm = 0;
+  while (p->slabs) {
+    weft__slab_t *slab = p->slabs;
+    p->slabs = slab->next;
+    munmap(slab->map, slab->map_len);
+    free(slab);
+  }
+  p->carving = NULL;
+}

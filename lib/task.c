@@ -1,0 +1,262 @@
+/* Tasks: creation, the body's entry and end, cancellation, status, handles,
+ * names, and the await points that concern only the calling task (sleep,
+ * yield, deadlines). A task's memory is reference counted: the loop holds a
+ * reference while the task lives and the caller of weft_spawn holds one for
+ * its handle; the stack goes back to the loop's pool as soon as the task
+ * ends, so a held handle of an ended task costs only this struct. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out) {
+  if (loop->closing) {
+    weft__misuse("weft_spawn", "the loop is closing");
+    return WEFT_EINVAL;
+  }
+  /* Every live task may hold two timers at once (a sleep or wait_for
+   * timeout, and its deadline): reserving here keeps await points
+   * infallible. */
+  if (weft__timers_reserve(loop, 2 * (loop->nlive + 1)) != 0)
+    return WEFT_ENOMEM;
+  weft_task_t *t = malloc(sizeof *t);
+  if (!t)
+    return WEFT_ENOMEM;
+  weft__queue_init(&t->node);
+  weft__queue_init(&t->joiners);
+  weft__queue_init(&t->group_link);
+  t->loop = loop;
+  t->fn = fn;
+  t->arg = arg;
+  t->result = NULL;
+  t->status = WEFT_EPENDING;
+  t->fail = 0;
+  t->state = WEFT__NEW;
+  t->cancelled = false;
+  atomic_init(&t->refs, handle ? 2 : 1);
+  t->wait = NULL;
+  t->stack = NULL;
+  t->deadline = 0;
+  weft__timer_init(&t->deadline_timer, NULL);
+  t->group = NULL;
+  t->id = loop->next_id++;
+  t->spawn_ns = 0;
+  t->magic = WEFT__TASK_MAGIC;
+  t->name[0] = '\0';
+  weft__queue_insert_tail(&loop->tasks, &t->all);
+  loop->nlive++;
+  loop->counters.spawned++;
+  weft__ready(loop, t);
+  WEFT__EMIT(loop, WEFT_EV_SPAWN, t, WEFT_WAIT_NONE, 0, 0);
+  *out = t;
+  return 0;
+}
+
+/* weft_spawn and weft_group_spawn: resolves the loop and checks the thread.
+ * *out gets the task even without a handle (the caller must not keep it past
+ * the task's end unless handle is true). */
+int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
+                const char *caller) {
+  if (!fn) {
+    weft__misuse(caller, "fn is NULL");
+    return WEFT_EINVAL;
+  }
+  if (!loop)
+    loop = weft_loop_current();
+  if (!loop) {
+    weft__misuse(caller, "no loop given and this thread has no current loop");
+    return WEFT_EINVAL;
+  }
+  if (!weft__on_owner(loop)) {
+    weft__misuse(caller, "loop %p belongs to another thread", (void *)loop);
+    return WEFT_EPERM;
+  }
+  return weft__task_new(loop, fn, arg, handle, out);
+}
+
+int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task) {
+  weft_task_t *t;
+  if (task)
+    *task = NULL;
+  int err = weft__spawn(loop, fn, arg, task != NULL, &t, "weft_spawn");
+  if (err)
+    return err;
+  if (task)
+    *task = t;
+  return 0;
+}
+
+void weft__task_unref(weft_task_t *t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
+    t->magic = 0;
+    free(t);
+  }
+}
+
+/* The task has ended: its status becomes final, every task awaiting it is
+ * woken, and it leaves the loop's books. Its stack is still in use when this
+ * runs from the task itself; the scheduler reclaims it after switching
+ * away. */
+void weft__task_complete(weft_task_t *t, int status) {
+  weft_loop_t *loop = t->loop;
+  t->status = status;
+  t->state = WEFT__DONE;
+  weft__queue_remove(&t->all);
+  loop->nlive--;
+  if (status == 0)
+    loop->counters.finished++;
+  else if (status == WEFT_ECANCELED)
+    loop->counters.cancelled++;
+  else
+    loop->counters.failed++;
+  WEFT__EMIT(loop, WEFT_EV_DONE, t, WEFT_WAIT_NONE, 0, status);
+  if (t->group)
+    weft__group_child_done(t);
+  weft__join_notify(t);
+}
+
+void weft__task_entry(void) {
+  weft_loop_t *loop = weft__tls.running;
+  weft_task_t *t = loop->current;
+  weft__coro_started(&t->coro, &loop->sched);
+  t->result = t->fn(t->arg);
+  int status = t->fail ? t->fail : t->cancelled ? WEFT_ECANCELED : 0;
+  if (*(const uint64_t *)t->stack->lo != WEFT__STACK_CANARY)
+    weft__fatal("task stack overflow in %s (its canary was overwritten)", weft_task_name(t));
+  weft__task_complete(t, status);
+  weft__coro_exit(&t->coro, &loop->sched);
+}
+
+int weft_task_cancel(weft_task_t *t) {
+  if (!t)
+    return WEFT_EINVAL;
+  if (t->state == WEFT__DONE)
+    return WEFT_EALREADY;
+  if (!weft__on_owner(t->loop)) {
+    weft__misuse("weft_task_cancel", "the task's loop belongs to another thread");
+    return WEFT_EPERM;
+  }
+  t->cancelled = true;
+  weft__interrupt(t, WEFT_ECANCELED);
+  return 0;
+}
+
+int weft_task_status(const weft_task_t *t) {
+  if (!t)
+    return WEFT_EINVAL;
+  return t->status;
+}
+
+int weft_task_fail(int err) {
+  weft_task_t *t = weft__current();
+  if (!t) {
+    weft__misuse("weft_task_fail", "called outside a task");
+    return WEFT_ENOTASK;
+  }
+  if (err >= 0 || err == WEFT_EPENDING) {
+    weft__misuse("weft_task_fail", "%d is not a failure code (use a negative WEFT_E* or errno code)", err);
+    return WEFT_EINVAL;
+  }
+  t->fail = err;
+  return 0;
+}
+
+void weft_task_release(weft_task_t *t) {
+  if (!t)
+    return;
+  if (t->magic != WEFT__TASK_MAGIC)
+    weft__fatal("weft_task_release: %p is not a live task handle (released twice?)", (void *)t);
+  weft__task_unref(t);
+}
+
+weft_task_t *weft_task_current(void) {
+  return weft__current();
+}
+
+int weft_task_set_name(weft_task_t *t, const char *name) {
+  if (!t || !name)
+    return WEFT_EINVAL;
+  snprintf(t->name, sizeof t->name, "%s", name);
+  return 0;
+}
+
+const char *weft_task_name(const weft_task_t *t) {
+  if (!t)
+    return "(null)";
+  if (!t->name[0])
+    snprintf(((weft_task_t *)t)->name, sizeof t->name, "task-%llu", (unsigned long long)t->id);
+  return t->name;
+}
+
+/* ----------------------------------------------------- sleep and yield */
+
+typedef struct sleep_wait {
+  weft__wait_t base;
+  weft__timer_t timer;
+} sleep_wait_t;
+
+static void sleep_fire(weft__timer_t *timer) {
+  sleep_wait_t *sw = weft__container_of(timer, sleep_wait_t, timer);
+  weft__wake(&sw->base, 0, WEFT_WAKE_DONE);
+}
+
+static bool sleep_interrupt(weft__wait_t *w, int err) {
+  sleep_wait_t *sw = weft__container_of(w, sleep_wait_t, base);
+  weft__timer_stop(w->task->loop, &sw->timer);
+  return true;
+}
+
+int weft_sleep(uint64_t ms) {
+  weft_task_t *t;
+  if (ms == 0)
+    return weft_yield();
+  int err = weft__await_begin(&t, "weft_sleep");
+  if (err)
+    return err;
+  weft_loop_t *loop = t->loop;
+  uv_update_time(&loop->uv);
+  sleep_wait_t sw = {
+    .base = {.task = t, .kind = WEFT_WAIT_SLEEP, .interrupt = sleep_interrupt,
+             .arg = ms > INT32_MAX ? INT32_MAX : (int)ms},
+  };
+  weft__timer_init(&sw.timer, sleep_fire);
+  uint64_t now = weft__now(loop);
+  weft__timer_start(loop, &sw.timer, ms > UINT64_MAX - now ? UINT64_MAX : now + ms);
+  return weft__park(&sw.base);
+}
+
+int weft_yield(void) {
+  weft_task_t *t;
+  int err = weft__await_begin(&t, "weft_yield");
+  if (err)
+    return err;
+  /* A yielding task is already back in the ready queue; a cancel or deadline
+   * reaching it there is seen at its next await. */
+  weft__wait_t w = {.task = t, .kind = WEFT_WAIT_YIELD, .result = 0};
+  return weft__park(&w);
+}
+
+int weft_deadline_set(uint64_t timeout_ms) {
+  weft_task_t *t = weft__current();
+  if (!t) {
+    weft__misuse("weft_deadline_set", "called outside a task");
+    return WEFT_ENOTASK;
+  }
+  uv_update_time(&t->loop->uv);
+  uint64_t now = weft__now(t->loop);
+  t->deadline = timeout_ms > UINT64_MAX - now - 1 ? UINT64_MAX : now + timeout_ms;
+  if (t->deadline == 0)
+    t->deadline = 1;
+  return 0;
+}
+
+int weft_deadline_clear(void) {
+  weft_task_t *t = weft__current();
+  if (!t) {
+    weft__misuse("weft_deadline_clear", "called outside a task");
+    return WEFT_ENOTASK;
+  }
+  t->deadline = 0;
+  return 0;
+}

@@ -1,0 +1,123 @@
+/* Timers. Every sleep, wait_for timeout and task deadline of a loop is a
+ * weft__timer_t kept in one binary min-heap ordered by (due, seq), and a single
+ * uv_timer_t points at the earliest. Starting or stopping a timer is a heap
+ * operation with no system call; the uv_timer is re-armed once per round,
+ * just before the loop polls. The heap's capacity is reserved when tasks are
+ * spawned, so an await point never fails for lack of memory. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+static bool earlier(const weft__timer_t *a, const weft__timer_t *b) {
+  return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void place(weft__timer_t **heap, size_t i, weft__timer_t *t) {
+  heap[i] = t;
+  t->index = i;
+}
+
+static void sift_up(weft__timer_t **heap, size_t i) {
+  weft__timer_t *t = heap[i];
+  while (i > 0) {
+    size_t parent = (i - 1) / 2;
+    if (!earlier(t, heap[parent]))
+      break;
+    place(heap, i, heap[parent]);
+    i = parent;
+  }
+  place(heap, i, t);
+}
+
+static void sift_down(weft__timer_t **heap, size_t len, size_t i) {
+  weft__timer_t *t = heap[i];
+  for (;;) {
+    size_t child = 2 * i + 1;
+    if (child >= len)
+      break;
+    if (child + 1 < len && earlier(heap[child + 1], heap[child]))
+      child++;
+    if (!earlier(heap[child], t))
+      break;
+    place(heap, i, heap[child]);
+    i = child;
+  }
+  place(heap, i, t);
+}
+
+int weft__timers_reserve(weft_loop_t *loop, size_t n) {
+  if (n <= loop->heap_cap)
+    return 0;
+  size_t cap = loop->heap_cap ? loop->heap_cap : 64;
+  while (cap < n)
+    cap *= 2;
+  weft__timer_t **heap = realloc(loop->heap, cap * sizeof *heap);
+  if (!heap)
+    return WEFT_ENOMEM;
+  loop->heap = heap;
+  loop->heap_cap = cap;
+  return 0;
+}
+
+void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due) {
+  WEFT__ASSERT(!weft__timer_active(t));
+  WEFT__ASSERT(loop->heap_len < loop->heap_cap);
+  t->due = due;
+  t->seq = loop->timer_seq++;
+  place(loop->heap, loop->heap_len, t);
+  sift_up(loop->heap, loop->heap_len++);
+}
+
+void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t) {
+  if (!weft__timer_active(t))
+    return;
+  size_t i = t->index;
+  weft__timer_t *last = loop->heap[--loop->heap_len];
+  t->index = WEFT__TIMER_IDLE;
+  if (last == t)
+    return;
+  place(loop->heap, i, last);
+  if (i > 0 && earlier(last, loop->heap[(i - 1) / 2]))
+    sift_up(loop->heap, i);
+  else
+    sift_down(loop->heap, loop->heap_len, i);
+}
+
+/* Fires every timer that is due. A timer's fire callback may start or stop
+ * other timers; each pass takes the current minimum again. */
+static void run_due(weft_loop_t *loop) {
+  uint64_t now = weft__now(loop);
+  while (loop->heap_len > 0 && loop->heap[0]->due <= now) {
+    weft__timer_t *t = loop->heap[0];
+    weft__timer_stop(loop, t);
+    t->fire(t);
+  }
+}
+
+void weft__timers_cb(uv_timer_t *h) {
+  weft_loop_t *loop = weft__container_of(h, weft_loop_t, timer);
+  loop->armed_due = 0;
+  run_due(loop);
+}
+
+void weft__timers_arm(weft_loop_t *loop) {
+  if (loop->heap_len == 0) {
+    if (loop->armed_due) {
+      uv_timer_stop(&loop->timer);
+      loop->armed_due = 0;
+    }
+    return;
+  }
+  uint64_t due = loop->heap[0]->due;
+  if (due == loop->armed_due)
+    return;
+  uint64_t now = weft__now(loop);
+  uv_timer_start(&loop->timer, weft__timers_cb, due > now ? due - now : 0, 0);
+  loop->armed_due = due;
+}
+
+void weft__timers_free(weft_loop_t *loop) {
+  free(loop->heap);
+  loop->heap = NULL;
+  loop->heap_len = loop->heap_cap = 0;
+}
