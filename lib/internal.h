@@ -37,23 +37,31 @@ extern const char weft__switch_name[];
 /* ------------------------------------------------------------------ stacks */
 
 /* One task stack. Guarded stacks own a mapping whose lowest page is
- * PROT_NONE; canary stacks are carved out of a shared slab mapping and have
- * no guard page, only the canary word at their lowest address.
+ * PROT_NONE. Canary stacks are slots of a shared slab mapping with no guard
+ * page; an overflow of slot i runs down into slot i-1, whose topmost word
+ * holds slot i's canary, checked at every switch away from the task. Keeping
+ * the canary in the page just below (already resident: it is slot i-1's
+ * top) means an idle task touches one page of stack, not two.
  *
- *   high  +---------------------+  <- lo + size (initial stack pointer)
+ *   high  +---------------------+  slot i+1
+ *         | canary of slot i+1  |
+ *         +---------------------+  <- lo + size: slot i's top
  *         |  task frames ...    |
  *         |         |           |  grows down
  *         |         v           |
- *         |                     |
- *         |  canary word        |  <- lo (checked at every switch away)
- *   low   +---------------------+
- *         |  guard page         |  (guarded stacks only)
+ *         +---------------------+  <- lo
+ *         | canary of slot i    |  (topmost word of slot i-1)
+ *   low   |  slot i-1 ...       |
+ *
+ * A guarded stack's canary points at a constant that always matches, so the
+ * check stays one load and compare for every task.
  */
 typedef struct weft__slab weft__slab_t;
 typedef struct weft__stack {
   weft__queue_t node;  /* link in the pool's warm or cold list */
-  void *lo;            /* lowest usable byte; holds the canary */
+  void *lo;            /* lowest usable byte */
   size_t size;         /* usable bytes from lo */
+  const uint64_t *canary; /* checked at each switch away */
   void *map;           /* the guarded mapping (NULL for slab stacks) */
   size_t map_len;      /* its length, guard page included */
   weft__slab_t *slab;  /* the slab it was carved from, or NULL */

@@ -127,7 +127,7 @@ int weft__park(weft__wait_t *w) {
   }
   t->wait = w;
   WEFT__EMIT(loop, WEFT_EV_PARK, t, w->kind, w->arg, 0);
-  if (*(const uint64_t *)t->stack->lo != WEFT__STACK_CANARY)
+  if (*t->stack->canary != WEFT__STACK_CANARY)
     weft__fatal("task stack overflow in %s (its canary was overwritten)", t->name[0] ? t->name : "a task");
   weft__coro_switch(&t->coro, &loop->sched);
   weft__timer_stop(loop, &t->deadline_timer);
@@ -143,6 +143,11 @@ void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause) {
   t->state = WEFT__READY;
   loop->nwaiting--;
   weft__ready(loop, t);
+  /* Woken from a libuv callback: libuv 1.44's UV_RUN_ONCE runs due timers
+   * before it polls, so without this the poll could block with the task
+   * ready. uv_stop makes that poll return at once. */
+  if (!loop->current)
+    uv_stop(&loop->uv);
   WEFT__EMIT(loop, WEFT_EV_WAKE, t, w->kind, (int)cause, 0);
 }
 

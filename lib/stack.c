@@ -4,9 +4,9 @@
  * with a guard page below them while the process-wide guard budget lasts;
  * each guarded stack costs two kernel mappings and Linux caps a process at
  * vm.max_map_count (65530 by default). Past the budget, stacks are carved
- * from large slab mappings without guard pages, and the canary word at each
- * stack's low end is checked at every switch away from its task, so an
- * overflow is still caught, if later. Surplus warm stacks beyond the pool's
+ * from large slab mappings without guard pages, and a canary word just below
+ * each stack's low end is checked at every switch away from its task, so an
+ * overflow is still caught, if later (see the picture in internal.h). Surplus warm stacks beyond the pool's
  * cap are unmapped (guarded) or handed back to the kernel with MADV_DONTNEED
  * (slab stacks, kept cold for reuse): that happens when a burst of tasks
  * ends, never on the spawn path. */
@@ -75,8 +75,11 @@ void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm
   p->ncanary = 0;
 }
 
+static const uint64_t guarded_canary = WEFT__STACK_CANARY;
+
 static void stack_arm(weft__stack_t *s) {
-  *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+  if (s->slab)
+    *(uint64_t *)s->canary = WEFT__STACK_CANARY;
   s->vg_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + s->size);
 }
 
@@ -101,6 +104,7 @@ static weft__stack_t *stack_new_guarded(weft__stack_pool_t *p) {
   s->slab = NULL;
   s->lo = (char *)map + page_size;
   s->size = p->stack_size;
+  s->canary = &guarded_canary;
   weft__queue_init(&s->node);
   stack_arm(s);
   p->nguarded++;
@@ -121,7 +125,8 @@ static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
     slab = malloc(sizeof *slab);
     if (!slab)
       return NULL;
-    slab->map_len = p->stack_size * SLAB_STACKS;
+    /* One page below the first slot holds its canary. */
+    slab->map_len = page_size + p->stack_size * SLAB_STACKS;
     slab->map = mmap(NULL, slab->map_len, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (slab->map == MAP_FAILED) {
@@ -137,8 +142,11 @@ static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
   s->map = NULL;
   s->map_len = 0;
   s->slab = slab;
-  s->lo = (char *)slab->map + slab->carved * p->stack_size;
-  s->size = p->stack_size;
+  s->lo = (char *)slab->map + page_size + slab->carved * p->stack_size;
+  /* The top 16 bytes of each slot are not stack: the next slot's canary
+   * lives there. */
+  s->size = p->stack_size - 16;
+  s->canary = (const uint64_t *)((char *)s->lo - sizeof(uint64_t));
   weft__queue_init(&s->node);
   slab->carved++;
   stack_arm(s);
@@ -152,15 +160,15 @@ weft__stack_t *weft__stack_get(weft__stack_pool_t *p) {
     q = weft__queue_head(&p->warm);
     weft__queue_remove(q);
     p->nwarm--;
-    weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
-    *(uint64_t *)s->lo = WEFT__STACK_CANARY;
-    return s;
+    return weft__container_of(q, weft__stack_t, node);
   }
   if (!weft__queue_empty(&p->cold)) {
     q = weft__queue_head(&p->cold);
     weft__queue_remove(q);
     weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
-    *(uint64_t *)s->lo = WEFT__STACK_CANARY;
+    /* MADV_DONTNEED may have zeroed the page holding the canary (the slot
+     * below was cold too). */
+    *(uint64_t *)s->canary = WEFT__STACK_CANARY;
     return s;
   }
   weft__stack_t *s = stack_new_guarded(p);
@@ -180,7 +188,13 @@ void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
     weft__queue_insert_head(&p->warm, &s->node);
     p->nwarm++;
   } else if (s->slab) {
+    /* madvise works on whole pages, so this also zeroes the next slot's
+     * canary (the slot's topmost word). Put it back: every task's canary was
+     * checked when it last switched away, so nothing is being hidden. */
     madvise(s->lo, s->size, MADV_DONTNEED);
+    size_t i = (size_t)(s - s->slab->stacks);
+    if (i + 1 < s->slab->carved)
+      *(uint64_t *)s->slab->stacks[i + 1].canary = WEFT__STACK_CANARY;
     weft__queue_insert_head(&p->cold, &s->node);
   } else {
     stack_unmap(p, s);

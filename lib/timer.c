@@ -98,6 +98,9 @@ void weft__timers_cb(uv_timer_t *h) {
   weft_loop_t *loop = weft__container_of(h, weft_loop_t, timer);
   loop->armed_due = 0;
   run_due(loop);
+  /* A fired timer need not wake anyone (a wait_for timeout only starts a
+   * cancellation): keep the uv_timer pointed at the next one regardless. */
+  weft__timers_arm(loop);
 }
 
 void weft__timers_arm(weft_loop_t *loop) {
