@@ -194,6 +194,7 @@ struct weft_task {
   weft__timer_t deadline_timer;
   weft_group_t *group;       /* set for group children */
   uint64_t id;
+  uint64_t end_seq;          /* order in which tasks of the loop ended */
   uint64_t spawn_ns;
   unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */
   char name[32];
@@ -214,6 +215,10 @@ void weft__join_notify(weft_task_t *t);
 void weft__group_child_done(weft_task_t *t);
 
 /* ----------------------------------------------------------------- loops */
+
+/* While tasks are ready, libuv is polled (without blocking) at least once
+ * every this many rounds, and whenever a timer is due. */
+#define WEFT__POLL_EVERY 32
 
 enum weft__goal {
   WEFT__GOAL_TASK,   /* run_until_complete: goal_task has ended */
@@ -244,7 +249,9 @@ struct weft_loop {
   weft_task_t *goal_task;    /* for WEFT__GOAL_TASK */
   atomic_int stop;           /* weft_loop_stop requested */
   uint64_t next_id;
+  uint64_t next_end_seq;
   uint64_t round;
+  unsigned rounds_unpolled;  /* rounds since libuv was last polled */
   weft_stats_t counters;
   weft_event_fn on_event;
   void *event_arg;

@@ -119,20 +119,24 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
     .n = n,
   };
   weft__timer_init(&jw.timeout, join_timeout);
+  weft_task_t *first_done = NULL;
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];
     nodes[i].jw = &jw;
     nodes[i].target = t;
     weft__queue_init(&nodes[i].link);
     if (t->state == WEFT__DONE) {
-      if (t->status != 0 && jw.first_err == 0)
-        jw.first_err = t->status;
+      /* Of the tasks that had already failed, the one that ended first. */
+      if (t->status != 0 && (!first_done || t->end_seq < first_done->end_seq))
+        first_done = t;
       continue;
     }
     /* The same task twice is fine: each node fires once. */
     weft__queue_insert_tail(&t->joiners, &nodes[i].link);
     jw.pending++;
   }
+  if (first_done)
+    jw.first_err = first_done->status;
   int result = 0;
   if (jw.pending > 0) {
     if (has_timeout) {

@@ -40,7 +40,9 @@ static pthread_once_t budget_once = PTHREAD_ONCE_INIT;
 static size_t page_size;
 
 /* A quarter of the mapping limit for guard pages (two mappings each) leaves
- * half of it to the program, its libraries, malloc and the slabs. */
+ * half of it to the program, its libraries, malloc and the slabs.
+ * WEFT_GUARDED_STACKS_MAX in the environment overrides it (tests use it to
+ * reach the canary fallback quickly). */
 static void budget_init(void) {
   long max_maps = 65530;
   FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
@@ -50,7 +52,14 @@ static void budget_init(void) {
     fclose(f);
   }
   const char *env = getenv("WEFT_GUARDED_STACKS_MAX");
-  guarded_budget = env ? (size_t)strtoull(env, NULL, 10) : (size_t)max_maps / 4;
+  /* The sanitizers map memory of their own for every fiber and stack:
+   * leave them most of the room. */
+#if defined(WEFT_TSAN) || defined(WEFT_ASAN)
+  size_t share = 16;
+#else
+  size_t share = 4;
+#endif
+  guarded_budget = env ? (size_t)strtoull(env, NULL, 10) : (size_t)max_maps / share;
   page_size = (size_t)sysconf(_SC_PAGESIZE);
 }
 

@@ -41,6 +41,7 @@ int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_t
   weft__timer_init(&t->deadline_timer, NULL);
   t->group = NULL;
   t->id = loop->next_id++;
+  t->end_seq = 0;
   t->spawn_ns = 0;
   t->magic = WEFT__TASK_MAGIC;
   t->name[0] = '\0';
@@ -102,6 +103,7 @@ void weft__task_complete(weft_task_t *t, int status) {
   weft_loop_t *loop = t->loop;
   t->status = status;
   t->state = WEFT__DONE;
+  t->end_seq = ++loop->next_end_seq;
   weft__queue_remove(&t->all);
   loop->nlive--;
   if (status == 0)
