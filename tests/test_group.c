@@ -1,0 +1,280 @@
+/* Tests for structured groups (asyncio.TaskGroup): a group's wait returns
+ * only when every child has ended; the first child to fail cancels its
+ * siblings and is what the wait returns; a cancelled child is not a failure;
+ * a group that is cancelling or already waited on refuses new children; and
+ * releasing a group with children still running cancels them.
+ *
+ * Children count themselves in and out through globals, so "after every
+ * child has ended" is checked by reading the count when the wait returns.
+ */
+#include "testutil.h"
+
+static int g_ended;   /* children that reached the end of their body */
+static int g_started; /* children that began to run */
+
+static void reset(void) {
+  g_ended = 0;
+  g_started = 0;
+}
+
+static void run_main(weft_fn body, void *arg) {
+  assert_int_equal(weft_run(body, arg, NULL), 0);
+}
+
+/* A child that sleeps arg milliseconds and counts itself. */
+static void *child_ok(void *arg) {
+  g_started++;
+  weft_sleep((uint64_t)(uintptr_t)arg);
+  g_ended++;
+  return NULL;
+}
+
+/* A child that sleeps arg milliseconds and then fails with -5. */
+static void *child_fail(void *arg) {
+  g_started++;
+  weft_sleep((uint64_t)(uintptr_t)arg);
+  weft_task_fail(-5);
+  g_ended++;
+  return NULL;
+}
+
+static void *all_ok_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_non_null(g);
+  for (uintptr_t i = 0; i < 3; i++)
+    assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(10 + 20 * i)), 0);
+  assert_int_equal(weft_group_wait(g), 0);
+  /* Every child ran to its end before the wait returned. */
+  assert_int_equal(g_ended, 3);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_all_succeed(void **state) {
+  reset();
+  run_main(all_ok_main, NULL);
+}
+
+/* A sibling whose unwinding takes more than one step: it awaits a
+ * grandchild, so when it is cancelled it must first cancel and wait for the
+ * grandchild. The group's wait has to last through all of that. */
+static wt_probe_t g_sleeper;     /* a child sleeping 10 s */
+static wt_probe_t g_grandchild;  /* sleeping 10 s under an awaiting child */
+static int g_awaiter_rc;
+
+static void *child_awaits_grandchild(void *arg) {
+  weft_task_t *t = NULL;
+  g_started++;
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &g_grandchild, &t), 0);
+  g_awaiter_rc = weft_await(t, NULL);
+  weft_task_release(t);
+  g_ended++;
+  return NULL;
+}
+
+static void *sleeper_child(void *arg) {
+  g_started++;
+  wt_probe_task(&g_sleeper);
+  g_ended++;
+  return NULL;
+}
+
+static void *failure_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, sleeper_child, NULL), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_awaits_grandchild, NULL), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(uintptr_t)5000), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_fail, (void *)(uintptr_t)20), 0);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_group_wait(g), -5);
+  *(double *)arg = wt_now_ms() - t0;
+  /* All four children ended before the wait returned; the grandchild too. */
+  assert_int_equal(g_ended, 4);
+  assert_true(g_grandchild.ended);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_failure_cancels_siblings(void **state) {
+  double elapsed = 0;
+  reset();
+  wt_probe_init(&g_sleeper, 10000, 0, NULL);
+  wt_probe_init(&g_grandchild, 10000, 0, NULL);
+  g_awaiter_rc = 1;
+  run_main(failure_main, &elapsed);
+  assert_true(elapsed >= 15);
+  assert_true(elapsed < 2000);
+  assert_int_equal(g_sleeper.sleep_rc, WEFT_ECANCELED);
+  assert_int_equal(g_awaiter_rc, WEFT_ECANCELED);
+  assert_int_equal(g_grandchild.sleep_rc, WEFT_ECANCELED);
+}
+
+static int g_late_ran;
+
+static void *late_child(void *arg) {
+  g_late_ran = 1;
+  return NULL;
+}
+
+static void *spawn_after_failure_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_fail, (void *)(uintptr_t)0), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(uintptr_t)10000), 0);
+  assert_int_equal(weft_sleep(20), 0);
+  /* The first child has failed: the group is cancelling (its sibling may
+   * already have unwound too). */
+  assert_true(g_ended >= 1);
+  assert_int_equal(weft_group_spawn(g, NULL, late_child, NULL), WEFT_ECANCELED);
+  assert_int_equal(weft_group_wait(g), -5);
+  assert_int_equal(g_ended, 2);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_spawn_after_failure(void **state) {
+  reset();
+  g_late_ran = 0;
+  run_main(spawn_after_failure_main, NULL);
+  assert_int_equal(g_late_ran, 0);
+}
+
+static void *spawn_after_wait_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(uintptr_t)5), 0);
+  assert_int_equal(weft_group_wait(g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, late_child, NULL), WEFT_EINVAL);
+  /* Give a wrongly spawned child the chance to run, to catch it. */
+  assert_int_equal(weft_sleep(10), 0);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_spawn_after_wait(void **state) {
+  reset();
+  g_late_ran = 0;
+  run_main(spawn_after_wait_main, NULL);
+  assert_int_equal(g_late_ran, 0);
+}
+
+static void *release_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, sleeper_child, NULL), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(uintptr_t)10000), 0);
+  assert_int_equal(weft_sleep(10), 0);
+  assert_int_equal(g_started, 2);
+  double t0 = wt_now_ms();
+  weft_group_release(g);
+  /* The children were cancelled; give them a few rounds to unwind. */
+  for (int i = 0; i < 100 && g_ended < 2; i++)
+    assert_int_equal(weft_sleep(5), 0);
+  assert_int_equal(g_ended, 2);
+  assert_true(wt_now_ms() - t0 < 1000);
+  return NULL;
+}
+
+static void group_release_cancels_children(void **state) {
+  reset();
+  wt_probe_init(&g_sleeper, 10000, 0, NULL);
+  run_main(release_main, NULL);
+  assert_int_equal(g_sleeper.sleep_rc, WEFT_ECANCELED);
+}
+
+static void *self_cancelling_child(void *arg) {
+  g_started++;
+  assert_int_equal(weft_task_cancel(weft_task_current()), 0);
+  assert_int_equal(weft_yield(), WEFT_ECANCELED);
+  g_ended++;
+  return NULL;
+}
+
+static void *cancelled_child_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, self_cancelling_child, NULL), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(uintptr_t)50), 0);
+  /* A cancelled child is not a failure: its sibling is left to finish and
+   * the group succeeds. */
+  assert_int_equal(weft_group_wait(g), 0);
+  assert_int_equal(g_ended, 2);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_cancelled_child_is_not_failure(void **state) {
+  reset();
+  run_main(cancelled_child_main, NULL);
+}
+
+static void *waiter_task(void *arg) {
+  weft_group_t *g = arg;
+  return (void *)(intptr_t)weft_group_wait(g);
+}
+
+static void *wait_cancelled_main(void *arg) {
+  weft_group_t *g = NULL;
+  weft_task_t *w = NULL;
+  void *r = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, sleeper_child, NULL), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, child_awaits_grandchild, NULL), 0);
+  assert_int_equal(weft_spawn(NULL, waiter_task, g, &w), 0);
+  assert_int_equal(weft_sleep(20), 0);
+  assert_int_equal(weft_task_cancel(w), 0);
+  /* The waiter itself ends cancelled; what its wait returned is its
+   * result. */
+  assert_int_equal(weft_await(w, &r), WEFT_ECANCELED);
+  /* The wait returned the cancellation, after every child ended. */
+  assert_int_equal((int)(intptr_t)r, WEFT_ECANCELED);
+  assert_int_equal(g_ended, 2);
+  weft_task_release(w);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_wait_cancelled(void **state) {
+  reset();
+  wt_probe_init(&g_sleeper, 10000, 0, NULL);
+  wt_probe_init(&g_grandchild, 10000, 0, NULL);
+  g_awaiter_rc = 1;
+  run_main(wait_cancelled_main, NULL);
+  assert_int_equal(g_sleeper.sleep_rc, WEFT_ECANCELED);
+  assert_int_equal(g_grandchild.sleep_rc, WEFT_ECANCELED);
+}
+
+static void *empty_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_wait(g), 0);
+  weft_group_release(g);
+  assert_int_equal(weft_group_new(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(NULL, NULL, child_ok, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_group_spawn(g, NULL, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_group_wait(g), 0);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_empty_and_einval(void **state) {
+  reset();
+  run_main(empty_main, NULL);
+  assert_int_equal(g_started, 0);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(group_all_succeed),
+    cmocka_unit_test(group_failure_cancels_siblings),
+    cmocka_unit_test(group_spawn_after_failure),
+    cmocka_unit_test(group_spawn_after_wait),
+    cmocka_unit_test(group_release_cancels_children),
+    cmocka_unit_test(group_cancelled_child_is_not_failure),
+    cmocka_unit_test(group_wait_cancelled),
+    cmocka_unit_test(group_empty_and_einval),
+};
+
+WT_MAIN("group", tests)

@@ -1,0 +1,282 @@
+/* Tests for misuse and the error vocabulary: await points called outside a
+ * task (on a plain thread, and inside a libuv callback on the loop's own
+ * thread) return WEFT_ENOTASK and leave nothing behind; NULL arguments give
+ * WEFT_EINVAL instead of a crash; a task awaiting itself gets WEFT_EDEADLK;
+ * weft_task_fail refuses codes that are not failures; weft_strerror names
+ * every code.
+ *
+ * The libuv-callback case also checks that a refused call did not act on the
+ * task that happened to run last: a weft_task_fail or weft_deadline_set made
+ * in the callback must not change what the loop's tasks see.
+ */
+#include "testutil.h"
+
+/* ---------------------------------------------------------- outside tasks */
+
+static void await_points_outside_task(void **state) {
+  /* No loop exists yet. */
+  assert_null(weft_task_current());
+  assert_int_equal(weft_sleep(1), WEFT_ENOTASK);
+  assert_int_equal(weft_sleep(0), WEFT_ENOTASK);
+  assert_int_equal(weft_yield(), WEFT_ENOTASK);
+  assert_int_equal(weft_task_fail(-5), WEFT_ENOTASK);
+  assert_int_equal(weft_deadline_set(10), WEFT_ENOTASK);
+  assert_int_equal(weft_deadline_clear(), WEFT_ENOTASK);
+
+  /* With a loop, and task handles, but outside any task. */
+  weft_loop_t *loop = NULL;
+  weft_task_t *t = NULL;
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_loop_new(&loop, NULL), 0);
+  assert_int_equal(weft_loop_set_current(loop), 0);
+  assert_int_equal(weft_spawn(loop, wt_echo_task, (void *)1, &t), 0);
+  assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
+  assert_int_equal(weft_group_new(&g), 0);
+  void *r = NULL;
+  int st = 1;
+  assert_int_equal(weft_await(t, &r), WEFT_ENOTASK);
+  assert_int_equal(weft_await_shielded(t, &r), WEFT_ENOTASK);
+  assert_int_equal(weft_gather(&t, 1, &r, &st), WEFT_ENOTASK);
+  assert_int_equal(weft_wait_for(t, 10, &r), WEFT_ENOTASK);
+  assert_int_equal(weft_group_wait(g), WEFT_ENOTASK);
+  assert_int_equal(weft_sleep(1), WEFT_ENOTASK);
+  assert_int_equal(weft_yield(), WEFT_ENOTASK);
+  assert_int_equal(weft_task_fail(-5), WEFT_ENOTASK);
+  assert_int_equal(weft_deadline_set(10), WEFT_ENOTASK);
+  assert_null(weft_task_current());
+  /* Nothing was written by the refused calls. */
+  assert_null(r);
+  assert_int_equal(st, 1);
+  assert_int_equal(weft_task_status(t), 0);
+
+  /* The group refused its wait outside a task, so it still takes
+   * children. */
+  int ran = 0;
+  weft_task_t *d = NULL;
+  assert_int_equal(weft_group_spawn(g, loop, wt_flag_task, &ran), 0);
+  assert_int_equal(weft_spawn(loop, wt_echo_task, NULL, &d), 0);
+  assert_int_equal(weft_loop_run_until_complete(loop, d, NULL), 0);
+  assert_int_equal(ran, 1);
+  weft_task_release(d);
+  weft_group_release(g);
+  weft_task_release(t);
+  assert_int_equal(weft_loop_set_current(NULL), 0);
+  assert_int_equal(weft_loop_close(loop), 0);
+}
+
+/* What each call returned inside the libuv callback. */
+struct cb_record {
+  int fired;
+  int sleep_rc, yield_rc, await_rc, shielded_rc, gather_rc, wait_for_rc;
+  int group_wait_rc, fail_rc, deadline_set_rc, deadline_clear_rc, spawn_rc;
+  weft_task_t *current;
+  void *result;
+  int status;
+};
+
+static struct cb_record g_cb;
+static weft_loop_t *g_loop;
+static weft_task_t *g_victim; /* a task of the loop, parked while the callback runs */
+static weft_group_t *g_group;
+static int g_spawned_ran;
+static wt_probe_t g_victim_probe;
+
+static void misuse_cb(uv_timer_t *timer) {
+  g_cb.fired = 1;
+  g_cb.current = weft_task_current();
+  g_cb.sleep_rc = weft_sleep(1);
+  g_cb.yield_rc = weft_yield();
+  g_cb.await_rc = weft_await(g_victim, &g_cb.result);
+  g_cb.shielded_rc = weft_await_shielded(g_victim, &g_cb.result);
+  g_cb.gather_rc = weft_gather(&g_victim, 1, &g_cb.result, &g_cb.status);
+  g_cb.wait_for_rc = weft_wait_for(g_victim, 10, &g_cb.result);
+  g_cb.group_wait_rc = weft_group_wait(g_group);
+  g_cb.fail_rc = weft_task_fail(-5);
+  g_cb.deadline_set_rc = weft_deadline_set(1);
+  g_cb.deadline_clear_rc = weft_deadline_clear();
+  /* Spawning is allowed in a callback. */
+  g_cb.spawn_rc = weft_spawn(g_loop, wt_flag_task, &g_spawned_ran, NULL);
+  uv_close((uv_handle_t *)timer, NULL);
+}
+
+static void *victim_task(void *arg) {
+  /* Sleeps through the callback, then sleeps again: if the callback's
+   * weft_deadline_set(1) had landed on this task, the second sleep would
+   * time out. */
+  wt_probe_task(&g_victim_probe);
+  return (void *)(intptr_t)weft_sleep(30);
+}
+
+static void await_points_in_uv_callback(void **state) {
+  uv_timer_t timer;
+  void *r = NULL;
+  memset(&g_cb, 0, sizeof g_cb);
+  g_cb.status = 1;
+  g_spawned_ran = 0;
+  wt_probe_init(&g_victim_probe, 100, 0, NULL);
+  assert_int_equal(weft_loop_new(&g_loop, NULL), 0);
+  assert_int_equal(weft_group_new(&g_group), 0);
+  assert_int_equal(weft_spawn(g_loop, victim_task, NULL, &g_victim), 0);
+  assert_int_equal(uv_timer_init(weft_loop_uv(g_loop), &timer), 0);
+  assert_int_equal(uv_timer_start(&timer, misuse_cb, 20, 0), 0);
+  /* The victim's status is checked here: a weft_task_fail(-5) in the
+   * callback must not have become its status. */
+  assert_int_equal(weft_loop_run_until_complete(g_loop, g_victim, &r), 0);
+  assert_int_equal(g_cb.fired, 1);
+  assert_null(g_cb.current);
+  assert_int_equal(g_cb.sleep_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.yield_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.await_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.shielded_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.gather_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.wait_for_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.group_wait_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.fail_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.deadline_set_rc, WEFT_ENOTASK);
+  assert_int_equal(g_cb.deadline_clear_rc, WEFT_ENOTASK);
+  assert_null(g_cb.result);
+  assert_int_equal(g_cb.status, 1);
+  /* The victim slept undisturbed, twice. */
+  assert_int_equal(g_victim_probe.sleep_rc, 0);
+  assert_int_equal((int)(intptr_t)r, 0);
+  assert_int_equal(g_cb.spawn_rc, 0);
+  assert_int_equal(g_spawned_ran, 1);
+  weft_task_release(g_victim);
+  weft_group_release(g_group);
+  assert_int_equal(weft_loop_close(g_loop), 0);
+}
+
+/* ----------------------------------------------------------- NULL arguments */
+
+static void null_arguments_outside(void **state) {
+  weft_loop_t *loop = NULL;
+  weft_task_t *t = NULL;
+  weft_stats_t st;
+  assert_int_equal(weft_run(NULL, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_new(NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_new(&loop, NULL), 0);
+  assert_int_equal(weft_loop_run_until_complete(NULL, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_run_until_complete(loop, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_run_forever(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_stop(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_close(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_loop_stats(NULL, &st), WEFT_EINVAL);
+  assert_int_equal(weft_loop_stats(loop, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_spawn(loop, NULL, NULL, &t), WEFT_EINVAL);
+  assert_int_equal(weft_spawn(loop, NULL, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_task_cancel(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_task_status(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_task_set_name(NULL, "x"), WEFT_EINVAL);
+  assert_int_equal(weft_group_new(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_group_spawn(NULL, loop, wt_echo_task, NULL), WEFT_EINVAL);
+  weft_task_release(NULL);
+  weft_group_release(NULL);
+  /* Nothing was spawned by the refused calls. */
+  assert_int_equal(weft_loop_stats(loop, &st), 0);
+  assert_int_equal(st.spawned, 0);
+  assert_int_equal(weft_loop_close(loop), 0);
+}
+
+static void *null_in_task_main(void *arg) {
+  weft_task_t *none = NULL;
+  void *r = NULL;
+  assert_int_equal(weft_await(NULL, &r), WEFT_EINVAL);
+  assert_int_equal(weft_await_shielded(NULL, &r), WEFT_EINVAL);
+  assert_int_equal(weft_wait_for(NULL, 10, &r), WEFT_EINVAL);
+  assert_int_equal(weft_gather(NULL, 2, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_gather(&none, 1, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_group_wait(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_spawn(NULL, NULL, NULL, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_task_cancel(NULL), WEFT_EINVAL);
+  assert_null(r);
+  /* The task is not harmed by its refused calls: it can still sleep. */
+  assert_int_equal(weft_sleep(1), 0);
+  return (void *)0x5;
+}
+
+static void null_arguments_in_task(void **state) {
+  void *r = NULL;
+  assert_int_equal(weft_run(null_in_task_main, NULL, &r), 0);
+  assert_ptr_equal(r, (void *)0x5);
+}
+
+/* --------------------------------------------------------------- deadlock */
+
+static void *self_await_main(void *arg) {
+  weft_task_t *self = weft_task_current();
+  assert_non_null(self);
+  assert_int_equal(weft_await(self, NULL), WEFT_EDEADLK);
+  assert_int_equal(weft_await_shielded(self, NULL), WEFT_EDEADLK);
+  assert_int_equal(weft_wait_for(self, 10, NULL), WEFT_EDEADLK);
+  assert_int_equal(weft_gather(&self, 1, NULL, NULL), WEFT_EDEADLK);
+  /* Refused at once, and the task goes on. */
+  assert_int_equal(weft_yield(), 0);
+  return NULL;
+}
+
+static void await_self_deadlock(void **state) {
+  assert_int_equal(weft_run(self_await_main, NULL, NULL), 0);
+}
+
+/* ------------------------------------------------------------ task_fail */
+
+static void *bad_fail_main(void *arg) {
+  assert_int_equal(weft_task_fail(0), WEFT_EINVAL);
+  assert_int_equal(weft_task_fail(1), WEFT_EINVAL);
+  assert_int_equal(weft_task_fail(WEFT_EPENDING), WEFT_EINVAL);
+  return NULL;
+}
+
+static void task_fail_rejects_non_failures(void **state) {
+  /* None of the refused calls set a status: main succeeds. */
+  assert_int_equal(weft_run(bad_fail_main, NULL, NULL), 0);
+}
+
+/* ------------------------------------------------------------- strerror */
+
+static void strerror_names_every_code(void **state) {
+  static const int codes[] = {WEFT_EINVAL,    WEFT_ENOMEM,   WEFT_EBUSY,   WEFT_EAGAIN,
+                              WEFT_ECANCELED, WEFT_ETIMEDOUT, WEFT_EPERM,  WEFT_EALREADY,
+                              WEFT_ENOTASK,   WEFT_EPENDING, WEFT_ECLOSED, WEFT_EDEADLK};
+  const size_t n = sizeof codes / sizeof codes[0];
+  for (size_t i = 0; i < n; i++) {
+    const char *s = weft_strerror(codes[i]);
+    assert_non_null(s);
+    assert_true(strlen(s) > 0);
+    for (size_t j = 0; j < i; j++) {
+      assert_int_not_equal(codes[i], codes[j]);
+      assert_string_not_equal(s, weft_strerror(codes[j]));
+    }
+  }
+  /* Codes shared with libuv are libuv's. */
+  assert_int_equal(WEFT_ECANCELED, UV_ECANCELED);
+  assert_int_equal(WEFT_ETIMEDOUT, UV_ETIMEDOUT);
+  assert_int_equal(WEFT_EINVAL, UV_EINVAL);
+  /* Unknown and foreign codes still get a sentence. */
+  static const int others[] = {0, -123456, 123456, -1, UV_ECONNRESET, INT32_MIN};
+  for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+    const char *s = weft_strerror(others[i]);
+    assert_non_null(s);
+    assert_true(strlen(s) > 0);
+  }
+}
+
+static void version_string(void **state) {
+  char want[32];
+  snprintf(want, sizeof want, "%d.%d.%d", WEFT_VERSION_MAJOR, WEFT_VERSION_MINOR,
+           WEFT_VERSION_PATCH);
+  assert_string_equal(weft_version_string(), want);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(await_points_outside_task),
+    cmocka_unit_test(await_points_in_uv_callback),
+    cmocka_unit_test(null_arguments_outside),
+    cmocka_unit_test(null_arguments_in_task),
+    cmocka_unit_test(await_self_deadlock),
+    cmocka_unit_test(task_fail_rejects_non_failures),
+    cmocka_unit_test(strerror_names_every_code),
+    cmocka_unit_test(version_string),
+};
+
+WT_MAIN("misuse", tests)

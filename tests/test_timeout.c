@@ -1,0 +1,346 @@
+/* Tests for timeouts: weft_wait_for (asyncio.wait_for) and the per-task
+ * deadline (asyncio.timeout). A task that ends in time gives its own status
+ * and result; one that does not is cancelled, and the caller gets
+ * WEFT_ETIMEDOUT only after it has unwound. A passed deadline makes every
+ * await of the task return WEFT_ETIMEDOUT until it is cleared, and cancels
+ * what the task was awaiting.
+ *
+ * Durations are checked against generous bounds: well above the timeout's
+ * lower edge and far below the 10 s the victims sleep.
+ */
+#include "testutil.h"
+
+static void run_main(weft_fn body, void *arg) {
+  assert_int_equal(weft_run(body, arg, NULL), 0);
+}
+
+/* ---------------------------------------------------------------- wait_for */
+
+static void *in_time_main(void *arg) {
+  wt_probe_t p, q;
+  weft_task_t *t = NULL, *u = NULL;
+  void *r = NULL;
+  wt_probe_init(&p, 20, 0, (void *)0x42);
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &p, &t), 0);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_wait_for(t, 1000, &r), 0);
+  /* It returned when the task ended, not when the timeout would have. */
+  assert_true(wt_now_ms() - t0 < 500);
+  assert_ptr_equal(r, (void *)0x42);
+  assert_int_equal(p.sleep_rc, 0);
+  weft_task_release(t);
+
+  /* A failure in time is the task's own status. */
+  wt_probe_init(&q, 10, -5, (void *)0x43);
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &q, &u), 0);
+  r = NULL;
+  assert_int_equal(weft_wait_for(u, 1000, &r), -5);
+  assert_ptr_equal(r, (void *)0x43);
+  weft_task_release(u);
+  return NULL;
+}
+
+static void wait_for_in_time(void **state) {
+  run_main(in_time_main, NULL);
+}
+
+struct slow {
+  wt_probe_t p;
+  weft_task_t *t;
+  int rc;
+  double elapsed;
+  int ended_at_return;
+};
+
+static void *slow_main(void *arg) {
+  struct slow *s = arg;
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &s->p, &s->t), 0);
+  double t0 = wt_now_ms();
+  s->rc = weft_wait_for(s->t, 50, NULL);
+  s->elapsed = wt_now_ms() - t0;
+  s->ended_at_return = s->p.ended;
+  /* The timeout belonged to that one wait: the caller is not timed out. */
+  assert_int_equal(weft_sleep(1), 0);
+  return NULL;
+}
+
+static void wait_for_times_out(void **state) {
+  struct slow s;
+  memset(&s, 0, sizeof s);
+  wt_probe_init(&s.p, 10000, 0, NULL);
+  run_main(slow_main, &s);
+  assert_int_equal(s.rc, WEFT_ETIMEDOUT);
+  assert_true(s.elapsed >= 40);
+  assert_true(s.elapsed < 1000);
+  /* The slow task was cancelled and had unwound when wait_for returned. */
+  assert_int_equal(s.p.sleep_rc, WEFT_ECANCELED);
+  assert_true(s.ended_at_return);
+  assert_int_equal(weft_task_status(s.t), WEFT_ECANCELED);
+  weft_task_release(s.t);
+}
+
+static void *wait_for_cancelled_caller(void *arg) {
+  struct slow *s = arg;
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &s->p, &s->t), 0);
+  s->rc = weft_wait_for(s->t, 5000, NULL);
+  s->ended_at_return = s->p.ended;
+  return NULL;
+}
+
+static void *cancel_waiter_main(void *arg) {
+  struct slow *s = arg;
+  weft_task_t *w = NULL;
+  assert_int_equal(weft_spawn(NULL, wait_for_cancelled_caller, s, &w), 0);
+  assert_int_equal(weft_sleep(20), 0);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_task_cancel(w), 0);
+  assert_int_equal(weft_await(w, NULL), WEFT_ECANCELED);
+  s->elapsed = wt_now_ms() - t0;
+  weft_task_release(w);
+  return NULL;
+}
+
+static void wait_for_caller_cancelled(void **state) {
+  struct slow s;
+  memset(&s, 0, sizeof s);
+  wt_probe_init(&s.p, 10000, 0, NULL);
+  run_main(cancel_waiter_main, &s);
+  /* A cancellation is not a timeout, and it reaches the awaited task. */
+  assert_int_equal(s.rc, WEFT_ECANCELED);
+  assert_true(s.elapsed < 1000);
+  assert_int_equal(s.p.sleep_rc, WEFT_ECANCELED);
+  assert_true(s.ended_at_return);
+  assert_int_equal(weft_task_status(s.t), WEFT_ECANCELED);
+  weft_task_release(s.t);
+}
+
+static void *wait_for_einval_main(void *arg) {
+  assert_int_equal(weft_wait_for(NULL, 10, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_wait_for(weft_task_current(), 10, NULL), WEFT_EDEADLK);
+  return NULL;
+}
+
+static void wait_for_bad_arguments(void **state) {
+  run_main(wait_for_einval_main, NULL);
+}
+
+/* ---------------------------------------------------------------- deadline */
+
+struct dl {
+  int sleep_rc, again_rc, yield_rc, cleared_rc;
+  double waited, again_waited;
+};
+
+static void *deadline_main(void *arg) {
+  struct dl *d = arg;
+  assert_int_equal(weft_deadline_set(50), 0);
+  double t0 = wt_now_ms();
+  d->sleep_rc = weft_sleep(10000);
+  d->waited = wt_now_ms() - t0;
+  /* The deadline has passed: later awaits refuse at once. */
+  t0 = wt_now_ms();
+  d->again_rc = weft_sleep(10000);
+  d->yield_rc = weft_yield();
+  d->again_waited = wt_now_ms() - t0;
+  assert_int_equal(weft_deadline_clear(), 0);
+  d->cleared_rc = weft_sleep(5);
+  return NULL;
+}
+
+static void deadline_bounds_awaits(void **state) {
+  struct dl d;
+  memset(&d, 1, sizeof d);
+  d.waited = d.again_waited = 1e9;
+  run_main(deadline_main, &d);
+  assert_int_equal(d.sleep_rc, WEFT_ETIMEDOUT);
+  assert_true(d.waited >= 40);
+  assert_true(d.waited < 1000);
+  assert_int_equal(d.again_rc, WEFT_ETIMEDOUT);
+  assert_int_equal(d.yield_rc, WEFT_ETIMEDOUT);
+  assert_true(d.again_waited < 100);
+  assert_int_equal(d.cleared_rc, 0);
+}
+
+static void *deadline_replace_main(void *arg) {
+  /* A new deadline replaces the old one, in both directions. */
+  assert_int_equal(weft_deadline_set(30), 0);
+  assert_int_equal(weft_deadline_set(5000), 0);
+  assert_int_equal(weft_sleep(80), 0);
+  assert_int_equal(weft_deadline_set(10000), 0);
+  assert_int_equal(weft_deadline_set(30), 0);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_sleep(10000), WEFT_ETIMEDOUT);
+  assert_true(wt_now_ms() - t0 < 1000);
+  /* A deadline that is not reached changes nothing. */
+  assert_int_equal(weft_deadline_clear(), 0);
+  assert_int_equal(weft_deadline_set(1000), 0);
+  assert_int_equal(weft_sleep(10), 0);
+  assert_int_equal(weft_yield(), 0);
+  assert_int_equal(weft_deadline_clear(), 0);
+  /* Clearing when there is no deadline is fine. */
+  assert_int_equal(weft_deadline_clear(), 0);
+  return NULL;
+}
+
+static void deadline_replace_and_clear(void **state) {
+  run_main(deadline_replace_main, NULL);
+}
+
+static void *deadline_child_main(void *arg) {
+  struct slow *s = arg;
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &s->p, &s->t), 0);
+  assert_int_equal(weft_deadline_set(50), 0);
+  double t0 = wt_now_ms();
+  s->rc = weft_await(s->t, NULL);
+  s->elapsed = wt_now_ms() - t0;
+  s->ended_at_return = s->p.ended;
+  weft_deadline_clear();
+  return NULL;
+}
+
+static void deadline_cancels_awaited(void **state) {
+  struct slow s;
+  memset(&s, 0, sizeof s);
+  wt_probe_init(&s.p, 10000, 0, NULL);
+  run_main(deadline_child_main, &s);
+  assert_int_equal(s.rc, WEFT_ETIMEDOUT);
+  assert_true(s.elapsed >= 40);
+  assert_true(s.elapsed < 1000);
+  assert_int_equal(s.p.sleep_rc, WEFT_ECANCELED);
+  assert_true(s.ended_at_return);
+  assert_int_equal(weft_task_status(s.t), WEFT_ECANCELED);
+  weft_task_release(s.t);
+}
+
+struct dl_gather {
+  wt_probe_t p[2];
+  weft_task_t *t[2];
+  int rc;
+  int ended_at_return[2];
+};
+
+static void *deadline_gather_main(void *arg) {
+  struct dl_gather *g = arg;
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(weft_spawn(NULL, wt_probe_task, &g->p[i], &g->t[i]), 0);
+  assert_int_equal(weft_deadline_set(50), 0);
+  g->rc = weft_gather(g->t, 2, NULL, NULL);
+  for (int i = 0; i < 2; i++)
+    g->ended_at_return[i] = g->p[i].ended;
+  weft_deadline_clear();
+  return NULL;
+}
+
+static void deadline_cancels_gathered(void **state) {
+  struct dl_gather g;
+  memset(&g, 0, sizeof g);
+  wt_probe_init(&g.p[0], 10000, 0, NULL);
+  wt_probe_init(&g.p[1], 20000, 0, NULL);
+  run_main(deadline_gather_main, &g);
+  assert_int_equal(g.rc, WEFT_ETIMEDOUT);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(g.p[i].sleep_rc, WEFT_ECANCELED);
+    assert_true(g.ended_at_return[i]);
+    assert_int_equal(weft_task_status(g.t[i]), WEFT_ECANCELED);
+    weft_task_release(g.t[i]);
+  }
+}
+
+static wt_probe_t g_group_kid;
+
+static void *group_kid(void *arg) {
+  wt_probe_task(&g_group_kid);
+  return NULL;
+}
+
+static void *deadline_group_main(void *arg) {
+  weft_group_t *g = NULL;
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, NULL, group_kid, NULL), 0);
+  assert_int_equal(weft_deadline_set(50), 0);
+  *(int *)arg = weft_group_wait(g);
+  assert_true(g_group_kid.ended);
+  weft_deadline_clear();
+  weft_group_release(g);
+  return NULL;
+}
+
+static void deadline_cancels_group(void **state) {
+  int rc = 1;
+  wt_probe_init(&g_group_kid, 10000, 0, NULL);
+  run_main(deadline_group_main, &rc);
+  assert_int_equal(rc, WEFT_ETIMEDOUT);
+  assert_int_equal(g_group_kid.sleep_rc, WEFT_ECANCELED);
+}
+
+static void *deadline_shield_main(void *arg) {
+  wt_probe_t p;
+  weft_task_t *t = NULL;
+  void *r = NULL;
+  wt_probe_init(&p, 200, 0, (void *)0x5);
+  assert_int_equal(weft_spawn(NULL, wt_probe_task, &p, &t), 0);
+  assert_int_equal(weft_deadline_set(30), 0);
+  double t0 = wt_now_ms();
+  /* The shield lets the caller go at its deadline and leaves the task
+   * alone. */
+  assert_int_equal(weft_await_shielded(t, NULL), WEFT_ETIMEDOUT);
+  double waited = wt_now_ms() - t0;
+  assert_true(waited >= 20);
+  assert_true(waited < 150);
+  assert_int_equal(weft_task_status(t), WEFT_EPENDING);
+  assert_int_equal(weft_deadline_clear(), 0);
+  assert_int_equal(weft_await(t, &r), 0);
+  assert_ptr_equal(r, (void *)0x5);
+  assert_int_equal(p.sleep_rc, 0);
+  weft_task_release(t);
+  return NULL;
+}
+
+static void deadline_spares_shielded(void **state) {
+  run_main(deadline_shield_main, NULL);
+}
+
+static void busy_ms(double ms) {
+  double end = wt_now_ms() + ms;
+  while (wt_now_ms() < end) {
+  }
+}
+
+struct busy {
+  int yield_rc, sleep_rc;
+};
+
+static void *deadline_while_running_main(void *arg) {
+  struct busy *b = arg;
+  assert_int_equal(weft_deadline_set(20), 0);
+  /* The deadline passes while the task runs without awaiting. */
+  busy_ms(60);
+  b->yield_rc = weft_yield();
+  b->sleep_rc = weft_sleep(1);
+  weft_deadline_clear();
+  return NULL;
+}
+
+static void deadline_passes_while_running(void **state) {
+  struct busy b = {1, 1};
+  run_main(deadline_while_running_main, &b);
+  /* Its next await is already too late: "every await after it". */
+  assert_int_equal(b.yield_rc, WEFT_ETIMEDOUT);
+  assert_int_equal(b.sleep_rc, WEFT_ETIMEDOUT);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(wait_for_in_time),
+    cmocka_unit_test(wait_for_times_out),
+    cmocka_unit_test(wait_for_caller_cancelled),
+    cmocka_unit_test(wait_for_bad_arguments),
+    cmocka_unit_test(deadline_bounds_awaits),
+    cmocka_unit_test(deadline_replace_and_clear),
+    cmocka_unit_test(deadline_cancels_awaited),
+    cmocka_unit_test(deadline_cancels_gathered),
+    cmocka_unit_test(deadline_cancels_group),
+    cmocka_unit_test(deadline_spares_shielded),
+    cmocka_unit_test(deadline_passes_while_running),
+};
+
+WT_MAIN("timeout", tests)
