@@ -1,0 +1,887 @@
+/* timeline: the seed's three execution models, measured and drawn.
+ *
+ * Tasks A, B and C wait 2, 1 and 3 "seed seconds", scaled by --scale (0.1 by
+ * default, so 200, 100 and 300 ms). They run three ways: as blocking calls
+ * one after another, awaited one after another, and gathered. The real start
+ * and end of every task is measured with uv_hrtime and the seed's ASCII
+ * timelines are drawn from those measurements, so a slow or loaded machine
+ * shows up in the drawing and in a note instead of being hidden.
+ *
+ * The three models go through the high-level API (weft_run, like
+ * asyncio.run). A last part runs the gathered model again on a loop built
+ * with the low-level API (weft_loop_new, weft_spawn,
+ * weft_loop_run_until_complete, weft_loop_close) and prints, from the loop's
+ * event hook, what the loop did round by round: its ready queue, where each
+ * task stopped, what sat in the waiting set and which timer woke whom.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <weft.h>
+
+#define NTASKS 3
+#define GUTTER 10          /* columns left of the time axis: "A running " */
+#define PLOT_COLS 60       /* columns the time axis may use */
+#define MAX_COLS_PER_S 10  /* the seed draws 2 s as 20 '=' */
+#define TOLERANCE 0.15     /* deviation from the model worth a note */
+#define MAX_BEATS 1024
+#define MAX_EVENTS 1024
+#define MAX_NAMED 16
+
+static const char *const task_label[NTASKS] = {"A", "B", "C"};
+static const double task_seed_s[NTASKS] = {2.0, 1.0, 3.0};
+
+static double g_scale = 0.1;
+static uint64_t g_task_ms[NTASKS]; /* real milliseconds each task waits */
+static uint64_t g_beat_ms;         /* the heartbeat's period: 0.5 seed s */
+
+/* A real duration in seed seconds: the unit every drawing uses. */
+static double seed_s(uint64_t ns) {
+  return (double)ns / 1e9 / g_scale;
+}
+
+/* ---------------------------------------------------------------- names */
+
+/* Tasks are named with weft_task_set_name and also remembered here, so the
+ * trace can name a task at its SPAWN event, which the loop reports before
+ * the spawner had the chance to name it. Handles are held until the trace
+ * is printed, so no pointer here is reused meanwhile. */
+static struct {
+  const weft_task_t *task;
+  char name[16];
+} g_named[MAX_NAMED];
+static size_t g_nnamed;
+
+static void name_task(weft_task_t *t, const char *name) {
+  weft_task_set_name(t, name);
+  if (g_nnamed < MAX_NAMED) {
+    g_named[g_nnamed].task = t;
+    snprintf(g_named[g_nnamed].name, sizeof g_named[0].name, "%s", name);
+    g_nnamed++;
+  }
+}
+
+static const char *known_name(const weft_task_t *t, const char *fallback) {
+  size_t i;
+  for (i = 0; i < g_nnamed; i++)
+    if (g_named[i].task == t)
+      return g_named[i].name;
+  return fallback;
+}
+
+/* -------------------------------------------------------- the three models */
+
+enum model_kind { MODEL_BLOCKING, MODEL_SEQUENTIAL, MODEL_GATHER };
+
+typedef struct model {
+  enum model_kind kind;
+  const char *title;   /* the seed's name for the model */
+  const char *code;    /* the seed's Python for it */
+  const char *how;     /* how weft runs it here */
+  double expect_s;     /* the seed's total, in seed seconds */
+  uint64_t t0;         /* just before the first task was started */
+  uint64_t t_end;      /* just after the last task was waited for */
+  uint64_t start[NTASKS];
+  uint64_t end[NTASKS];
+  int status[NTASKS];
+  uint64_t beat[MAX_BEATS]; /* when the heartbeat task woke */
+  size_t beats;
+  int nested;               /* what weft_run returned inside main (model 1) */
+} model_t;
+
+typedef struct job {
+  model_t *m;
+  int i;
+} job_t;
+
+/* Waits by blocking the whole thread, as a synchronous call would: the loop
+ * cannot run anything meanwhile. An absolute deadline keeps signals from
+ * stretching the wait. */
+static void block_for(uint64_t ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += (time_t)(ms / 1000);
+  until.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {
+  }
+}
+
+/* One of A, B, C as a coroutine: it awaits a timer, which stands for the
+ * seed's I/O wait. Its start is taken when it first runs, not when it was
+ * spawned, so the bars show when the loop really got to it. */
+static void *async_task(void *arg) {
+  job_t *j = arg;
+  int err;
+
+  j->m->start[j->i] = uv_hrtime();
+  err = weft_sleep(g_task_ms[j->i]);
+  j->m->end[j->i] = uv_hrtime();
+  if (err != 0)
+    weft_task_fail(err);
+  return NULL;
+}
+
+/* A fourth task that only wants to wake every half seed second. Whether it
+ * gets to is what tells a blocked loop from a free one: models 1 and 2 draw
+ * the same bars, but only one of them leaves the loop to other tasks. */
+static void *heartbeat(void *arg) {
+  model_t *m = arg;
+  while (m->beats < MAX_BEATS && weft_sleep(g_beat_ms) == 0)
+    m->beat[m->beats++] = uv_hrtime();
+  return NULL;
+}
+
+static void *noop_main(void *arg) {
+  return arg;
+}
+
+static int spawn_job(job_t *j, weft_task_t **t) {
+  int err = weft_spawn(NULL, async_task, j, t);
+  if (err == 0)
+    name_task(*t, task_label[j->i]);
+  return err;
+}
+
+/* The body of main() for one model; weft_run wraps it in a task. */
+static void *model_main(void *arg) {
+  model_t *m = arg;
+  weft_task_t *t[NTASKS] = {NULL, NULL, NULL};
+  weft_task_t *beat;
+  job_t job[NTASKS];
+  int err, i;
+
+  weft_task_set_name(weft_task_current(), "main");
+  /* The heartbeat is detached at once: weft_run cancels it when main ends,
+   * as asyncio.run cancels leftover tasks. */
+  err = weft_spawn(NULL, heartbeat, m, &beat);
+  if (err != 0)
+    goto fail;
+  weft_task_set_name(beat, "heartbeat");
+  weft_task_release(beat);
+
+  for (i = 0; i < NTASKS; i++) {
+    job[i].m = m;
+    job[i].i = i;
+  }
+  /* The seed's table says asyncio.run() does not nest; neither does
+   * weft_run. Asked once, before anything is timed. */
+  if (m->kind == MODEL_BLOCKING)
+    m->nested = weft_run(noop_main, NULL, NULL);
+  m->t0 = uv_hrtime();
+  switch (m->kind) {
+  case MODEL_BLOCKING:
+    for (i = 0; i < NTASKS; i++) {
+      m->start[i] = uv_hrtime();
+      block_for(g_task_ms[i]);
+      m->end[i] = uv_hrtime();
+      m->status[i] = 0;
+    }
+    break;
+  case MODEL_SEQUENTIAL:
+    for (i = 0; i < NTASKS; i++) {
+      err = spawn_job(&job[i], &t[i]);
+      if (err != 0)
+        goto fail;
+      m->status[i] = weft_await(t[i], NULL);
+      weft_task_release(t[i]);
+    }
+    break;
+  case MODEL_GATHER:
+    for (i = 0; i < NTASKS; i++) {
+      err = spawn_job(&job[i], &t[i]);
+      if (err != 0)
+        goto fail_spawned;
+    }
+    err = weft_gather(t, NTASKS, NULL, m->status);
+    for (i = 0; i < NTASKS; i++)
+      weft_task_release(t[i]);
+    if (err != 0)
+      goto fail;
+    break;
+  }
+  m->t_end = uv_hrtime();
+  for (i = 0; i < NTASKS; i++)
+    if (m->status[i] != 0)
+      weft_task_fail(m->status[i]);
+  return NULL;
+
+fail_spawned:
+  /* Released handles leave the tasks detached; weft_run cancels them. */
+  while (i-- > 0)
+    weft_task_release(t[i]);
+fail:
+  weft_task_fail(err);
+  return NULL;
+}
+
+/* ----------------------------------------------------------------- drawing */
+
+/* Prints a line drawn in ASCII, with '|' standing for the seed's box-drawing
+ * tick and trailing blanks dropped: building lines byte by byte keeps column
+ * arithmetic simple, and only the output needs the UTF-8 character. */
+static void put_drawn(const char *s) {
+  size_t n = strlen(s);
+  while (n > 0 && s[n - 1] == ' ')
+    n--;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '|')
+      fputs("\u2502", stdout);
+    else
+      putchar(s[i]);
+  }
+  putchar('\n');
+}
+
+static int round_to_int(double x) {
+  return (int)(x + 0.5);
+}
+
+static void draw(const model_t *m) {
+  char line[GUTTER + PLOT_COLS + 32];
+  double total = seed_s(m->t_end - m->t0);
+  double span = total > m->expect_s ? total : m->expect_s;
+  int secs, label_every, i, s;
+  double cps;
+
+  for (i = 0; i < NTASKS; i++)
+    if (seed_s(m->end[i] - m->t0) > span)
+      span = seed_s(m->end[i] - m->t0);
+  /* A run that overshoots by less than half a column keeps the model's
+   * axis: 6.01 s still ends on the 6 s tick. */
+  secs = (int)span;
+  if ((double)secs < span - 0.5 / MAX_COLS_PER_S)
+    secs++;
+  /* Ten columns per seed second as in the seed; fewer, and a whole number
+   * while possible so the ticks stay even, when a loaded machine stretched
+   * the run: the axis must fit in 80 columns. */
+  if (secs <= PLOT_COLS) {
+    cps = PLOT_COLS / secs;
+    if (cps > MAX_COLS_PER_S)
+      cps = MAX_COLS_PER_S;
+  } else {
+    cps = (double)PLOT_COLS / secs;
+  }
+  label_every = 1;
+  while (label_every * cps < 4)
+    label_every++;
+
+  printf("time \u2192\n");
+  memset(line, ' ', sizeof line);
+  for (s = 0; s <= secs; s += label_every) {
+    char lab[16];
+    int n = snprintf(lab, sizeof lab, "%ds", s);
+    memcpy(line + GUTTER + round_to_int(s * cps), lab, (size_t)n);
+  }
+  line[GUTTER + round_to_int(secs * cps) + 4] = '\0';
+  put_drawn(line);
+
+  memset(line, ' ', sizeof line);
+  for (i = 0; i <= round_to_int(secs * cps); i++)
+    line[GUTTER + i] = '-';
+  for (s = 0; s <= secs; s++)
+    line[GUTTER + round_to_int(s * cps)] = '|';
+  line[GUTTER + round_to_int(secs * cps) + 1] = '\0';
+  put_drawn(line);
+
+  for (i = 0; i < NTASKS; i++) {
+    int from = round_to_int(seed_s(m->start[i] - m->t0) * cps);
+    int to = round_to_int(seed_s(m->end[i] - m->t0) * cps);
+    const char *tail = m->status[i] == 0 ? " done" : " failed";
+    char lab[GUTTER + 1];
+
+    if (to <= from)
+      to = from + 1;
+    memset(line, ' ', sizeof line);
+    /* The seed labels a bar "running" when it starts at once. */
+    snprintf(lab, sizeof lab, from == 0 ? "%s running" : "%s", task_label[i]);
+    memcpy(line, lab, strlen(lab));
+    memset(line + GUTTER + from, '=', (size_t)(to - from));
+    memcpy(line + GUTTER + to, tail, strlen(tail) + 1);
+    put_drawn(line);
+  }
+  printf("total: %.2f s   (%.3f s of real time at scale %g)\n", total,
+         (double)(m->t_end - m->t0) / 1e9, g_scale);
+}
+
+/* Says how the measurement compares with the model, in plain words. */
+static void judge(const model_t *m) {
+  double total = seed_s(m->t_end - m->t0);
+  double dev = (total - m->expect_s) / m->expect_s;
+  size_t beats = 0, i;
+  int k;
+
+  printf("measured:");
+  for (k = 0; k < NTASKS; k++)
+    printf("  %s %.2f-%.2f s", task_label[k], seed_s(m->start[k] - m->t0),
+           seed_s(m->end[k] - m->t0));
+  printf("\n");
+
+  if (m->kind == MODEL_GATHER) {
+    uint64_t lo = m->start[0], hi = m->start[0];
+    for (k = 1; k < NTASKS; k++) {
+      if (m->start[k] < lo)
+        lo = m->start[k];
+      if (m->start[k] > hi)
+        hi = m->start[k];
+    }
+    printf("A, B and C started together (within %.2f s): they overlap.\n", seed_s(hi - lo));
+  } else {
+    double gap = 0;
+    for (k = 1; k < NTASKS; k++) {
+      double g = seed_s(m->start[k] - m->end[k - 1]);
+      if (g > gap)
+        gap = g;
+    }
+    printf("Each task started when the one before had ended (largest gap %.2f s).\n", gap);
+  }
+
+  for (i = 0; i < m->beats; i++)
+    if (m->beat[i] >= m->t0 && m->beat[i] <= m->t_end)
+      beats++;
+  printf("A heartbeat task that asks to wake every 0.5 s woke %zu times in %.2f s:\n",
+         beats, total);
+  if (beats == 0)
+    printf("  the blocking calls held the loop, so no other task could run.\n");
+  else
+    printf("  the loop ran other tasks while A, B and C were waiting.\n");
+
+  if (dev > TOLERANCE || dev < -TOLERANCE)
+    printf("NOTE: %.2f s is %.0f%% %s the model's %.0f s: %s.\n"
+           "  The drawing shows what really happened.\n",
+           total, (dev > 0 ? dev : -dev) * 100, dev > 0 ? "above" : "below", m->expect_s,
+           g_scale < 0.01 ? "at this scale, timers' 1 ms\n  granularity is a large part "
+                            "of every wait"
+                          : "this machine is loaded\n  or slow, so timers and tasks ran late");
+  else
+    printf("As the model says: %.0f s (measured %.2f s, within %.0f%%).\n", m->expect_s,
+           total, TOLERANCE * 100);
+}
+
+static int run_model(model_t *m, int number) {
+  int err;
+
+  printf("\n%d. %s: %s\n", number, m->title, m->code);
+  printf("   %s\n\n", m->how);
+  err = weft_run(model_main, m, NULL);
+  if (err != 0) {
+    fprintf(stderr, "timeline: model %d failed: %s\n", number, weft_strerror(err));
+    return err;
+  }
+  draw(m);
+  judge(m);
+  return 0;
+}
+
+/* ------------------------------------------------- inside the loop (trace) */
+
+typedef struct record {
+  weft_event_t ev;
+  char name[32]; /* the task's name when the event happened */
+} record_t;
+
+typedef struct trace {
+  int recording;
+  size_t n;
+  size_t dropped;
+  record_t rec[MAX_EVENTS];
+  model_t m;               /* the gathered run, measured as above */
+  job_t job[NTASKS];
+  weft_task_t *t[NTASKS];  /* held until the trace is printed */
+  int gather_status;
+} trace_t;
+
+/* The event hook: it runs inside the scheduler, so it only copies. */
+static void record_event(const weft_event_t *ev, void *arg) {
+  trace_t *tr = arg;
+  record_t *r;
+
+  if (!tr->recording)
+    return;
+  if (tr->n == MAX_EVENTS) {
+    tr->dropped++;
+    return;
+  }
+  r = &tr->rec[tr->n++];
+  r->ev = *ev;
+  snprintf(r->name, sizeof r->name, "%s", ev->task != NULL ? weft_task_name(ev->task) : "");
+}
+
+/* main() of the traced run: model 3, spawned and gathered. */
+static void *trace_main(void *arg) {
+  trace_t *tr = arg;
+  int i, err;
+
+  tr->m.t0 = uv_hrtime();
+  for (i = 0; i < NTASKS; i++) {
+    tr->job[i].m = &tr->m;
+    tr->job[i].i = i;
+    err = spawn_job(&tr->job[i], &tr->t[i]);
+    if (err != 0) {
+      weft_task_fail(err);
+      return NULL;
+    }
+  }
+  tr->gather_status = weft_gather(tr->t, NTASKS, NULL, tr->m.status);
+  tr->m.t_end = uv_hrtime();
+  if (tr->gather_status != 0)
+    weft_task_fail(tr->gather_status);
+  return NULL;
+}
+
+/* "0" for success, else the error's sentence. */
+static const char *result_text(int err) {
+  return err == 0 ? "0" : weft_strerror(err);
+}
+
+/* One line of the seed's numbered low-level steps, with what the call
+ * returned. */
+static void api_step(int n, const char *what, int err) {
+  printf("  [%d] %-56s -> %s\n", n, what, result_text(err));
+}
+
+static void *again_main(void *arg) {
+  return arg;
+}
+
+/* What a parked task waits on, in words. The loop only says "a join"; the
+ * trace knows main's only join is its gather, so it says so. */
+static void describe_wait(const record_t *r, const char *who, char *out, size_t len) {
+  switch (r->ev.wait) {
+  case WEFT_WAIT_SLEEP:
+    snprintf(out, len, "sleep(%d ms)", r->ev.detail);
+    break;
+  case WEFT_WAIT_JOIN:
+    snprintf(out, len, "%s", strcmp(who, "main") == 0 ? "gather(A, B, C)" : "a join");
+    break;
+  case WEFT_WAIT_YIELD:
+    snprintf(out, len, "yield");
+    break;
+  case WEFT_WAIT_THREAD:
+    snprintf(out, len, "thread-pool work");
+    break;
+  default:
+    snprintf(out, len, "something else");
+    break;
+  }
+}
+
+/* Accumulates one printed line, wrapped under an indent so the trace stays
+ * within 80 columns. */
+typedef struct outline {
+  char buf[512];
+  size_t len;
+} outline_t;
+
+static void ol_add(outline_t *o, const char *fmt, ...) {
+  va_list ap;
+  int n;
+  if (o->len >= sizeof o->buf)
+    return;
+  va_start(ap, fmt);
+  n = vsnprintf(o->buf + o->len, sizeof o->buf - o->len, fmt, ap);
+  va_end(ap);
+  if (n > 0)
+    o->len += (size_t)n < sizeof o->buf - o->len ? (size_t)n : sizeof o->buf - o->len - 1;
+}
+
+/* Columns a UTF-8 string takes: continuation bytes take none. */
+static int columns(const char *s, int bytes) {
+  int n = 0;
+  for (int i = 0; i < bytes; i++)
+    if (((unsigned char)s[i] & 0xC0) != 0x80)
+      n++;
+  return n;
+}
+
+static void ol_flush(outline_t *o, int indent) {
+  const char *s = o->buf;
+  int first = 1;
+
+  if (o->len == 0)
+    return;
+  while (*s != '\0') {
+    int room = 78 - (first ? 0 : indent);
+    int n = (int)strlen(s), cut = n;
+    if (columns(s, n) > room) {
+      /* The last blank that leaves the line within room columns. */
+      int fit = 0;
+      while (fit < n && columns(s, fit + 1) <= room)
+        fit++;
+      cut = fit;
+      while (cut > 0 && s[cut] != ' ')
+        cut--;
+      if (cut == 0)
+        cut = fit;
+    }
+    printf("%*s%.*s\n", first ? 0 : indent, "", cut, s);
+    s += cut;
+    while (*s == ' ')
+      s++;
+    first = 0;
+  }
+  o->len = 0;
+  o->buf[0] = '\0';
+}
+
+typedef struct waiter {
+  const weft_task_t *task;
+  char what[40];
+  int ms; /* for a sleep: the milliseconds asked */
+} waiter_t;
+
+static const char *rec_name(const record_t *r) {
+  return known_name(r->ev.task, r->name);
+}
+
+static void print_waiting(const waiter_t *w, size_t n) {
+  static int said_empty;
+  outline_t o = {{0}, 0};
+  size_t i;
+  /* An empty waiting set is worth saying once, not after every round. */
+  if (n == 0 && said_empty)
+    return;
+  said_empty = n == 0;
+  ol_add(&o, "    waiting:");
+  if (n == 0)
+    ol_add(&o, " nothing");
+  for (i = 0; i < n; i++)
+    ol_add(&o, "%s %s on %s", i == 0 ? "" : ",", known_name(w[i].task, "?"), w[i].what);
+  ol_flush(&o, 13);
+}
+
+/* Replays the recorded events as the seed's "inside the loop" picture:
+ * for each round, the ready queue, what each task did until it stopped, the
+ * waiting set once the round's tasks have run, and what the libuv poll
+ * delivered before the next round. */
+static void print_trace(const trace_t *tr) {
+  waiter_t waiting[32];
+  size_t nwait = 0, i, j;
+  outline_t o = {{0}, 0};
+  uint64_t base = 0, last_step_end = 0;
+  int in_round = 0, waiting_shown = 1, polled = 0, after_done = 0;
+
+  for (i = 0; i < tr->n; i++)
+    if (tr->rec[i].ev.kind == WEFT_EV_ROUND) {
+      base = tr->rec[i].ev.time_ns;
+      break;
+    }
+
+  for (i = 0; i < tr->n; i++) {
+    const record_t *r = &tr->rec[i];
+    const char *who = rec_name(r);
+    double t = r->ev.time_ns >= base ? seed_s(r->ev.time_ns - base) : 0;
+
+    switch (r->ev.kind) {
+    case WEFT_EV_ROUND: {
+      size_t ran = 0;
+      ol_flush(&o, 10);
+      after_done = 0;
+      if (!waiting_shown)
+        print_waiting(waiting, nwait);
+      waiting_shown = 0;
+      polled = 0;
+      in_round = 1;
+      /* The tasks that step in this round are the ones that were ready when
+       * it began: tasks made ready during a round wait for the next. */
+      ol_add(&o, "  round %llu  t=%.2f s  ready:", (unsigned long long)r->ev.round, t);
+      for (j = i + 1; j < tr->n && tr->rec[j].ev.kind != WEFT_EV_ROUND; j++)
+        if (tr->rec[j].ev.kind == WEFT_EV_STEP)
+          ol_add(&o, "%s %s", ran++ == 0 ? "" : ",", rec_name(&tr->rec[j]));
+      if (ran == 0)
+        ol_add(&o, " nothing");
+      if (ran != r->ev.count)
+        ol_add(&o, " (the loop counted %zu)", r->ev.count);
+      ol_flush(&o, 10);
+      break;
+    }
+    case WEFT_EV_SPAWN:
+      if (!in_round) {
+        ol_flush(&o, 10);
+        printf("  before round 1: %s spawned, so it is ready\n", who);
+      } else {
+        /* Consecutive spawns read as one list: "spawned A, B, C". */
+        ol_add(&o, i > 0 && tr->rec[i - 1].ev.kind == WEFT_EV_SPAWN ? ", %s" : ", spawned %s",
+               who);
+      }
+      break;
+    case WEFT_EV_STEP:
+      ol_flush(&o, 10);
+      after_done = 0;
+      ol_add(&o, "    %-5s ran", who);
+      /* A task that steps is no longer waiting on anything. */
+      for (j = 0; j < nwait; j++)
+        if (waiting[j].task == r->ev.task) {
+          memmove(&waiting[j], &waiting[j + 1], (nwait - j - 1) * sizeof waiting[0]);
+          nwait--;
+          break;
+        }
+      break;
+    case WEFT_EV_PARK: {
+      char what[40];
+      describe_wait(r, who, what, sizeof what);
+      if (r->ev.wait == WEFT_WAIT_YIELD) {
+        ol_add(&o, ", yielded: back of the ready queue");
+      } else {
+        ol_add(&o, ", parked on %s", what);
+        if (nwait < sizeof waiting / sizeof waiting[0]) {
+          waiting[nwait].task = r->ev.task;
+          snprintf(waiting[nwait].what, sizeof waiting[0].what, "%s", what);
+          waiting[nwait].ms = r->ev.wait == WEFT_WAIT_SLEEP ? r->ev.detail : 0;
+          nwait++;
+        }
+      }
+      ol_flush(&o, 10);
+      last_step_end = r->ev.time_ns;
+      break;
+    }
+    case WEFT_EV_DONE:
+      if (r->ev.status == 0)
+        ol_add(&o, ", returned: done");
+      else
+        ol_add(&o, ", ended: %s", weft_strerror(r->ev.status));
+      after_done = 1;
+      last_step_end = r->ev.time_ns;
+      break;
+    case WEFT_EV_WAKE: {
+      const char *cause = r->ev.detail == WEFT_WAKE_CANCEL     ? "cancelled"
+                          : r->ev.detail == WEFT_WAKE_DEADLINE ? "deadline passed"
+                                                               : NULL;
+      for (j = 0; j < nwait; j++)
+        if (waiting[j].task == r->ev.task)
+          break;
+      if (after_done && r->ev.wait == WEFT_WAIT_JOIN) {
+        /* A join is completed by the task that just ended. */
+        ol_add(&o, ", which woke %s", who);
+      } else {
+        ol_flush(&o, 10);
+        after_done = 0;
+        if (!waiting_shown) {
+          print_waiting(waiting, nwait);
+          waiting_shown = 1;
+        }
+        /* The first wake after the round's steps says how long the poll
+         * blocked; the time comes from the events, not from the model. */
+        if (!polled && last_step_end != 0 && r->ev.time_ns > last_step_end)
+          ol_add(&o, "    poll: blocked in libuv for %.2f s, until ",
+                 seed_s(r->ev.time_ns - last_step_end));
+        else
+          ol_add(&o, "    poll: at t=%.2f s, ", t);
+        polled = 1;
+        if (cause != NULL)
+          ol_add(&o, "%s was interrupted (%s)", who, cause);
+        else if (r->ev.wait == WEFT_WAIT_SLEEP)
+          ol_add(&o, "%s's %d ms timer fired", who,
+                 j < nwait ? waiting[j].ms : 0);
+        else if (r->ev.wait == WEFT_WAIT_YIELD)
+          ol_add(&o, "%s came back from its yield", who);
+        else
+          ol_add(&o, "%s's %s completed", who, j < nwait ? waiting[j].what : "wait");
+        ol_add(&o, " \u2192 %s ready", who);
+        ol_flush(&o, 10);
+      }
+      if (j < nwait) {
+        memmove(&waiting[j], &waiting[j + 1], (nwait - j - 1) * sizeof waiting[0]);
+        nwait--;
+      }
+      break;
+    }
+    }
+  }
+  ol_flush(&o, 10);
+  if (!waiting_shown)
+    print_waiting(waiting, nwait);
+  if (tr->dropped != 0)
+    printf("  (%zu later events were not recorded: the buffer was full)\n", tr->dropped);
+}
+
+static int run_inside(void) {
+  static trace_t tr; /* large: kept off the stack */
+  weft_loop_opts_t opts;
+  weft_loop_t *loop = NULL;
+  weft_task_t *main_task = NULL, *again = NULL;
+  void *again_result = NULL;
+  uint64_t t0;
+  int err, i;
+
+  /* Names from the earlier runs belong to freed tasks whose addresses may
+   * come back: only this run's names may be looked up. */
+  g_nnamed = 0;
+  printf("\n4. Inside the loop, for model 3: low-level API (the loop is yours)\n");
+  printf("   The gathered model once more, on a loop built by hand, as with\n"
+         "   new_event_loop(); its event hook records what the scheduler does.\n\n");
+
+  memset(&opts, 0, sizeof opts);
+  opts.on_event = record_event;
+  opts.event_arg = &tr;
+  err = weft_loop_new(&loop, &opts);
+  api_step(1, "weft_loop_new(&loop, {.on_event = recorder})", err);
+  if (err != 0)
+    return err;
+
+  tr.recording = 1;
+  err = weft_spawn(loop, trace_main, &tr, &main_task);
+  api_step(2, "weft_spawn(loop, main, ...): main gathers A, B, C", err);
+  if (err != 0)
+    goto close;
+  name_task(main_task, "main");
+
+  t0 = uv_hrtime();
+  err = weft_loop_run_until_complete(loop, main_task, NULL);
+  t0 = uv_hrtime() - t0;
+  tr.recording = 0;
+  api_step(3, "weft_loop_run_until_complete(loop, main)", err);
+  printf("      it returned after %.2f s (%.3f s real)\n", seed_s(t0), (double)t0 / 1e9);
+  if (err != 0)
+    goto close;
+
+  /* The low-level loop outlives a run: spawn on it again, as a framework
+   * keeps adding work to a resident loop. */
+  err = weft_spawn(loop, again_main, &tr, &again);
+  if (err == 0) {
+    name_task(again, "again");
+    err = weft_loop_run_until_complete(loop, again, &again_result);
+    weft_task_release(again);
+  }
+  api_step(4, "the loop is reusable: spawn and run one more task", err);
+  if (err == 0 && again_result != &tr)
+    printf("      but the task's result did not come back\n");
+
+close:
+  {
+    int cerr = weft_loop_close(loop);
+    api_step(5, "weft_loop_close(loop), by hand", cerr);
+    if (err == 0)
+      err = cerr;
+  }
+
+  if (tr.n != 0) {
+    printf("\n  What the loop did, round by round (t in seed seconds):\n\n");
+    print_trace(&tr);
+    printf("\n  total: %.2f s, as model 3: the loop ran one task at a time and\n"
+           "  switched whenever one had to wait.\n",
+           seed_s(tr.m.t_end - tr.m.t0));
+  }
+
+  weft_task_release(main_task);
+  for (i = 0; i < NTASKS; i++)
+    weft_task_release(tr.t[i]);
+  return err;
+}
+
+/* -------------------------------------------------------------------- main */
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: timeline [--scale S]\n"
+          "\n"
+          "Runs the seed's three execution models (tasks A = 2 s, B = 1 s, C = 3 s)\n"
+          "on weft, draws their timelines from measurements, then shows the loop's\n"
+          "rounds for the gathered model.\n"
+          "\n"
+          "  --scale S   real seconds per seed second, 0.001 to 10 (default 0.1:\n"
+          "              A, B, C wait 200, 100, 300 ms)\n"
+          "  --help      this text\n");
+}
+
+int main(int argc, char **argv) {
+  static model_t models[3];
+  int i, err;
+
+  for (i = 1; i < argc; i++) {
+    const char *val = NULL;
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(argv[i], "--scale") == 0 && i + 1 < argc) {
+      val = argv[++i];
+    } else if (strncmp(argv[i], "--scale=", 8) == 0) {
+      val = argv[i] + 8;
+    } else {
+      fprintf(stderr, "timeline: unknown argument '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+    {
+      char *endp;
+      double s = strtod(val, &endp);
+      if (endp == val || *endp != '\0' || !(s >= 0.001 && s <= 10)) {
+        fprintf(stderr, "timeline: --scale wants a number from 0.001 to 10, not '%s'\n", val);
+        return 2;
+      }
+      g_scale = s;
+    }
+  }
+
+  for (i = 0; i < NTASKS; i++) {
+    g_task_ms[i] = (uint64_t)(task_seed_s[i] * 1000 * g_scale + 0.5);
+    if (g_task_ms[i] == 0)
+      g_task_ms[i] = 1;
+  }
+  g_beat_ms = (uint64_t)(500 * g_scale + 0.5);
+  if (g_beat_ms == 0)
+    g_beat_ms = 1;
+
+  printf("weft %s timeline: the seed's execution models, measured here\n",
+         weft_version_string());
+  printf("Tasks A = 2 s, B = 1 s, C = 3 s (seed seconds), at scale %g: they wait\n"
+         "%llu, %llu and %llu ms. Context switch: %s.\n",
+         g_scale, (unsigned long long)g_task_ms[0], (unsigned long long)g_task_ms[1],
+         (unsigned long long)g_task_ms[2], weft_switch_method());
+  printf("\nModels 1 to 3: high-level API, weft_run(main), as asyncio.run(main()):\n"
+         "each run creates a loop, wraps main in a task, runs it until it ends,\n"
+         "cancels what is left (the heartbeat) and closes the loop.\n");
+
+  models[0].kind = MODEL_BLOCKING;
+  models[0].title = "Synchronous (blocking)";
+  models[0].code = "taskA(); taskB(); taskC()";
+  models[0].how = "three blocking waits inside main: the loop is stuck meanwhile";
+  models[0].expect_s = 6;
+  models[1].kind = MODEL_SEQUENTIAL;
+  models[1].title = "Asynchronous but sequential";
+  models[1].code = "await A; await B; await C";
+  models[1].how = "weft_spawn + weft_await, one task after another";
+  models[1].expect_s = 6;
+  models[2].kind = MODEL_GATHER;
+  models[2].title = "Asynchronous and concurrent";
+  models[2].code = "gather(A, B, C)";
+  models[2].how = "weft_spawn all three, then weft_gather: total = the longest";
+  models[2].expect_s = 3;
+
+  for (i = 0; i < 3; i++) {
+    err = run_model(&models[i], i + 1);
+    if (err != 0)
+      return 1;
+  }
+  {
+    /* Debug builds also say on stderr that this call was a misuse: here it
+     * is one on purpose. */
+    outline_t o = {{0}, 0};
+    ol_add(&o, "No nesting: weft_run called inside model 1's main returned %s (\"%s\"), "
+               "as asyncio.run() refuses to run inside a running loop.",
+           models[0].nested == WEFT_EBUSY ? "WEFT_EBUSY" : "an unexpected code",
+           weft_strerror(models[0].nested));
+    printf("\n");
+    ol_flush(&o, 0);
+  }
+
+  err = run_inside();
+  if (err != 0) {
+    fprintf(stderr, "timeline: the traced run failed: %s\n", result_text(err));
+    return 1;
+  }
+
+  printf("\nOne thread, many tasks, cooperative scheduling: whoever waits gives up\n"
+         "the loop.\n");
+  return 0;
+}
