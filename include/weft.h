@@ -1,4 +1,5 @@
-/* weft: asyncio's execution model for C, on one libuv loop per thread.
+/** @file
+ * weft: asyncio's execution model for C, on one libuv loop per thread.
  *
  * This header is the whole public API. Each function says which thread may
  * call it, whether it suspends the calling task (an "await point"), who owns
@@ -44,24 +45,24 @@ extern "C" {
 
 /* ---------------------------------------------------------------- errors */
 
-#define WEFT_EINVAL UV_EINVAL       /* bad argument (NULL, wrong loop, ...) */
-#define WEFT_ENOMEM UV_ENOMEM       /* out of memory or address space */
-#define WEFT_EBUSY UV_EBUSY         /* loop running, or a loop already runs here */
-#define WEFT_EAGAIN UV_EAGAIN       /* would have to wait (try_* calls) */
-#define WEFT_ECANCELED UV_ECANCELED /* the task was cancelled */
-#define WEFT_ETIMEDOUT UV_ETIMEDOUT /* a timeout or the task's deadline passed */
-#define WEFT_EPERM UV_EPERM         /* called from a thread that does not own the loop */
-#define WEFT_EALREADY UV_EALREADY   /* nothing to do: the task has already ended */
-#define WEFT_ENOTASK (-30001)       /* an await point was called outside a task */
-#define WEFT_EPENDING (-30002)      /* the task has not ended yet */
-#define WEFT_ECLOSED (-30003)       /* the channel or object is closed */
-#define WEFT_EDEADLK (-30004)       /* a task tried to await itself */
+#define WEFT_EINVAL UV_EINVAL       /**< bad argument (NULL, wrong loop, ...) */
+#define WEFT_ENOMEM UV_ENOMEM       /**< out of memory or address space */
+#define WEFT_EBUSY UV_EBUSY         /**< loop running, or a loop already runs here */
+#define WEFT_EAGAIN UV_EAGAIN       /**< would have to wait (try_* calls) */
+#define WEFT_ECANCELED UV_ECANCELED /**< the task was cancelled */
+#define WEFT_ETIMEDOUT UV_ETIMEDOUT /**< a timeout or the task's deadline passed */
+#define WEFT_EPERM UV_EPERM         /**< called from a thread that does not own the loop */
+#define WEFT_EALREADY UV_EALREADY   /**< nothing to do: the task has already ended */
+#define WEFT_ENOTASK (-30001)       /**< an await point was called outside a task */
+#define WEFT_EPENDING (-30002)      /**< the task has not ended yet */
+#define WEFT_ECLOSED (-30003)       /**< the channel or object is closed */
+#define WEFT_EDEADLK (-30004)       /**< a task tried to await itself */
 
-/* Returns a static English sentence naming err (any WEFT_E* code, any libuv
+/** Returns a static English sentence naming err (any WEFT_E* code, any libuv
  * code, or a code a task passed to weft_task_fail). Any thread. Never NULL. */
 WEFT_API const char *weft_strerror(int err);
 
-/* "0.1.0". Any thread. */
+/** "0.1.0". Any thread. */
 WEFT_API const char *weft_version_string(void);
 
 /* ----------------------------------------------------------------- types */
@@ -70,85 +71,85 @@ typedef struct weft_loop weft_loop_t;
 typedef struct weft_task weft_task_t;
 typedef struct weft_group weft_group_t;
 
-/* A task body. It runs on its own stack and may call await points; what it
+/** A task body. It runs on its own stack and may call await points; what it
  * returns is the task's result. To end with an error, call weft_task_fail()
  * and then return. */
 typedef void *(*weft_fn)(void *arg);
 
-/* What a loop reports to an event hook (weft_loop_opts_t.on_event). The hook
+/** What a loop reports to an event hook (weft_loop_opts_t.on_event). The hook
  * runs on the loop's thread, inside the scheduler, and must not call await
  * points, spawn, or cancel: it is for recording what happens. */
 typedef enum weft_event_kind {
-  WEFT_EV_ROUND = 1,  /* a scheduling round begins; .count = tasks ready */
-  WEFT_EV_STEP,       /* .task starts running a step */
-  WEFT_EV_PARK,       /* .task stopped its step at the await .wait */
-  WEFT_EV_WAKE,       /* .task made ready again by .wait's completion (.detail = cause) */
-  WEFT_EV_DONE,       /* .task ended; .status = its final status */
-  WEFT_EV_SPAWN,      /* .task was created */
+  WEFT_EV_ROUND = 1,  /**< a scheduling round begins; .count = tasks ready */
+  WEFT_EV_STEP,       /**< .task starts running a step */
+  WEFT_EV_PARK,       /**< .task stopped its step at the await .wait */
+  WEFT_EV_WAKE,       /**< .task made ready again by .wait's completion (.detail = cause) */
+  WEFT_EV_DONE,       /**< .task ended; .status = its final status */
+  WEFT_EV_SPAWN,      /**< .task was created */
 } weft_event_kind_t;
 
-/* What a parked task waits on; also names .detail for WEFT_EV_WAKE. */
+/** What a parked task waits on; also names .detail for WEFT_EV_WAKE. */
 typedef enum weft_wait_kind {
   WEFT_WAIT_NONE = 0,
-  WEFT_WAIT_YIELD,   /* weft_yield: back of the ready queue */
-  WEFT_WAIT_SLEEP,   /* weft_sleep: a timer */
-  WEFT_WAIT_JOIN,    /* weft_await / weft_gather / weft_wait_for / weft_group_wait */
-  WEFT_WAIT_THREAD,  /* weft_to_thread */
+  WEFT_WAIT_YIELD,   /**< weft_yield: back of the ready queue */
+  WEFT_WAIT_SLEEP,   /**< weft_sleep: a timer */
+  WEFT_WAIT_JOIN,    /**< weft_await / weft_gather / weft_wait_for / weft_group_wait */
+  WEFT_WAIT_THREAD,  /**< weft_to_thread */
   WEFT_WAIT_OTHER,
 } weft_wait_kind_t;
 
-/* Why a task was made ready (WEFT_EV_WAKE's .detail). */
+/** Why a task was made ready (WEFT_EV_WAKE's .detail). */
 typedef enum weft_wake_cause {
-  WEFT_WAKE_DONE = 0,  /* what it waited for happened (timer fired, task ended) */
-  WEFT_WAKE_CANCEL,    /* it was cancelled */
-  WEFT_WAKE_DEADLINE,  /* its deadline or a wait_for timeout passed */
+  WEFT_WAKE_DONE = 0,  /**< what it waited for happened (timer fired, task ended) */
+  WEFT_WAKE_CANCEL,    /**< it was cancelled */
+  WEFT_WAKE_DEADLINE,  /**< its deadline or a wait_for timeout passed */
 } weft_wake_cause_t;
 
 typedef struct weft_event {
   weft_event_kind_t kind;
-  uint64_t time_ns;        /* monotonic clock (uv_hrtime) when it happened */
-  uint64_t round;          /* the scheduling round it happened in */
-  weft_task_t *task;       /* NULL for WEFT_EV_ROUND */
-  weft_wait_kind_t wait;   /* for PARK and WAKE */
-  int detail;              /* WAKE: a weft_wake_cause_t; PARK on SLEEP: the ms asked */
-  int status;              /* DONE: the task's final status */
-  size_t count;            /* ROUND: tasks in the ready queue */
+  uint64_t time_ns;        /**< monotonic clock (uv_hrtime) when it happened */
+  uint64_t round;          /**< the scheduling round it happened in */
+  weft_task_t *task;       /**< NULL for WEFT_EV_ROUND */
+  weft_wait_kind_t wait;   /**< for PARK and WAKE */
+  int detail;              /**< WAKE: a weft_wake_cause_t; PARK on SLEEP: the ms asked */
+  int status;              /**< DONE: the task's final status */
+  size_t count;            /**< ROUND: tasks in the ready queue */
 } weft_event_t;
 
 typedef void (*weft_event_fn)(const weft_event_t *ev, void *arg);
 
-/* Options for weft_loop_new. Zero every field you do not set: a zero means
+/** Options for weft_loop_new. Zero every field you do not set: a zero means
  * the default. */
 typedef struct weft_loop_opts {
-  size_t stack_size;      /* bytes of stack per task; 0 = WEFT_STACK_SIZE_DEFAULT.
+  size_t stack_size;      /**< bytes of stack per task; 0 = WEFT_STACK_SIZE_DEFAULT.
                              Rounded up to whole pages; at least WEFT_STACK_SIZE_MIN. */
-  size_t stack_pool_max;  /* warm stacks kept for reuse; 0 = 1024 */
-  weft_event_fn on_event; /* optional hook, see weft_event_t */
-  void *event_arg;        /* passed to on_event */
+  size_t stack_pool_max;  /**< warm stacks kept for reuse; 0 = 1024 */
+  weft_event_fn on_event; /**< optional hook, see weft_event_t */
+  void *event_arg;        /**< passed to on_event */
 } weft_loop_opts_t;
 
 #define WEFT_STACK_SIZE_DEFAULT (256u * 1024u)
 #define WEFT_STACK_SIZE_MIN (16u * 1024u)
 
-/* Counters a loop keeps; see weft_loop_stats. */
+/** Counters a loop keeps; see weft_loop_stats. */
 typedef struct weft_stats {
-  uint64_t spawned;    /* tasks created on this loop */
-  uint64_t finished;   /* tasks ended with status 0 */
-  uint64_t failed;     /* tasks ended with a failure other than cancellation */
-  uint64_t cancelled;  /* tasks ended with WEFT_ECANCELED */
-  uint64_t switches;   /* context switches into tasks */
-  uint64_t rounds;     /* scheduling rounds */
-  size_t ready;        /* tasks in the ready queue now */
-  size_t waiting;      /* tasks parked on an await now */
-  size_t live;         /* tasks not yet ended (ready + waiting + running) */
-  size_t stacks_pooled;    /* warm stacks in the pool */
-  size_t stacks_guarded;   /* stacks of this loop with a guard page */
-  size_t stacks_canary;    /* stacks of this loop without one (canary-checked) */
+  uint64_t spawned;    /**< tasks created on this loop */
+  uint64_t finished;   /**< tasks ended with status 0 */
+  uint64_t failed;     /**< tasks ended with a failure other than cancellation */
+  uint64_t cancelled;  /**< tasks ended with WEFT_ECANCELED */
+  uint64_t switches;   /**< context switches into tasks */
+  uint64_t rounds;     /**< scheduling rounds */
+  size_t ready;        /**< tasks in the ready queue now */
+  size_t waiting;      /**< tasks parked on an await now */
+  size_t live;         /**< tasks not yet ended (ready + waiting + running) */
+  size_t stacks_pooled;    /**< warm stacks in the pool */
+  size_t stacks_guarded;   /**< stacks of this loop with a guard page */
+  size_t stacks_canary;    /**< stacks of this loop without one (canary-checked) */
 } weft_stats_t;
 
 /* ------------------------------------------------------------ high level */
 
-/* asyncio.run(main()): creates a loop, runs main(arg) as a task until it
+/** asyncio.run(main()): creates a loop, runs main(arg) as a task until it
  * ends, cancels every task still pending and lets them unwind, closes the
  * loop. *result (if result is not NULL) gets main's return value.
  * Returns main's final status (0, what it passed to weft_task_fail, or
@@ -159,37 +160,37 @@ WEFT_API int weft_run(weft_fn main, void *arg, void **result);
 
 /* ----------------------------------------------------------------- loops */
 
-/* asyncio.new_event_loop(): a new loop owned by the calling thread. opts may
+/** asyncio.new_event_loop(): a new loop owned by the calling thread. opts may
  * be NULL. The loop is reusable until weft_loop_close(). Returns WEFT_EINVAL
  * (loop NULL, or a stack size too large), WEFT_ENOMEM, or a libuv error. */
 WEFT_API int weft_loop_new(weft_loop_t **loop, const weft_loop_opts_t *opts);
 
-/* asyncio.set_event_loop(): makes loop the calling thread's current loop
+/** asyncio.set_event_loop(): makes loop the calling thread's current loop
  * (what weft_loop_current() and weft_spawn(NULL, ...) use outside a task).
  * NULL unbinds. Returns WEFT_EPERM if the loop is owned by another thread. */
 WEFT_API int weft_loop_set_current(weft_loop_t *loop);
 
-/* The loop running on this thread if there is one, else the one bound with
+/** The loop running on this thread if there is one, else the one bound with
  * weft_loop_set_current, else NULL. Any thread. */
 WEFT_API weft_loop_t *weft_loop_current(void);
 
-/* loop.run_until_complete(task): runs loop until task ends, then returns the
+/** loop.run_until_complete(task): runs loop until task ends, then returns the
  * task's final status; *result gets its return value. May be called again
  * later with new tasks. Loop-bound. Errors: WEFT_EINVAL (NULL, or task of
  * another loop), WEFT_EBUSY (this thread is already running a loop, e.g.
  * called from inside a task), WEFT_EPERM (wrong thread). */
 WEFT_API int weft_loop_run_until_complete(weft_loop_t *loop, weft_task_t *task, void **result);
 
-/* loop.run_forever(): runs loop until weft_loop_stop(). A stop requested
+/** loop.run_forever(): runs loop until weft_loop_stop(). A stop requested
  * before the call makes it run one round and return. Loop-bound. Errors as
  * weft_loop_run_until_complete. */
 WEFT_API int weft_loop_run_forever(weft_loop_t *loop);
 
-/* loop.stop(): asks a running loop to return from weft_loop_run_forever at
+/** loop.stop(): asks a running loop to return from weft_loop_run_forever at
  * the end of its current round. Any thread. WEFT_EINVAL if loop is NULL. */
 WEFT_API int weft_loop_stop(weft_loop_t *loop);
 
-/* loop.close(): cancels every task still pending on the loop, runs them until
+/** loop.close(): cancels every task still pending on the loop, runs them until
  * they have unwound, frees them (a task whose handle is still held stays
  * readable until weft_task_release), frees every stack and closes the libuv
  * loop. Loop-bound. Errors: WEFT_EBUSY while the loop is running, or while
@@ -197,17 +198,17 @@ WEFT_API int weft_loop_stop(weft_loop_t *loop);
  * them first; the loop stays usable); WEFT_EPERM (wrong thread). */
 WEFT_API int weft_loop_close(weft_loop_t *loop);
 
-/* The libuv loop underneath, so an application's own libuv handles share the
+/** The libuv loop underneath, so an application's own libuv handles share the
  * loop. Their callbacks run outside any task (await points there return
  * WEFT_ENOTASK; weft_spawn works). Loop-bound use only. */
 WEFT_API uv_loop_t *weft_loop_uv(weft_loop_t *loop);
 
-/* A snapshot of loop's counters. Loop-bound. WEFT_EINVAL on NULL. */
+/** A snapshot of loop's counters. Loop-bound. WEFT_EINVAL on NULL. */
 WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
 
 /* ----------------------------------------------------------------- tasks */
 
-/* loop.create_task(): creates a task that runs fn(arg) on loop (NULL = the
+/** loop.create_task(): creates a task that runs fn(arg) on loop (NULL = the
  * calling task's loop, else the thread's current loop). It starts in a later
  * scheduling round; weft_spawn never suspends. If task is not NULL, *task
  * gets a handle the caller owns and must give back with weft_task_release;
@@ -216,7 +217,7 @@ WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
  * or loop closing), WEFT_EPERM (wrong thread), WEFT_ENOMEM. */
 WEFT_API int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task);
 
-/* await task: suspends the calling task until task ends, then returns its
+/** await task: suspends the calling task until task ends, then returns its
  * final status (0, its weft_task_fail code, or WEFT_ECANCELED) and stores its
  * result in *result (may be NULL). A result can be read by any number of
  * awaits. Await point. If the caller is cancelled meanwhile, task is
@@ -226,12 +227,12 @@ WEFT_API int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **
  * WEFT_EDEADLK (awaiting itself), WEFT_ENOTASK, WEFT_ENOMEM never. */
 WEFT_API int weft_await(weft_task_t *task, void **result);
 
-/* asyncio.shield: as weft_await, but cancelling the caller (or its deadline
+/** asyncio.shield: as weft_await, but cancelling the caller (or its deadline
  * passing) does not touch task: the caller's await returns WEFT_ECANCELED
  * (or WEFT_ETIMEDOUT) at once and task keeps running. */
 WEFT_API int weft_await_shielded(weft_task_t *task, void **result);
 
-/* asyncio.gather: waits until all n tasks have ended. results[i] and
+/** asyncio.gather: waits until all n tasks have ended. results[i] and
  * statuses[i] (either array may be NULL) get each task's result and final
  * status. Returns 0 if all succeeded, else the first failure to happen (a
  * task's status, in the order they ended). If the caller is cancelled or its
@@ -241,12 +242,12 @@ WEFT_API int weft_await_shielded(weft_task_t *task, void **result);
  * loop), WEFT_EDEADLK (the caller is among them), WEFT_ENOMEM, WEFT_ENOTASK. */
 WEFT_API int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses);
 
-/* asyncio.wait_for: as weft_await, but if task has not ended after
+/** asyncio.wait_for: as weft_await, but if task has not ended after
  * timeout_ms, task is cancelled, the caller waits for it to unwind and gets
  * WEFT_ETIMEDOUT. Await point. Errors as weft_await. */
 WEFT_API int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result);
 
-/* task.cancel(): requests cancellation. A task that has not started never
+/** task.cancel(): requests cancellation. A task that has not started never
  * runs; a task parked on an await is woken at once with WEFT_ECANCELED; a
  * running task's next await returns WEFT_ECANCELED; so does every later one
  * (sticky). What the task awaits is cancelled too, unless shielded. Its final
@@ -255,81 +256,81 @@ WEFT_API int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result
  * task has already ended (nothing happens), WEFT_EINVAL, WEFT_EPERM. */
 WEFT_API int weft_task_cancel(weft_task_t *task);
 
-/* The task's final status once it has ended (0, its weft_task_fail code or
+/** The task's final status once it has ended (0, its weft_task_fail code or
  * WEFT_ECANCELED), WEFT_EPENDING until then, WEFT_EINVAL for NULL. Any
  * thread holding a handle. */
 WEFT_API int weft_task_status(const weft_task_t *task);
 
-/* Sets the calling task's final status to err (a negative code other than
+/** Sets the calling task's final status to err (a negative code other than
  * WEFT_EPENDING); the task then returns from its body as usual. The last call
  * wins. Returns WEFT_ENOTASK outside a task, WEFT_EINVAL for err >= 0 or
  * WEFT_EPENDING. */
 WEFT_API int weft_task_fail(int err);
 
-/* Gives back a handle from weft_spawn. The task keeps running if it has not
+/** Gives back a handle from weft_spawn. The task keeps running if it has not
  * ended and is freed when it ends; if it has ended it is freed now. NULL is
  * ignored. Any thread; the handle must not be used afterwards. */
 WEFT_API void weft_task_release(weft_task_t *task);
 
-/* The task running on this thread, or NULL outside a task. Any thread. */
+/** The task running on this thread, or NULL outside a task. Any thread. */
 WEFT_API weft_task_t *weft_task_current(void);
 
-/* asyncio.timeout(): sets the calling task's deadline to timeout_ms from now.
+/** asyncio.timeout(): sets the calling task's deadline to timeout_ms from now.
  * Every await of the task that is still waiting when the deadline passes
  * returns WEFT_ETIMEDOUT (what it awaited is cancelled, as with weft_wait_for)
  * and so does every await after it, until weft_deadline_clear(). A new call
  * replaces the old deadline. Never suspends. WEFT_ENOTASK outside a task. */
 WEFT_API int weft_deadline_set(uint64_t timeout_ms);
 
-/* Removes the calling task's deadline. WEFT_ENOTASK outside a task. */
+/** Removes the calling task's deadline. WEFT_ENOTASK outside a task. */
 WEFT_API int weft_deadline_clear(void);
 
-/* Names a task for debugging (copied, at most 31 bytes kept). Loop-bound.
+/** Names a task for debugging (copied, at most 31 bytes kept). Loop-bound.
  * Unnamed tasks are called "task-<id>". WEFT_EINVAL on NULL. */
 WEFT_API int weft_task_set_name(weft_task_t *task, const char *name);
 WEFT_API const char *weft_task_name(const weft_task_t *task);
 
-/* asyncio.sleep(ms): suspends the calling task for at least ms
+/** asyncio.sleep(ms): suspends the calling task for at least ms
  * milliseconds; 0 is weft_yield(). Await point. Returns 0 when the time has
  * passed, WEFT_ECANCELED, WEFT_ETIMEDOUT, WEFT_ENOTASK, WEFT_ENOMEM. */
 WEFT_API int weft_sleep(uint64_t ms);
 
-/* asyncio.sleep(0): puts the calling task at the back of the ready queue; it
+/** asyncio.sleep(0): puts the calling task at the back of the ready queue; it
  * runs again in the next round. Await point. Returns 0, WEFT_ECANCELED,
  * WEFT_ETIMEDOUT, WEFT_ENOTASK. */
 WEFT_API int weft_yield(void);
 
-/* How tasks switch stacks in this build: "asm-x86_64", "asm-aarch64" or
+/** How tasks switch stacks in this build: "asm-x86_64", "asm-aarch64" or
  * "ucontext". Any thread. */
 WEFT_API const char *weft_switch_method(void);
 
 /* --------------------------------------------------- structured groups */
 
-/* asyncio.TaskGroup: tasks spawned into a group are waited for together; the
+/** asyncio.TaskGroup: tasks spawned into a group are waited for together; the
  * first child to fail (a status other than 0 and WEFT_ECANCELED) cancels all
  * its siblings. Loop-bound use: one group serves tasks of one loop. */
 
-/* Creates an empty group owned by the caller. WEFT_EINVAL, WEFT_ENOMEM. */
+/** Creates an empty group owned by the caller. WEFT_EINVAL, WEFT_ENOMEM. */
 WEFT_API int weft_group_new(weft_group_t **g);
 
-/* Spawns fn(arg) on loop (NULL as in weft_spawn) as a child of g. Never
+/** Spawns fn(arg) on loop (NULL as in weft_spawn) as a child of g. Never
  * suspends. Errors: those of weft_spawn; WEFT_ECANCELED if a child has
  * already failed (the group is cancelling); WEFT_EINVAL after
  * weft_group_wait returned. */
 WEFT_API int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg);
 
-/* Waits until every child has ended. Returns 0, or the first child failure.
+/** Waits until every child has ended. Returns 0, or the first child failure.
  * If the caller is cancelled (or its deadline passes) every child is
  * cancelled, the wait still lasts until all have ended, and it returns
  * WEFT_ECANCELED (or WEFT_ETIMEDOUT). Await point; WEFT_ENOTASK outside a
  * task. After it returns, the group accepts no more children. */
 WEFT_API int weft_group_wait(weft_group_t *g);
 
-/* Frees the group. Children still running are cancelled and detached. */
+/** Frees the group. Children still running are cancelled and detached. */
 WEFT_API void weft_group_release(weft_group_t *g);
 
 #ifdef __cplusplus
 }
 #endif
 
-#endif /* WEFT_H */
+#endif /**< WEFT_H */
