@@ -53,6 +53,7 @@ extern "C" {
 #define WEFT_ETIMEDOUT UV_ETIMEDOUT /**< a timeout or the task's deadline passed */
 #define WEFT_EPERM UV_EPERM         /**< called from a thread that does not own the loop */
 #define WEFT_EALREADY UV_EALREADY   /**< nothing to do: the task has already ended */
+#define WEFT_ESHUTDOWN UV_ESHUTDOWN /**< the loop or pool is closing and takes no more work */
 #define WEFT_ENOTASK (-30001)       /**< an await point was called outside a task */
 #define WEFT_EPENDING (-30002)      /**< the task has not ended yet */
 #define WEFT_ECLOSED (-30003)       /**< the channel or object is closed */
@@ -70,6 +71,7 @@ WEFT_API const char *weft_version_string(void);
 typedef struct weft_loop weft_loop_t;
 typedef struct weft_task weft_task_t;
 typedef struct weft_group weft_group_t;
+typedef struct weft_pool weft_pool_t;
 
 /** A task body. It runs on its own stack and may call await points; what it
  * returns is the task's result. To end with an error, call weft_task_fail()
@@ -145,6 +147,9 @@ typedef struct weft_stats {
   size_t stacks_pooled;    /**< warm stacks in the pool */
   size_t stacks_guarded;   /**< stacks of this loop with a guard page */
   size_t stacks_canary;    /**< stacks of this loop without one (canary-checked) */
+  uint64_t inbox_in;       /**< messages from other threads run by the loop */
+  uint64_t wakeups_sent;   /**< rings of the parked loop by other threads */
+  uint64_t wakeups_received; /**< rings the loop woke up to (sends coalesce) */
 } weft_stats_t;
 
 /* ------------------------------------------------------------ high level */
@@ -187,7 +192,9 @@ WEFT_API int weft_loop_run_until_complete(weft_loop_t *loop, weft_task_t *task, 
 WEFT_API int weft_loop_run_forever(weft_loop_t *loop);
 
 /** loop.stop(): asks a running loop to return from weft_loop_run_forever at
- * the end of its current round. Any thread. WEFT_EINVAL if loop is NULL. */
+ * the end of its current round. Any thread, as long as the loop has not been
+ * closed (a pool's loops: until weft_pool_shutdown returns). WEFT_EINVAL if
+ * loop is NULL. */
 WEFT_API int weft_loop_stop(weft_loop_t *loop);
 
 /** loop.close(): cancels every task still pending on the loop, runs them until
@@ -197,6 +204,13 @@ WEFT_API int weft_loop_stop(weft_loop_t *loop);
  * handles the application opened on weft_loop_uv() are still open (close
  * them first; the loop stays usable); WEFT_EPERM (wrong thread). */
 WEFT_API int weft_loop_close(weft_loop_t *loop);
+
+/** loop.call_soon_threadsafe(cb, arg): cb(arg) runs on the loop's thread, in
+ * the loop's next round, outside any task (it may spawn tasks; it must not
+ * call await points). Calls from one thread run in the order made. Never
+ * suspends. Any thread. Errors: WEFT_EINVAL (NULL), WEFT_ENOMEM,
+ * WEFT_ESHUTDOWN (the loop is closing; cb will not run). */
+WEFT_API int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void *arg);
 
 /** The libuv loop underneath, so an application's own libuv handles share the
  * loop. Their callbacks run outside any task (await points there return
@@ -208,19 +222,26 @@ WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
 
 /* ----------------------------------------------------------------- tasks */
 
-/** loop.create_task(): creates a task that runs fn(arg) on loop (NULL = the
- * calling task's loop, else the thread's current loop). It starts in a later
- * scheduling round; weft_spawn never suspends. If task is not NULL, *task
- * gets a handle the caller owns and must give back with weft_task_release;
- * with task NULL the task is detached and freed when it ends.
- * Loop-bound. Errors: WEFT_EINVAL (fn NULL, no loop given and none current,
- * or loop closing), WEFT_EPERM (wrong thread), WEFT_ENOMEM. */
+/** loop.create_task() and run_coroutine_threadsafe(): creates a task that
+ * runs fn(arg) on loop (NULL = the calling task's loop, else the thread's
+ * current loop). It starts in a later scheduling round; weft_spawn never
+ * suspends. If task is not NULL, *task gets a handle the caller owns and must
+ * give back with weft_task_release; with task NULL the task is detached and
+ * freed when it ends. Any thread: from another thread than the loop's, the
+ * task is handed over through the loop's inbox, and the handle is valid at
+ * once. Errors: WEFT_EINVAL (fn NULL, no loop given and none current, or the
+ * loop is closing), WEFT_ESHUTDOWN (from another thread: the loop is closing,
+ * or its pool is shutting down), WEFT_ENOMEM. */
 WEFT_API int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task);
 
 /** await task: suspends the calling task until task ends, then returns its
  * final status (0, its weft_task_fail code, or WEFT_ECANCELED) and stores its
  * result in *result (may be NULL). A result can be read by any number of
- * awaits. Await point. If the caller is cancelled meanwhile, task is
+ * awaits. Await point. From a plain thread (one running no loop, e.g. main
+ * driving a pool) it blocks the thread until task ends, if task runs on a
+ * loop of another thread (WEFT_ENOTASK if on this thread's own loop, which
+ * could then never run); a task awaiting a task of another loop is not
+ * supported yet (WEFT_EINVAL). If the caller is cancelled meanwhile, task is
  * cancelled too (as in asyncio), the caller waits for it to unwind and gets
  * WEFT_ECANCELED; if the caller's deadline passes, the same with
  * WEFT_ETIMEDOUT. Errors: WEFT_EINVAL (NULL, task of another loop),
@@ -232,7 +253,8 @@ WEFT_API int weft_await(weft_task_t *task, void **result);
  * (or WEFT_ETIMEDOUT) at once and task keeps running. */
 WEFT_API int weft_await_shielded(weft_task_t *task, void **result);
 
-/** asyncio.gather: waits until all n tasks have ended. results[i] and
+/** asyncio.gather: waits until all n tasks have ended. A plain thread
+ * blocks until then, as with weft_await. results[i] and
  * statuses[i] (either array may be NULL) get each task's result and final
  * status. Returns 0 if all succeeded, else the first failure to happen (a
  * task's status, in the order they ended). If the caller is cancelled or its
@@ -252,8 +274,11 @@ WEFT_API int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result
  * running task's next await returns WEFT_ECANCELED; so does every later one
  * (sticky). What the task awaits is cancelled too, unless shielded. Its final
  * status becomes WEFT_ECANCELED unless it called weft_task_fail. Never
- * suspends. Loop-bound (the task's loop). Returns 0, WEFT_EALREADY if the
- * task has already ended (nothing happens), WEFT_EINVAL, WEFT_EPERM. */
+ * suspends. Any thread holding a handle: from another thread the request
+ * reaches the task's loop through its inbox, in its next round. Returns 0,
+ * WEFT_EALREADY if the task has already ended (nothing happens),
+ * WEFT_EINVAL, WEFT_ENOMEM or WEFT_ESHUTDOWN (another thread's request could
+ * not be queued). */
 WEFT_API int weft_task_cancel(weft_task_t *task);
 
 /** The task's final status once it has ended (0, its weft_task_fail code or
@@ -329,8 +354,52 @@ WEFT_API int weft_group_wait(weft_group_t *g);
 /** Frees the group. Children still running are cancelled and detached. */
 WEFT_API void weft_group_release(weft_group_t *g);
 
+/* ------------------------------------------------------ pool of loops */
+
+/** How weft_pool_shutdown ends the pool's work. */
+#define WEFT_DRAIN 0  /**< let every queued and running task finish first */
+#define WEFT_CANCEL 1 /**< cancel every pending task and wait for it to unwind */
+
+/** Options for weft_pool_new; zero every field you do not set. */
+typedef struct weft_pool_opts {
+  unsigned workers;       /**< worker threads, one loop each; 0 = one per CPU */
+  weft_loop_opts_t loop;  /**< options for every worker's loop */
+} weft_pool_opts_t;
+
+/** Starts a pool: opts->workers threads (named weft-0, weft-1, ...), each
+ * owning one loop that runs until weft_pool_shutdown. The workers block
+ * SIGINT, SIGTERM, SIGCHLD and SIGPIPE, so those reach the threads the
+ * application chooses. opts may be NULL. Returns when every loop is ready.
+ * Any thread. Errors: WEFT_EINVAL (pool NULL, more than 1024 workers),
+ * WEFT_ENOMEM, or the error of a failed thread or loop start (nothing is
+ * left running). */
+WEFT_API int weft_pool_new(weft_pool_t **pool, const weft_pool_opts_t *opts);
+
+/** The number of loops (and threads). Any thread. */
+WEFT_API unsigned weft_pool_size(const weft_pool_t *pool);
+
+/** Loop i of the pool, or NULL if i is out of range. Use it with the
+ * any-thread functions (weft_spawn, weft_loop_call_soon, weft_loop_stop).
+ * Any thread; valid until weft_pool_shutdown returns. */
+WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
+
+/** The pool's loops in turn (round-robin). Any thread. */
+WEFT_API weft_loop_t *weft_pool_next(weft_pool_t *pool);
+
+/** Ends the pool and frees it. how = WEFT_DRAIN: spawns from outside the
+ * pool's threads are refused from now on (WEFT_ESHUTDOWN), every task
+ * already spawned or queued runs to its end (tasks may still spawn tasks on
+ * their own loop), then each loop closes. how = WEFT_CANCEL: the same, but
+ * every pending task is cancelled first. Either way every loop is closed
+ * cleanly and every thread joined before it returns, and nothing queued is
+ * dropped silently: a task queued but never started ends with
+ * WEFT_ECANCELED in CANCEL mode, and runs in DRAIN mode. Must not be called
+ * from one of the pool's own threads. Errors: WEFT_EINVAL (NULL, a bad how,
+ * or called from a worker). */
+WEFT_API int weft_pool_shutdown(weft_pool_t *pool, int how);
+
 #ifdef __cplusplus
 }
 #endif
 
-#endif /**< WEFT_H */
+#endif /* WEFT_H */

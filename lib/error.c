@@ -20,6 +20,7 @@ const char *weft_strerror(int err) {
   case WEFT_ETIMEDOUT: return "the timeout or deadline passed";
   case WEFT_EBUSY: return "busy: the loop is running, or a loop already runs on this thread";
   case WEFT_EPERM: return "the loop belongs to another thread";
+  case WEFT_ESHUTDOWN: return "the loop or pool is shutting down and takes no more work";
   default:
     break;
   }

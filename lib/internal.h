@@ -163,6 +163,32 @@ struct weft__wait {
   bool (*interrupt)(weft__wait_t *w, int err);
 };
 
+/* --------------------------------------------------------------- inbox */
+
+/* A message for a loop from another thread. It lives inside whatever it is
+ * about (a task, a join node, a call) and run() executes on the loop's
+ * thread, where it may free its own memory. */
+typedef struct weft__msg weft__msg_t;
+struct weft__msg {
+  weft__msg_t *next;
+  void (*run)(weft__msg_t *m, weft_loop_t *loop);
+};
+
+/* Messages drained per round at most (the rest wait for the next round). */
+#define WEFT__INBOX_BUDGET 1024
+
+void weft__inbox_init(weft_loop_t *loop);
+void weft__inbox_destroy(weft_loop_t *loop);
+/* Any thread. A spawn (is_spawn) is also refused once the loop's pool is
+ * shutting down. Returns 0 or WEFT_ESHUTDOWN. */
+int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn);
+bool weft__inbox_park(weft_loop_t *loop);
+void weft__inbox_unpark(weft_loop_t *loop);
+bool weft__inbox_pending(weft_loop_t *loop);
+size_t weft__inbox_drain(weft_loop_t *loop, size_t budget);
+void weft__inbox_close(weft_loop_t *loop);
+void weft__loop_ring(weft_loop_t *loop);                   /* any thread */
+
 /* ----------------------------------------------------------------- tasks */
 
 enum weft__task_state {
@@ -178,11 +204,13 @@ struct weft_task {
   weft__queue_t all;         /* link in loop->tasks while the task lives */
   weft__queue_t joiners;     /* join nodes of tasks awaiting this one */
   weft__queue_t group_link;  /* link in group->children */
+  weft__msg_t spawn_msg;     /* carries a spawn from another thread */
   weft_loop_t *loop;         /* the loop it runs on, for life */
   weft_fn fn;
   void *arg;
   void *result;              /* fn's return value once DONE */
-  int status;                /* WEFT_EPENDING until DONE */
+  int status;                /* WEFT_EPENDING until DONE; written once, with
+                                release order, so other threads may read it */
   int fail;                  /* weft_task_fail code; 0 if none */
   enum weft__task_state state;
   bool cancelled;            /* sticky cancellation request */
@@ -248,13 +276,25 @@ struct weft_loop {
   enum weft__goal goal;      /* what the running run function waits for */
   weft_task_t *goal_task;    /* for WEFT__GOAL_TASK */
   atomic_int stop;           /* weft_loop_stop requested */
-  uint64_t next_id;
+  atomic_uint_fast64_t next_id;  /* spawns from any thread draw ids */
   uint64_t next_end_seq;
   uint64_t round;
   unsigned rounds_unpolled;  /* rounds since libuv was last polled */
   weft_stats_t counters;
   weft_event_fn on_event;
   void *event_arg;
+  /* The inbox (inbox.c). */
+  pthread_mutex_t inbox_lock;
+  weft__msg_t *inbox_head;
+  weft__msg_t *inbox_tail;
+  atomic_size_t inbox_len;
+  atomic_int parked;         /* about to block, or blocked, in poll */
+  bool inbox_closed;         /* under inbox_lock */
+  bool refuse_spawns;        /* under inbox_lock: the pool is shutting down */
+  atomic_uint_fast64_t wakeups_sent;
+  uint64_t wakeups_received;
+  weft_pool_t *pool;         /* the pool this loop works for, or NULL */
+  atomic_int draining;       /* a pool shutdown asked it to finish */
 };
 
 /* Thread state: the loop this thread runs (set while a run function is on
@@ -284,6 +324,8 @@ void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
   do { if ((loop)->on_event) weft__emit((loop), __VA_ARGS__); } while (0)
 
 void weft__ready(weft_loop_t *loop, weft_task_t *t);
+int weft__loop_close(weft_loop_t *loop, bool free_it);
+void weft__loop_free(weft_loop_t *loop);
 /* Suspends the current task on w until weft__wake. Returns w->result. */
 int weft__park(weft__wait_t *w);
 void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause);

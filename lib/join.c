@@ -9,15 +9,31 @@
  * leaves the awaited task alone. */
 #include "internal.h"
 
+#include <sched.h>
 #include <stdlib.h>
 
 typedef struct join_wait join_wait_t;
 
+typedef struct plain_join plain_join_t;
+
+/* One awaited task's end, seen by a waiter. A task waiter's node fires on
+ * the shared loop; a plain thread's node is registered through the target
+ * loop's inbox and fires there, signalling the thread. */
 typedef struct join_node {
   weft__queue_t link;   /* in target->joiners while pending */
-  join_wait_t *jw;
+  join_wait_t *jw;      /* a task's wait, or NULL */
+  plain_join_t *pj;     /* a plain thread's wait, or NULL */
   weft_task_t *target;
+  weft__msg_t msg;      /* registers a plain thread's node */
 } join_node_t;
+
+/* A plain thread (running no loop) blocked in weft_await or weft_gather. */
+struct plain_join {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  size_t pending;
+  int first_err;
+};
 
 struct join_wait {
   weft__wait_t base;
@@ -56,11 +72,36 @@ static void join_timeout(weft__timer_t *timer) {
   }
 }
 
+/* On the target's loop: the thread may return (and its stack frame go) as
+ * soon as the lock is released, so the node is not touched afterwards. */
+static void plain_fire(join_node_t *node, int status) {
+  plain_join_t *pj = node->pj;
+  pthread_mutex_lock(&pj->lock);
+  if (status != 0 && pj->first_err == 0)
+    pj->first_err = status;
+  if (--pj->pending == 0)
+    pthread_cond_signal(&pj->cond);
+  pthread_mutex_unlock(&pj->lock);
+}
+
+static void plain_register(weft__msg_t *m, weft_loop_t *loop) {
+  join_node_t *node = weft__container_of(m, join_node_t, msg);
+  weft_task_t *t = node->target;
+  if (t->state == WEFT__DONE)
+    plain_fire(node, t->status);
+  else
+    weft__queue_insert_tail(&t->joiners, &node->link);
+}
+
 void weft__join_notify(weft_task_t *t) {
   while (!weft__queue_empty(&t->joiners)) {
     weft__queue_t *q = weft__queue_head(&t->joiners);
     weft__queue_remove(q);
     join_node_t *node = weft__container_of(q, join_node_t, link);
+    if (node->pj) {
+      plain_fire(node, t->status);
+      continue;
+    }
     join_wait_t *jw = node->jw;
     if (t->status != 0 && jw->first_err == 0)
       jw->first_err = t->status;
@@ -123,6 +164,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];
     nodes[i].jw = &jw;
+    nodes[i].pj = NULL;
     nodes[i].target = t;
     weft__queue_init(&nodes[i].link);
     if (t->state == WEFT__DONE) {
@@ -156,10 +198,79 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   return result;
 }
 
+/* weft_await and weft_gather on a thread that runs no loop: block it until
+ * every task has ended. A task of a loop this very thread owns could never
+ * run meanwhile, so that is refused like any await outside a task (ended or
+ * not, so the answer does not depend on timing). */
+static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char *fn) {
+  if (n > 0 && !tasks)
+    return WEFT_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    weft_task_t *t = tasks[i];
+    if (!t || t->magic != WEFT__TASK_MAGIC) {
+      weft__misuse(fn, "task %zu is NULL or not a live task handle", i);
+      return WEFT_EINVAL;
+    }
+    if (weft__on_owner(t->loop)) {
+      weft__misuse(fn, "called outside a task, on the thread that owns the task's loop "
+                       "(the loop could never run to end it)");
+      return WEFT_ENOTASK;
+    }
+  }
+  join_node_t small[8];
+  join_node_t *nodes = small;
+  if (n > sizeof small / sizeof small[0]) {
+    nodes = malloc(n * sizeof *nodes);
+    if (!nodes)
+      return WEFT_ENOMEM;
+  }
+  plain_join_t pj = {.pending = n, .first_err = 0};
+  pthread_mutex_init(&pj.lock, NULL);
+  pthread_cond_init(&pj.cond, NULL);
+  for (size_t i = 0; i < n; i++) {
+    weft_task_t *t = tasks[i];
+    nodes[i].jw = NULL;
+    nodes[i].pj = &pj;
+    nodes[i].target = t;
+    weft__queue_init(&nodes[i].link);
+    nodes[i].msg.run = plain_register;
+    if (weft__inbox_push(t->loop, &nodes[i].msg, false) != 0) {
+      /* The loop's inbox is closed: it is ending its last tasks, and every
+       * one of them ends before the loop is gone. */
+      int st;
+      while ((st = weft_task_status(t)) == WEFT_EPENDING)
+        sched_yield();
+      plain_fire(&nodes[i], st);
+    }
+  }
+  pthread_mutex_lock(&pj.lock);
+  while (pj.pending > 0)
+    pthread_cond_wait(&pj.cond, &pj.lock);
+  pthread_mutex_unlock(&pj.lock);
+  *first_err = pj.first_err;
+  pthread_cond_destroy(&pj.cond);
+  pthread_mutex_destroy(&pj.lock);
+  if (nodes != small)
+    free(nodes);
+  return 0;
+}
+
+static bool on_plain_thread(void) {
+  return weft__tls.running == NULL;
+}
+
 static int await_one(weft_task_t *task, void **result, bool shielded, uint64_t ms,
                      bool has_timeout, const char *fn) {
   int first_err;
   bool joined;
+  if (on_plain_thread() && !has_timeout) {
+    int err = plain_join(&task, 1, &first_err, fn);
+    if (err)
+      return err;
+    if (result)
+      *result = task->result;
+    return weft_task_status(task);
+  }
   int err = join(&task, 1, shielded, ms, has_timeout, &first_err, &joined, fn);
   if (joined && result && task->state == WEFT__DONE)
     *result = task->result;
@@ -182,6 +293,18 @@ int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result) {
 int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses) {
   int first_err;
   bool joined;
+  if (on_plain_thread()) {
+    int err = plain_join(tasks, n, &first_err, "weft_gather");
+    if (err)
+      return err;
+    for (size_t i = 0; i < n; i++) {
+      if (results)
+        results[i] = tasks[i]->result;
+      if (statuses)
+        statuses[i] = weft_task_status(tasks[i]);
+    }
+    return first_err;
+  }
   int err = join(tasks, n, false, 0, false, &first_err, &joined, "weft_gather");
   if (!joined)
     return err;

@@ -12,9 +12,10 @@
 _Thread_local weft__tls_t weft__tls;
 
 static void wakeup_cb(uv_async_t *h) {
-  /* Nothing to do: the ring only ends the poll so the round loop looks at
-   * the stop flag again. */
-  (void)h;
+  /* The ring only ends the poll; the round drains the inbox and looks at the
+   * stop flag itself. */
+  weft_loop_t *loop = weft__container_of(h, weft_loop_t, wakeup);
+  loop->wakeups_received++;
 }
 
 int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
@@ -44,12 +45,14 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
     goto error3;
   weft__queue_init(&loop->ready);
   weft__queue_init(&loop->tasks);
+  weft__inbox_init(loop);
+  atomic_init(&loop->draining, 0);
+  atomic_init(&loop->next_id, 1);
   weft__stack_pool_init(&loop->stacks, opts->stack_size,
                         opts->stack_pool_max ? opts->stack_pool_max : 1024);
   loop->owner = pthread_self();
   loop->on_event = opts->on_event;
   loop->event_arg = opts->event_arg;
-  loop->next_id = 1;
   atomic_init(&loop->stop, 0);
   *out = loop;
   return 0;
@@ -223,7 +226,11 @@ static bool goal_met(weft_loop_t *loop) {
   case WEFT__GOAL_TASK:
     return loop->goal_task->state == WEFT__DONE;
   case WEFT__GOAL_STOP:
-    return atomic_load_explicit(&loop->stop, memory_order_acquire) != 0;
+    if (atomic_load_explicit(&loop->stop, memory_order_acquire))
+      return true;
+    /* A pool worker's loop, asked to finish: done once nothing is left. */
+    return atomic_load_explicit(&loop->draining, memory_order_relaxed) && loop->nlive == 0 &&
+           !weft__inbox_pending(loop);
   case WEFT__GOAL_EMPTY:
     return loop->nlive == 0;
   }
@@ -236,8 +243,9 @@ static bool goal_met(weft_loop_t *loop) {
  *    await (or its end). Tasks made ready during the round (spawned, yielded,
  *    woken) wait for the next round, so no task can starve the others by
  *    yielding and no flood of wake-ups stalls I/O polling.
- * 2. Look at requests from other threads (today: weft_loop_stop's flag; the
- *    cross-thread inbox joins here).
+ * 2. Drain the inbox: spawns, cancels, calls and wake-ups from other threads,
+ *    at most WEFT__INBOX_BUDGET of them, so a flood from other threads
+ *    cannot starve the tasks already ready.
  * 3. Poll libuv: blocking, when no task is ready, until the earliest weft
  *    timer, I/O, or a wake-up from another thread. The libuv callbacks that
  *    run here (timers, I/O) complete wait records and so move tasks from the
@@ -258,7 +266,8 @@ static void loop_round(weft_loop_t *loop) {
     loop->nready--;
     run_task(loop, weft__container_of(q, weft_task_t, node));
   }
-  if (loop->nready > 0 && !goal_met(loop)) {
+  weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
+  if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
     uv_update_time(&loop->uv);
@@ -268,7 +277,12 @@ static void loop_round(weft_loop_t *loop) {
   }
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
-  uv_run(&loop->uv, loop->nready > 0 || goal_met(loop) ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+  if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
+    uv_run(&loop->uv, UV_RUN_NOWAIT);
+  } else {
+    uv_run(&loop->uv, UV_RUN_ONCE);
+    weft__inbox_unpark(loop);
+  }
 }
 
 static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
@@ -334,9 +348,36 @@ int weft_loop_stop(weft_loop_t *loop) {
   atomic_store_explicit(&loop->stop, 1, memory_order_release);
   /* A loop parked in poll on another thread needs a ring to notice. Its own
    * thread is busy in a task or a callback and finds the flag itself. */
-  if (!weft__on_owner(loop) && !loop->closing)
-    uv_async_send(&loop->wakeup);
+  if (!weft__on_owner(loop))
+    weft__loop_ring(loop);
   return 0;
+}
+
+typedef struct call_msg {
+  weft__msg_t msg;
+  void (*cb)(void *arg);
+  void *arg;
+} call_msg_t;
+
+static void call_run(weft__msg_t *m, weft_loop_t *loop) {
+  call_msg_t *c = weft__container_of(m, call_msg_t, msg);
+  c->cb(c->arg);
+  free(c);
+}
+
+int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void *arg) {
+  if (!loop || !cb)
+    return WEFT_EINVAL;
+  call_msg_t *c = malloc(sizeof *c);
+  if (!c)
+    return WEFT_ENOMEM;
+  c->msg.run = call_run;
+  c->cb = cb;
+  c->arg = arg;
+  int err = weft__inbox_push(loop, &c->msg, false);
+  if (err)
+    free(c);
+  return err;
 }
 
 /* ---------------------------------------------------------- closing */
@@ -351,6 +392,14 @@ static void find_user_handle(uv_handle_t *h, void *arg) {
 }
 
 int weft_loop_close(weft_loop_t *loop) {
+  if (loop && loop->pool) {
+    weft__misuse("weft_loop_close", "a pool's loop is closed by weft_pool_shutdown");
+    return WEFT_EINVAL;
+  }
+  return weft__loop_close(loop, true);
+}
+
+int weft__loop_close(weft_loop_t *loop, bool free_it) {
   if (!loop)
     return WEFT_EINVAL;
   if (!weft__on_owner(loop)) {
@@ -382,6 +431,15 @@ int weft_loop_close(weft_loop_t *loop) {
   }
   while (!goal_met(loop))
     loop_round(loop);
+  /* No more messages from now on; what was queued before still runs. A
+   * spawn that arrives here ends cancelled without running, so its handle
+   * learns its fate. */
+  weft__inbox_close(loop);
+  while (weft__inbox_pending(loop) || !goal_met(loop)) {
+    weft__inbox_drain(loop, 0);
+    if (!goal_met(loop))
+      loop_round(loop);
+  }
   run_end(loop);
 
   weft__stack_pool_destroy(&loop->stacks);
@@ -394,8 +452,14 @@ int weft_loop_close(weft_loop_t *loop) {
     weft__fatal("uv_loop_close failed after every weft handle closed: %s", uv_strerror(err));
   if (weft__tls.bound == loop)
     weft__tls.bound = NULL;
-  free(loop);
+  if (free_it)
+    weft__loop_free(loop);
   return 0;
+}
+
+void weft__loop_free(weft_loop_t *loop) {
+  weft__inbox_destroy(loop);
+  free(loop);
 }
 
 int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
@@ -412,6 +476,8 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
   out->stacks_pooled = loop->stacks.nwarm;
   out->stacks_guarded = loop->stacks.nguarded;
   out->stacks_canary = loop->stacks.ncanary;
+  out->wakeups_sent = atomic_load_explicit(&loop->wakeups_sent, memory_order_relaxed);
+  out->wakeups_received = loop->wakeups_received;
   return 0;
 }
 

@@ -10,20 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out) {
-  if (loop->closing) {
-    weft__misuse("weft_spawn", "the loop is closing");
-    return WEFT_EINVAL;
-  }
-  /* Every live task may hold two timers at once (a sleep or wait_for
-   * timeout, and its deadline): reserving here keeps await points
-   * infallible. */
-  if (weft__timers_reserve(loop, 2 * (loop->nlive + 1)) != 0)
-    return WEFT_ENOMEM;
+/* Makes a task that belongs to loop but is not on its books yet: any
+ * thread may call this, only the loop's thread adopts the task. */
+static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool handle) {
   weft_task_t *t = malloc(sizeof *t);
   if (!t)
-    return WEFT_ENOMEM;
+    return NULL;
   weft__queue_init(&t->node);
+  weft__queue_init(&t->all);
   weft__queue_init(&t->joiners);
   weft__queue_init(&t->group_link);
   t->loop = loop;
@@ -40,16 +34,69 @@ int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_t
   t->deadline = 0;
   weft__timer_init(&t->deadline_timer, NULL);
   t->group = NULL;
-  t->id = loop->next_id++;
+  t->id = atomic_fetch_add_explicit(&loop->next_id, 1, memory_order_relaxed);
   t->end_seq = 0;
   t->spawn_ns = 0;
   t->magic = WEFT__TASK_MAGIC;
   t->name[0] = '\0';
+  return t;
+}
+
+/* Puts a task on its loop's books and in the ready queue. Loop thread. */
+static void task_adopt(weft_loop_t *loop, weft_task_t *t) {
   weft__queue_insert_tail(&loop->tasks, &t->all);
   loop->nlive++;
   loop->counters.spawned++;
   weft__ready(loop, t);
   WEFT__EMIT(loop, WEFT_EV_SPAWN, t, WEFT_WAIT_NONE, 0, 0);
+}
+
+/* Every live task may hold two timers at once (a sleep or wait_for timeout,
+ * and its deadline): reserving at spawn keeps await points infallible. */
+static int reserve_timers(weft_loop_t *loop) {
+  return weft__timers_reserve(loop, 2 * (loop->nlive + 1));
+}
+
+int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out) {
+  if (loop->closing) {
+    weft__misuse("weft_spawn", "the loop is closing");
+    return WEFT_EINVAL;
+  }
+  if (reserve_timers(loop) != 0)
+    return WEFT_ENOMEM;
+  weft_task_t *t = task_alloc(loop, fn, arg, handle);
+  if (!t)
+    return WEFT_ENOMEM;
+  task_adopt(loop, t);
+  *out = t;
+  return 0;
+}
+
+/* A spawn from another thread arrives. A closing loop, or one out of
+ * memory, ends the task at once without running it: its handle, if any,
+ * reads WEFT_ECANCELED or WEFT_ENOMEM rather than waiting forever. */
+static void remote_spawn_run(weft__msg_t *m, weft_loop_t *loop) {
+  weft_task_t *t = weft__container_of(m, weft_task_t, spawn_msg);
+  int err = loop->closing ? WEFT_ECANCELED : reserve_timers(loop);
+  task_adopt(loop, t);
+  if (err) {
+    weft__queue_remove(&t->node);
+    loop->nready--;
+    weft__task_complete(t, err);
+    weft__task_unref(t);
+  }
+}
+
+static int remote_spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out) {
+  weft_task_t *t = task_alloc(loop, fn, arg, handle);
+  if (!t)
+    return WEFT_ENOMEM;
+  t->spawn_msg.run = remote_spawn_run;
+  int err = weft__inbox_push(loop, &t->spawn_msg, true);
+  if (err) {
+    free(t);
+    return err;
+  }
   *out = t;
   return 0;
 }
@@ -69,10 +116,8 @@ int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task
     weft__misuse(caller, "no loop given and this thread has no current loop");
     return WEFT_EINVAL;
   }
-  if (!weft__on_owner(loop)) {
-    weft__misuse(caller, "loop %p belongs to another thread", (void *)loop);
-    return WEFT_EPERM;
-  }
+  if (!weft__on_owner(loop))
+    return remote_spawn(loop, fn, arg, handle, out);
   return weft__task_new(loop, fn, arg, handle, out);
 }
 
@@ -101,7 +146,6 @@ void weft__task_unref(weft_task_t *t) {
  * away. */
 void weft__task_complete(weft_task_t *t, int status) {
   weft_loop_t *loop = t->loop;
-  t->status = status;
   t->state = WEFT__DONE;
   t->end_seq = ++loop->next_end_seq;
   weft__queue_remove(&t->all);
@@ -112,6 +156,8 @@ void weft__task_complete(weft_task_t *t, int status) {
     loop->counters.cancelled++;
   else
     loop->counters.failed++;
+  /* Release: another thread that reads the status also sees the result. */
+  __atomic_store_n(&t->status, status, __ATOMIC_RELEASE);
   WEFT__EMIT(loop, WEFT_EV_DONE, t, WEFT_WAIT_NONE, 0, status);
   if (t->group)
     weft__group_child_done(t);
@@ -130,15 +176,44 @@ void weft__task_entry(void) {
   weft__coro_exit(&t->coro, &loop->sched);
 }
 
+typedef struct cancel_msg {
+  weft__msg_t msg;
+  weft_task_t *task;
+} cancel_msg_t;
+
+static void cancel_run(weft__msg_t *m, weft_loop_t *loop) {
+  cancel_msg_t *c = weft__container_of(m, cancel_msg_t, msg);
+  weft_task_cancel(c->task);
+  weft__task_unref(c->task);
+  free(c);
+}
+
+/* From another thread: the request travels through the loop's inbox, with a
+ * reference that keeps the task alive until it is delivered. */
+static int cancel_remote(weft_task_t *t) {
+  cancel_msg_t *c = malloc(sizeof *c);
+  if (!c)
+    return WEFT_ENOMEM;
+  c->msg.run = cancel_run;
+  c->task = t;
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+  int err = weft__inbox_push(t->loop, &c->msg, false);
+  if (err) {
+    weft__task_unref(t);
+    free(c);
+    /* A closed inbox means the loop has ended every task. */
+    return weft_task_status(t) != WEFT_EPENDING ? WEFT_EALREADY : err;
+  }
+  return 0;
+}
+
 int weft_task_cancel(weft_task_t *t) {
   if (!t)
     return WEFT_EINVAL;
-  if (t->state == WEFT__DONE)
+  if (weft_task_status(t) != WEFT_EPENDING)
     return WEFT_EALREADY;
-  if (!weft__on_owner(t->loop)) {
-    weft__misuse("weft_task_cancel", "the task's loop belongs to another thread");
-    return WEFT_EPERM;
-  }
+  if (!weft__on_owner(t->loop))
+    return cancel_remote(t);
   t->cancelled = true;
   weft__interrupt(t, WEFT_ECANCELED);
   return 0;
@@ -147,7 +222,7 @@ int weft_task_cancel(weft_task_t *t) {
 int weft_task_status(const weft_task_t *t) {
   if (!t)
     return WEFT_EINVAL;
-  return t->status;
+  return __atomic_load_n(&t->status, __ATOMIC_ACQUIRE);
 }
 
 int weft_task_fail(int err) {

@@ -1,0 +1,128 @@
+/* The inbox: the one way work reaches a loop from another thread. Producers
+ * append a message under a mutex (libuv's thread pool does the same) and ring
+ * the loop's uv_async_t only if the loop is parked, that is about to block or
+ * blocked in its poll; a busy loop finds the message at its next round with
+ * no system call, and many pushes to a parked loop cost one ring, since libuv
+ * coalesces sends. The loop takes the whole list at once and runs it
+ * unlocked, at most WEFT__INBOX_BUDGET messages a round so that a flood from
+ * other threads cannot starve the loop's own ready tasks.
+ *
+ * Lost wake-ups are ruled out by a Dekker pair: the loop stores parked = 1,
+ * then (after a full fence) looks at the queue length; a producer increments
+ * the length, then (after a full fence) looks at parked. At least one of them
+ * sees the other's store, so either the loop skips blocking or the producer
+ * rings. The fence also stands in for the one libuv 1.44's uv_async_send
+ * lacks before it reads its pending flag.
+ *
+ * libuv 1.44's uv_async_send after uv_close touches freed memory, so every
+ * ring happens under the inbox mutex and only while the inbox is open; the
+ * loop closes the inbox (under the same mutex) before it closes the handle. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+void weft__inbox_init(weft_loop_t *loop) {
+  pthread_mutex_init(&loop->inbox_lock, NULL);
+  loop->inbox_head = NULL;
+  loop->inbox_tail = NULL;
+  atomic_init(&loop->inbox_len, 0);
+  atomic_init(&loop->parked, 0);
+  atomic_init(&loop->wakeups_sent, 0);
+  loop->inbox_closed = false;
+  loop->refuse_spawns = false;
+}
+
+void weft__inbox_destroy(weft_loop_t *loop) {
+  pthread_mutex_destroy(&loop->inbox_lock);
+}
+
+/* Rings the loop's wake-up, if its inbox is still open. Any thread. */
+void weft__loop_ring(weft_loop_t *loop) {
+  pthread_mutex_lock(&loop->inbox_lock);
+  if (!loop->inbox_closed)
+    uv_async_send(&loop->wakeup);
+  pthread_mutex_unlock(&loop->inbox_lock);
+}
+
+int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn) {
+  m->next = NULL;
+  pthread_mutex_lock(&loop->inbox_lock);
+  if (loop->inbox_closed || (is_spawn && loop->refuse_spawns)) {
+    pthread_mutex_unlock(&loop->inbox_lock);
+    return WEFT_ESHUTDOWN;
+  }
+  if (loop->inbox_tail)
+    loop->inbox_tail->next = m;
+  else
+    loop->inbox_head = m;
+  loop->inbox_tail = m;
+  atomic_fetch_add_explicit(&loop->inbox_len, 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&loop->parked, memory_order_relaxed)) {
+    atomic_fetch_add_explicit(&loop->wakeups_sent, 1, memory_order_relaxed);
+    uv_async_send(&loop->wakeup);
+  }
+  pthread_mutex_unlock(&loop->inbox_lock);
+  return 0;
+}
+
+/* Declares the loop parked. Returns false (and stays unparked) if messages
+ * are waiting, in which case the loop must not block. Loop thread only. */
+bool weft__inbox_park(weft_loop_t *loop) {
+  atomic_store_explicit(&loop->parked, 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&loop->inbox_len, memory_order_relaxed) > 0) {
+    atomic_store_explicit(&loop->parked, 0, memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void weft__inbox_unpark(weft_loop_t *loop) {
+  atomic_store_explicit(&loop->parked, 0, memory_order_relaxed);
+}
+
+bool weft__inbox_pending(weft_loop_t *loop) {
+  return atomic_load_explicit(&loop->inbox_len, memory_order_relaxed) > 0;
+}
+
+/* Runs at most budget messages (0: all of them, for closing). Messages left
+ * over stay at the head of the queue, in order. Loop thread only. */
+size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
+  if (!weft__inbox_pending(loop))
+    return 0;
+  pthread_mutex_lock(&loop->inbox_lock);
+  weft__msg_t *m = loop->inbox_head;
+  loop->inbox_head = loop->inbox_tail = NULL;
+  pthread_mutex_unlock(&loop->inbox_lock);
+  size_t n = 0;
+  while (m && (budget == 0 || n < budget)) {
+    weft__msg_t *next = m->next;
+    atomic_fetch_sub_explicit(&loop->inbox_len, 1, memory_order_relaxed);
+    n++;
+    m->run(m, loop);
+    m = next;
+  }
+  if (m) {
+    /* Put the rest back in front of whatever arrived meanwhile. */
+    weft__msg_t *last = m;
+    while (last->next)
+      last = last->next;
+    pthread_mutex_lock(&loop->inbox_lock);
+    last->next = loop->inbox_head;
+    if (!loop->inbox_head)
+      loop->inbox_tail = last;
+    loop->inbox_head = m;
+    pthread_mutex_unlock(&loop->inbox_lock);
+  }
+  loop->counters.inbox_in += n;
+  return n;
+}
+
+/* After this, pushes fail with WEFT_ESHUTDOWN and nothing rings the loop.
+ * What was already queued stays, for the closing loop to drain. */
+void weft__inbox_close(weft_loop_t *loop) {
+  pthread_mutex_lock(&loop->inbox_lock);
+  loop->inbox_closed = true;
+  pthread_mutex_unlock(&loop->inbox_lock);
+}

@@ -1,0 +1,218 @@
+/* The pool of loops: N worker threads, each owning one loop that runs until
+ * the pool shuts down. Work reaches the workers only through each loop's
+ * inbox (weft_spawn, weft_task_cancel, weft_loop_call_soon from any thread).
+ * Shutdown first refuses spawns from outside (under each inbox's lock, so no
+ * spawn slips in between the check and the push), then asks every loop to
+ * finish what it has (cancelling it first in WEFT_CANCEL mode); a worker whose
+ * loop has no task and no message left closes the loop and exits, and the
+ * loops are freed only after every thread has been joined, so a late call
+ * from another thread meets a closed inbox, never freed memory. */
+#include "internal.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define WEFT__POOL_MAX 1024
+
+typedef struct worker {
+  weft_pool_t *pool;
+  unsigned index;
+  pthread_t thread;
+  bool started;      /* the thread was created (and must be joined) */
+  weft_loop_t *loop; /* set by the worker once its loop exists */
+} worker_t;
+
+struct weft_pool {
+  unsigned n;
+  worker_t *workers;
+  atomic_uint next;
+  weft_loop_opts_t loop_opts;
+  pthread_mutex_t lock;     /* start-up handshake */
+  pthread_cond_t cond;
+  unsigned answered;        /* workers that reported their loop (or failure) */
+  int start_err;
+};
+
+typedef struct shutdown_msg {
+  weft__msg_t msg;
+  int how;
+} shutdown_msg_t;
+
+static void shutdown_run(weft__msg_t *m, weft_loop_t *loop) {
+  shutdown_msg_t *sm = weft__container_of(m, shutdown_msg_t, msg);
+  atomic_store_explicit(&loop->draining, 1, memory_order_relaxed);
+  if (sm->how == WEFT_CANCEL) {
+    for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks; q = q->next)
+      weft_task_cancel(weft__container_of(q, weft_task_t, all));
+  }
+  free(sm);
+}
+
+static void *worker_main(void *arg) {
+  worker_t *w = arg;
+  weft_pool_t *pool = w->pool;
+  weft_loop_t *loop = NULL;
+  char name[16];
+  snprintf(name, sizeof name, "weft-%u", w->index);
+  pthread_setname_np(pthread_self(), name);
+
+  int err = weft_loop_new(&loop, &pool->loop_opts);
+  if (!err)
+    loop->pool = pool;
+  pthread_mutex_lock(&pool->lock);
+  w->loop = loop;
+  if (err && !pool->start_err)
+    pool->start_err = err;
+  pool->answered++;
+  pthread_cond_broadcast(&pool->cond);
+  pthread_mutex_unlock(&pool->lock);
+  if (err)
+    return NULL;
+
+  /* weft_loop_stop on a pool's loop only ends one run: the worker keeps its
+   * loop running until the pool drains it. */
+  do
+    weft_loop_run_forever(loop);
+  while (!atomic_load_explicit(&loop->draining, memory_order_relaxed));
+  weft__loop_close(loop, false);
+  return NULL;
+}
+
+/* Asks every started worker to finish and joins it; frees what is left. */
+static void pool_end(weft_pool_t *pool, int how) {
+  for (unsigned i = 0; i < pool->n; i++) {
+    weft_loop_t *loop = pool->workers[i].loop;
+    if (!loop)
+      continue;
+    pthread_mutex_lock(&loop->inbox_lock);
+    loop->refuse_spawns = true;
+    pthread_mutex_unlock(&loop->inbox_lock);
+  }
+  for (unsigned i = 0; i < pool->n; i++) {
+    weft_loop_t *loop = pool->workers[i].loop;
+    if (!loop)
+      continue;
+    shutdown_msg_t *sm = malloc(sizeof *sm);
+    if (sm) {
+      sm->msg.run = shutdown_run;
+      sm->how = how;
+      if (weft__inbox_push(loop, &sm->msg, false) == 0)
+        continue;
+      free(sm);
+    }
+    /* No memory for the message: draining by flag works as well, only the
+     * cancel of WEFT_CANCEL is lost, and the loop then drains instead. */
+    atomic_store_explicit(&loop->draining, 1, memory_order_relaxed);
+    weft__loop_ring(loop);
+  }
+  for (unsigned i = 0; i < pool->n; i++)
+    if (pool->workers[i].started)
+      pthread_join(pool->workers[i].thread, NULL);
+  for (unsigned i = 0; i < pool->n; i++)
+    if (pool->workers[i].loop)
+      weft__loop_free(pool->workers[i].loop);
+  pthread_cond_destroy(&pool->cond);
+  pthread_mutex_destroy(&pool->lock);
+  free(pool->workers);
+  free(pool);
+}
+
+int weft_pool_new(weft_pool_t **out, const weft_pool_opts_t *opts) {
+  weft_pool_opts_t defaults = {0};
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  if (!opts)
+    opts = &defaults;
+  unsigned n = opts->workers;
+  if (n == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    n = cpus > 0 ? (unsigned)cpus : 1;
+  }
+  if (n > WEFT__POOL_MAX) {
+    weft__misuse("weft_pool_new", "%u workers is over the limit of %d", n, WEFT__POOL_MAX);
+    return WEFT_EINVAL;
+  }
+  weft_pool_t *pool = calloc(1, sizeof *pool);
+  if (!pool)
+    return WEFT_ENOMEM;
+  pool->workers = calloc(n, sizeof *pool->workers);
+  if (!pool->workers) {
+    free(pool);
+    return WEFT_ENOMEM;
+  }
+  pool->n = n;
+  pool->loop_opts = opts->loop;
+  atomic_init(&pool->next, 0);
+  pthread_mutex_init(&pool->lock, NULL);
+  pthread_cond_init(&pool->cond, NULL);
+
+  /* Workers inherit the signal mask of the thread that creates them:
+   * blocking here, not in each worker, leaves no moment in which a worker
+   * could take the application's signal. */
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGCHLD);
+  sigaddset(&block, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  int err = 0;
+  unsigned started = 0;
+  for (unsigned i = 0; i < n; i++) {
+    worker_t *w = &pool->workers[i];
+    w->pool = pool;
+    w->index = i;
+    err = -pthread_create(&w->thread, NULL, worker_main, w);
+    if (err)
+      break;
+    w->started = true;
+    started++;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+  pthread_mutex_lock(&pool->lock);
+  while (pool->answered < started)
+    pthread_cond_wait(&pool->cond, &pool->lock);
+  if (!err)
+    err = pool->start_err;
+  pthread_mutex_unlock(&pool->lock);
+  if (err) {
+    pool_end(pool, WEFT_CANCEL);
+    return err == UV_ENOMEM || err == -ENOMEM ? WEFT_ENOMEM : err;
+  }
+  *out = pool;
+  return 0;
+}
+
+unsigned weft_pool_size(const weft_pool_t *pool) {
+  return pool ? pool->n : 0;
+}
+
+weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i) {
+  if (!pool || i >= pool->n)
+    return NULL;
+  return pool->workers[i].loop;
+}
+
+weft_loop_t *weft_pool_next(weft_pool_t *pool) {
+  if (!pool)
+    return NULL;
+  unsigned i = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed);
+  return pool->workers[i % pool->n].loop;
+}
+
+int weft_pool_shutdown(weft_pool_t *pool, int how) {
+  if (!pool || (how != WEFT_DRAIN && how != WEFT_CANCEL))
+    return WEFT_EINVAL;
+  for (unsigned i = 0; i < pool->n; i++) {
+    if (pool->workers[i].started && pthread_equal(pool->workers[i].thread, pthread_self())) {
+      weft__misuse("weft_pool_shutdown", "called from the pool's own worker weft-%u", i);
+      return WEFT_EINVAL;
+    }
+  }
+  pool_end(pool, how);
+  return 0;
+}
