@@ -72,6 +72,7 @@ typedef struct weft_loop weft_loop_t;
 typedef struct weft_task weft_task_t;
 typedef struct weft_group weft_group_t;
 typedef struct weft_pool weft_pool_t;
+typedef struct weft_chan weft_chan_t;
 
 /** A task body. It runs on its own stack and may call await points; what it
  * returns is the task's result. To end with an error, call weft_task_fail()
@@ -146,7 +147,7 @@ typedef struct weft_stats {
   size_t live;         /**< tasks not yet ended (ready + waiting + running) */
   size_t stacks_pooled;    /**< warm stacks in the pool */
   size_t stacks_guarded;   /**< stacks of this loop with a guard page */
-  size_t stacks_canary;    /**< stacks of this loop without one (canary-checked) */
+  size_t stacks_canary;    /**< slab stacks without one (canary-checked) made so far */
   uint64_t inbox_in;       /**< messages from other threads run by the loop */
   uint64_t wakeups_sent;   /**< rings of the parked loop by other threads */
   uint64_t wakeups_received; /**< rings the loop woke up to (sends coalesce) */
@@ -202,7 +203,10 @@ WEFT_API int weft_loop_stop(weft_loop_t *loop);
  * readable until weft_task_release), frees every stack and closes the libuv
  * loop. Loop-bound. Errors: WEFT_EBUSY while the loop is running, or while
  * handles the application opened on weft_loop_uv() are still open (close
- * them first; the loop stays usable); WEFT_EPERM (wrong thread). */
+ * them first; the loop stays usable), or when called while this thread
+ * runs a loop (closing runs the loop's last tasks, and loops do not nest:
+ * close a loop from outside any loop); WEFT_EPERM (wrong thread);
+ * WEFT_EINVAL (NULL, or a pool's loop, which weft_pool_shutdown closes). */
 WEFT_API int weft_loop_close(weft_loop_t *loop);
 
 /** loop.call_soon_threadsafe(cb, arg): cb(arg) runs on the loop's thread, in
@@ -310,8 +314,9 @@ WEFT_API int weft_deadline_set(uint64_t timeout_ms);
 /** Removes the calling task's deadline. WEFT_ENOTASK outside a task. */
 WEFT_API int weft_deadline_clear(void);
 
-/** Names a task for debugging (copied, at most 31 bytes kept). Loop-bound.
- * Unnamed tasks are called "task-<id>". WEFT_EINVAL on NULL. */
+/** Names a task for debugging (copied, at most 31 bytes kept). Loop-bound:
+ * WEFT_EPERM from another thread. Unnamed tasks are called "task-<id>".
+ * WEFT_EINVAL on NULL. */
 WEFT_API int weft_task_set_name(weft_task_t *task, const char *name);
 WEFT_API const char *weft_task_name(const weft_task_t *task);
 
@@ -324,6 +329,15 @@ WEFT_API int weft_sleep(uint64_t ms);
  * runs again in the next round. Await point. Returns 0, WEFT_ECANCELED,
  * WEFT_ETIMEDOUT, WEFT_ENOTASK. */
 WEFT_API int weft_yield(void);
+
+/** asyncio.to_thread(f): runs fn(arg) on libuv's thread pool while the
+ * calling task's loop keeps running other tasks, and stores fn's return
+ * value in *result (may be NULL). Await point. If the task is cancelled (or
+ * its deadline passes) meanwhile, this returns WEFT_ECANCELED (or
+ * WEFT_ETIMEDOUT) at once; fn cannot be interrupted, it runs to its end and
+ * its result is discarded. fn must not call weft functions that need a loop.
+ * Errors: WEFT_EINVAL (fn NULL), WEFT_ENOTASK, WEFT_ENOMEM. */
+WEFT_API int weft_to_thread(weft_fn fn, void *arg, void **result);
 
 /** How tasks switch stacks in this build: "asm-x86_64", "asm-aarch64" or
  * "ucontext". Any thread. */
@@ -339,9 +353,11 @@ WEFT_API const char *weft_switch_method(void);
 WEFT_API int weft_group_new(weft_group_t **g);
 
 /** Spawns fn(arg) on loop (NULL as in weft_spawn) as a child of g. Never
- * suspends. Errors: those of weft_spawn; WEFT_ECANCELED if a child has
- * already failed (the group is cancelling); WEFT_EINVAL after
- * weft_group_wait returned. */
+ * suspends. Errors: those of weft_spawn; WEFT_EPERM if loop belongs to
+ * another thread (a group's children live on loops of its thread);
+ * WEFT_ECANCELED if a child has already failed or the group's waiter was
+ * cancelled (the group is cancelling); WEFT_EINVAL after weft_group_wait
+ * returned. */
 WEFT_API int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg);
 
 /** Waits until every child has ended. Returns 0, or the first child failure.
@@ -351,8 +367,62 @@ WEFT_API int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, vo
  * task. After it returns, the group accepts no more children. */
 WEFT_API int weft_group_wait(weft_group_t *g);
 
-/** Frees the group. Children still running are cancelled and detached. */
+/** Frees the group. Children still running are cancelled and detached. If a
+ * task is parked in weft_group_wait on it (a misuse), the children are
+ * cancelled and the group is freed when that wait returns. NULL is ignored. */
 WEFT_API void weft_group_release(weft_group_t *g);
+
+/* ------------------------------------------------------------ channels */
+
+/* asyncio.Queue, across loops and threads: a bounded FIFO of pointers.
+ * Senders and receivers may be tasks on any loops or plain threads. A full
+ * channel suspends its senders (backpressure), an empty one its receivers;
+ * messages from one sender arrive in the order sent. The channel carries
+ * pointers and never owns what they point to. */
+
+/** Creates a channel holding at most capacity messages (1 to 2^24), with
+ * one reference, the caller's. Any thread. Errors: WEFT_EINVAL, WEFT_ENOMEM. */
+WEFT_API int weft_chan_new(weft_chan_t **ch, size_t capacity);
+
+/** Sends msg (any pointer, NULL included). In a task, suspends while the
+ * channel is full (await point); on a plain thread, blocks. Returns 0 once
+ * msg is in the channel or handed to a receiver; WEFT_ECLOSED if the channel
+ * is or gets closed first (msg was not sent); WEFT_ECANCELED or
+ * WEFT_ETIMEDOUT if the task is cancelled or its deadline passes first (msg
+ * was not sent); WEFT_ENOTASK in a libuv callback on a loop's thread;
+ * WEFT_EINVAL. */
+WEFT_API int weft_chan_send(weft_chan_t *ch, void *msg);
+
+/** As weft_chan_send, but never waits: WEFT_EAGAIN if the channel is full.
+ * Any thread, any context (also libuv callbacks). */
+WEFT_API int weft_chan_try_send(weft_chan_t *ch, void *msg);
+
+/** Receives the oldest message into *msg. In a task, suspends while the
+ * channel is empty (await point); on a plain thread, blocks. Returns 0;
+ * WEFT_ECLOSED once the channel is closed and every message sent before
+ * the close has been received; WEFT_ECANCELED or WEFT_ETIMEDOUT (nothing
+ * was taken); WEFT_ENOTASK in a libuv callback; WEFT_EINVAL. */
+WEFT_API int weft_chan_recv(weft_chan_t *ch, void **msg);
+
+/** As weft_chan_recv, but never waits: WEFT_EAGAIN if the channel is empty
+ * (and open). Any thread, any context. */
+WEFT_API int weft_chan_try_recv(weft_chan_t *ch, void **msg);
+
+/** Closes the channel: later sends fail with WEFT_ECLOSED, waiting senders
+ * are woken with WEFT_ECLOSED (their messages are not sent), receivers get
+ * what is left and then WEFT_ECLOSED. Any thread. Returns 0, WEFT_ECLOSED if
+ * it was already closed, WEFT_EINVAL. */
+WEFT_API int weft_chan_close(weft_chan_t *ch);
+
+/** Takes one more reference (for another owner, e.g. a task the channel is
+ * passed to). Any thread. Returns ch. */
+WEFT_API weft_chan_t *weft_chan_retain(weft_chan_t *ch);
+
+/** Drops one reference; the last one frees the channel. Messages still in
+ * it are not freed (the channel does not own them): close and drain it
+ * first if they hold memory. No task may be waiting on it then. Any thread.
+ * NULL is ignored. */
+WEFT_API void weft_chan_release(weft_chan_t *ch);
 
 /* ------------------------------------------------------ pool of loops */
 

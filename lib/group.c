@@ -11,7 +11,9 @@ struct weft_group {
   weft__queue_t children;   /* live children, through task->group_link */
   size_t nchildren;
   int err;                  /* the first child failure, 0 if none */
+  bool aborting;            /* the waiter was cancelled: no new children */
   bool waited;              /* weft_group_wait has returned */
+  bool release_pending;     /* released while waited for: the wait frees it */
   weft__wait_t *waiter;     /* the parked weft_group_wait, if any */
 };
 
@@ -39,8 +41,13 @@ int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg) 
     weft__misuse("weft_group_spawn", "the group's wait has already returned");
     return WEFT_EINVAL;
   }
-  if (g->err)
+  if (g->err || g->aborting)
     return WEFT_ECANCELED;
+  weft_loop_t *target = loop ? loop : weft_loop_current();
+  if (target && !weft__on_owner(target)) {
+    weft__misuse("weft_group_spawn", "a group's children must be spawned on loops of this thread");
+    return WEFT_EPERM;
+  }
   int err = weft__spawn(loop, fn, arg, false, &t, "weft_group_spawn");
   if (err)
     return err;
@@ -62,7 +69,9 @@ void weft__group_child_done(weft_task_t *t) {
   if (g->nchildren == 0 && g->waiter) {
     weft__wait_t *w = g->waiter;
     g->waiter = NULL;
-    weft__wake(w, w->interrupted, WEFT_WAKE_DONE);
+    weft__wake(w, w->interrupted,
+               w->interrupted == 0 ? WEFT_WAKE_DONE
+               : w->interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
   }
 }
 
@@ -73,6 +82,7 @@ typedef struct group_wait {
 
 static bool group_wait_interrupt(weft__wait_t *w, int err) {
   group_wait_t *gw = weft__container_of(w, group_wait_t, base);
+  gw->group->aborting = true;
   cancel_children(gw->group);
   return false;
 }
@@ -91,6 +101,7 @@ int weft_group_wait(weft_group_t *g) {
   if (err) {
     /* The caller is cancelled or out of time: the children go too, and the
      * wait still lasts until they have all ended. */
+    g->aborting = true;
     cancel_children(g);
   }
   int result = err;
@@ -109,12 +120,24 @@ int weft_group_wait(weft_group_t *g) {
       result = r;
   }
   g->waited = true;
-  return result ? result : g->err;
+  result = result ? result : g->err;
+  if (g->release_pending)
+    free(g);
+  return result;
 }
 
 void weft_group_release(weft_group_t *g) {
   if (!g)
     return;
+  if (g->waiter) {
+    /* A task is parked in weft_group_wait: end the children and let that
+     * wait, which still needs the group, free it when it returns. */
+    weft__misuse("weft_group_release", "released while a task waits for the group");
+    g->release_pending = true;
+    g->aborting = true;
+    cancel_children(g);
+    return;
+  }
   while (!weft__queue_empty(&g->children)) {
     weft__queue_t *q = weft__queue_head(&g->children);
     weft__queue_remove(q);

@@ -204,8 +204,11 @@ struct weft_task {
   weft__queue_t all;         /* link in loop->tasks while the task lives */
   weft__queue_t joiners;     /* join nodes of tasks awaiting this one */
   weft__queue_t group_link;  /* link in group->children */
+  weft__queue_t cancel_link; /* on a cancel worklist, briefly */
+  atomic_bool handle_held;   /* the spawner's handle is not yet released */
   weft__msg_t spawn_msg;     /* carries a spawn from another thread */
-  weft_loop_t *loop;         /* the loop it runs on, for life */
+  weft_loop_t *loop;         /* the loop it runs on; freed with the loop */
+  pthread_t owner;           /* that loop's thread, kept for after it */
   weft_fn fn;
   void *arg;
   void *result;              /* fn's return value once DONE */
@@ -326,6 +329,8 @@ void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
 void weft__ready(weft_loop_t *loop, weft_task_t *t);
 int weft__loop_close(weft_loop_t *loop, bool free_it);
 void weft__loop_free(weft_loop_t *loop);
+/* A draining pool loop with nothing left to do. */
+bool weft__loop_drained(weft_loop_t *loop);
 /* Suspends the current task on w until weft__wake. Returns w->result. */
 int weft__park(weft__wait_t *w);
 void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause);

@@ -201,7 +201,10 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
 /* weft_await and weft_gather on a thread that runs no loop: block it until
  * every task has ended. A task of a loop this very thread owns could never
  * run meanwhile, so that is refused like any await outside a task (ended or
- * not, so the answer does not depend on timing). */
+ * not, so the answer does not depend on timing; the owner is copied into the
+ * task, so the check works after the loop is gone). A task of another
+ * thread's loop that has ended is read at once, without touching its loop,
+ * which may be closed and freed by now. */
 static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char *fn) {
   if (n > 0 && !tasks)
     return WEFT_EINVAL;
@@ -211,7 +214,7 @@ static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char 
       weft__misuse(fn, "task %zu is NULL or not a live task handle", i);
       return WEFT_EINVAL;
     }
-    if (weft__on_owner(t->loop)) {
+    if (pthread_equal(t->owner, pthread_self())) {
       weft__misuse(fn, "called outside a task, on the thread that owns the task's loop "
                        "(the loop could never run to end it)");
       return WEFT_ENOTASK;
@@ -234,6 +237,10 @@ static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char 
     nodes[i].target = t;
     weft__queue_init(&nodes[i].link);
     nodes[i].msg.run = plain_register;
+    if (weft_task_status(t) != WEFT_EPENDING) {
+      plain_fire(&nodes[i], weft_task_status(t));
+      continue;
+    }
     if (weft__inbox_push(t->loop, &nodes[i].msg, false) != 0) {
       /* The loop's inbox is closed: it is ending its last tasks, and every
        * one of them ends before the loop is gone. */

@@ -135,7 +135,20 @@ int weft__park(weft__wait_t *w) {
   weft__coro_switch(&t->coro, &loop->sched);
   weft__timer_stop(loop, &t->deadline_timer);
   t->wait = NULL;
-  return w->result;
+  int result = w->result;
+  /* A cancel or deadline that reached the task after its yield or sleep was
+   * already over, but before it resumed, still ends this await: nothing is
+   * lost by it (joins and channels keep what they delivered). */
+  if (result == 0 && (w->kind == WEFT_WAIT_YIELD || w->kind == WEFT_WAIT_SLEEP)) {
+    if (t->cancelled) {
+      result = WEFT_ECANCELED;
+    } else if (t->deadline) {
+      uv_update_time(&loop->uv);
+      if (weft__now(loop) >= t->deadline)
+        result = WEFT_ETIMEDOUT;
+    }
+  }
+  return result;
 }
 
 void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause) {
@@ -160,10 +173,11 @@ void weft__interrupt(weft_task_t *t, int err) {
   weft__wait_t *w = t->wait;
   if (!w->interrupt || w->interrupted)
     return;
+  /* Recorded first: the hook may cancel other tasks, which may lead back
+   * here (an await cycle) and must find this wait already cut. */
+  w->interrupted = err;
   if (w->interrupt(w, err))
     weft__wake(w, err, err == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
-  else
-    w->interrupted = err;
 }
 
 int weft__await_begin(weft_task_t **out, const char *fn) {
@@ -226,15 +240,16 @@ static bool goal_met(weft_loop_t *loop) {
   case WEFT__GOAL_TASK:
     return loop->goal_task->state == WEFT__DONE;
   case WEFT__GOAL_STOP:
-    if (atomic_load_explicit(&loop->stop, memory_order_acquire))
-      return true;
-    /* A pool worker's loop, asked to finish: done once nothing is left. */
-    return atomic_load_explicit(&loop->draining, memory_order_relaxed) && loop->nlive == 0 &&
-           !weft__inbox_pending(loop);
+    return atomic_load_explicit(&loop->stop, memory_order_acquire) || weft__loop_drained(loop);
   case WEFT__GOAL_EMPTY:
     return loop->nlive == 0;
   }
   return true;
+}
+
+bool weft__loop_drained(weft_loop_t *loop) {
+  return atomic_load_explicit(&loop->draining, memory_order_relaxed) && loop->nlive == 0 &&
+         !weft__inbox_pending(loop);
 }
 
 /* One scheduling round, asyncio's _run_once:

@@ -72,10 +72,11 @@ static void *worker_main(void *arg) {
     return NULL;
 
   /* weft_loop_stop on a pool's loop only ends one run: the worker keeps its
-   * loop running until the pool drains it. */
+   * loop running until the pool's shutdown has drained it (a stop in the
+   * same round as the shutdown must not turn a drain into a cancel). */
   do
     weft_loop_run_forever(loop);
-  while (!atomic_load_explicit(&loop->draining, memory_order_relaxed));
+  while (!weft__loop_drained(loop));
   weft__loop_close(loop, false);
   return NULL;
 }

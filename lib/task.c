@@ -20,7 +20,10 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   weft__queue_init(&t->all);
   weft__queue_init(&t->joiners);
   weft__queue_init(&t->group_link);
+  weft__queue_init(&t->cancel_link);
+  atomic_init(&t->handle_held, handle);
   t->loop = loop;
+  t->owner = loop->owner;
   t->fn = fn;
   t->arg = arg;
   t->result = NULL;
@@ -214,8 +217,28 @@ int weft_task_cancel(weft_task_t *t) {
     return WEFT_EALREADY;
   if (!weft__on_owner(t->loop))
     return cancel_remote(t);
+  if (t->cancelled)
+    return 0;
   t->cancelled = true;
+  /* A cancel spreads down await chains (what a task awaits is cancelled
+   * too). A worklist instead of recursion keeps a chain of any length from
+   * overflowing the stack: nested cancels only queue their task. */
+  static _Thread_local weft__queue_t *worklist;
+  if (worklist) {
+    if (t->state == WEFT__WAITING)
+      weft__queue_insert_tail(worklist, &t->cancel_link);
+    return 0;
+  }
+  weft__queue_t work;
+  weft__queue_init(&work);
+  worklist = &work;
   weft__interrupt(t, WEFT_ECANCELED);
+  while (!weft__queue_empty(&work)) {
+    weft__queue_t *q = weft__queue_head(&work);
+    weft__queue_remove(q);
+    weft__interrupt(weft__container_of(q, weft_task_t, cancel_link), WEFT_ECANCELED);
+  }
+  worklist = NULL;
   return 0;
 }
 
@@ -242,8 +265,9 @@ int weft_task_fail(int err) {
 void weft_task_release(weft_task_t *t) {
   if (!t)
     return;
-  if (t->magic != WEFT__TASK_MAGIC)
-    weft__fatal("weft_task_release: %p is not a live task handle (released twice?)", (void *)t);
+  if (t->magic != WEFT__TASK_MAGIC ||
+      !atomic_exchange_explicit(&t->handle_held, false, memory_order_acq_rel))
+    weft__fatal("weft_task_release: %p is not a held task handle (released twice?)", (void *)t);
   weft__task_unref(t);
 }
 
@@ -254,6 +278,10 @@ weft_task_t *weft_task_current(void) {
 int weft_task_set_name(weft_task_t *t, const char *name) {
   if (!t || !name)
     return WEFT_EINVAL;
+  if (!pthread_equal(t->owner, pthread_self())) {
+    weft__misuse("weft_task_set_name", "the task's loop belongs to another thread");
+    return WEFT_EPERM;
+  }
   snprintf(t->name, sizeof t->name, "%s", name);
   return 0;
 }
