@@ -241,15 +241,16 @@ WEFT_API int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **
 /** await task: suspends the calling task until task ends, then returns its
  * final status (0, its weft_task_fail code, or WEFT_ECANCELED) and stores its
  * result in *result (may be NULL). A result can be read by any number of
- * awaits. Await point. From a plain thread (one running no loop, e.g. main
- * driving a pool) it blocks the thread until task ends, if task runs on a
- * loop of another thread (WEFT_ENOTASK if on this thread's own loop, which
- * could then never run); a task awaiting a task of another loop is not
- * supported yet (WEFT_EINVAL). If the caller is cancelled meanwhile, task is
+ * awaits. Await point. task may run on any loop: a task of another loop is
+ * awaited through the two loops' inboxes, and cancellation passes across
+ * the same way. From a plain thread (one running no loop, e.g. main driving
+ * a pool) it blocks the thread until task ends, if task runs on a loop of
+ * another thread (WEFT_ENOTASK if on this thread's own loop, which could
+ * then never run). If the caller is cancelled meanwhile, task is
  * cancelled too (as in asyncio), the caller waits for it to unwind and gets
  * WEFT_ECANCELED; if the caller's deadline passes, the same with
- * WEFT_ETIMEDOUT. Errors: WEFT_EINVAL (NULL, task of another loop),
- * WEFT_EDEADLK (awaiting itself), WEFT_ENOTASK, WEFT_ENOMEM never. */
+ * WEFT_ETIMEDOUT. Errors: WEFT_EINVAL (NULL, or not a task handle),
+ * WEFT_EDEADLK (awaiting itself), WEFT_ENOTASK. */
 WEFT_API int weft_await(weft_task_t *task, void **result);
 
 /** asyncio.shield: as weft_await, but cancelling the caller (or its deadline
@@ -264,8 +265,7 @@ WEFT_API int weft_await_shielded(weft_task_t *task, void **result);
  * task's status, in the order they ended). If the caller is cancelled or its
  * deadline passes, every task still running is cancelled, the caller waits
  * for them to unwind and gets WEFT_ECANCELED or WEFT_ETIMEDOUT. Await point.
- * Errors: WEFT_EINVAL (tasks NULL with n > 0, a NULL entry, a task of another
- * loop), WEFT_EDEADLK (the caller is among them), WEFT_ENOMEM, WEFT_ENOTASK. */
+ * Errors: WEFT_EINVAL (tasks NULL with n > 0, a NULL entry), WEFT_EDEADLK (the caller is among them), WEFT_ENOMEM, WEFT_ENOTASK. */
 WEFT_API int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses);
 
 /** asyncio.wait_for: as weft_await, but if task has not ended after

@@ -5,8 +5,17 @@
  * waiter. Cancelling the waiter (or its deadline, or a wait_for timeout)
  * cancels every awaited task still running, as asyncio does, and the waiter
  * still waits for them to unwind before it returns, so nothing it passed them
- * is freed under their feet. A shielded join instead detaches at once and
- * leaves the awaited task alone. */
+ * is freed under their feet. A shielded join instead detaches and leaves the
+ * awaited task alone.
+ *
+ * A task of another loop is joined through inboxes. The node, on the
+ * waiter's stack, is registered by a message to the target's loop, and that
+ * loop answers with exactly one FIRE message back, when the target ends, or
+ * at once if it had already ended, or after an UNREGISTER (a shielded join
+ * being cut). Because of that single answer the node stays valid until the
+ * waiter has heard from the other loop, and the waiter's counters are only
+ * ever touched on the waiter's own thread. A plain thread (running no loop)
+ * registers the same way and is signalled through a condition variable. */
 #include "internal.h"
 
 #include <sched.h>
@@ -16,15 +25,18 @@ typedef struct join_wait join_wait_t;
 
 typedef struct plain_join plain_join_t;
 
-/* One awaited task's end, seen by a waiter. A task waiter's node fires on
- * the shared loop; a plain thread's node is registered through the target
- * loop's inbox and fires there, signalling the thread. */
 typedef struct join_node {
-  weft__queue_t link;   /* in target->joiners while pending */
+  weft__queue_t link;   /* in target->joiners while registered there */
   join_wait_t *jw;      /* a task's wait, or NULL */
   plain_join_t *pj;     /* a plain thread's wait, or NULL */
   weft_task_t *target;
-  weft__msg_t msg;      /* registers a plain thread's node */
+  bool remote;          /* the target runs on another loop than the waiter */
+  bool fired;           /* the waiter has seen this node end (its thread only) */
+  bool unregistered;    /* cut by a shielded join: its status does not count */
+  int status;           /* the target's status, carried by FIRE */
+  weft_loop_t *home;    /* the waiter's loop, for FIRE */
+  weft__msg_t msg;      /* REGISTER there, then FIRE back */
+  weft__msg_t unreg_msg; /* UNREGISTER there */
 } join_node_t;
 
 /* A plain thread (running no loop) blocked in weft_await or weft_gather. */
@@ -47,20 +59,54 @@ struct join_wait {
 
 static void cancel_pending(join_wait_t *jw) {
   for (size_t i = 0; i < jw->n; i++)
-    if (weft__queue_linked(&jw->nodes[i].link))
+    if (!jw->nodes[i].fired)
       weft_task_cancel(jw->nodes[i].target);
 }
 
+static void wake_if_done(join_wait_t *jw) {
+  if (jw->pending > 0)
+    return;
+  int cut = jw->base.interrupted;
+  weft__wake(&jw->base, cut,
+             cut == 0 ? WEFT_WAKE_DONE
+             : cut == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
+}
+
+/* A node's target has ended (or the node was unregistered). Waiter's thread. */
+static void node_fired(join_node_t *node, int status) {
+  join_wait_t *jw = node->jw;
+  node->fired = true;
+  if (!node->unregistered && status != 0 && jw->first_err == 0)
+    jw->first_err = status;
+  jw->pending--;
+}
+
+static void unregister_run(weft__msg_t *m, weft_loop_t *loop);
+
 static bool join_interrupt(weft__wait_t *w, int err) {
   join_wait_t *jw = weft__container_of(w, join_wait_t, base);
-  if (jw->shielded) {
-    for (size_t i = 0; i < jw->n; i++)
-      weft__queue_remove(&jw->nodes[i].link);
-    jw->pending = 0;
-    return true;
+  if (!jw->shielded) {
+    cancel_pending(jw);
+    return false;
   }
-  cancel_pending(jw);
-  return false;
+  /* Shielded: leave the awaited tasks alone. Local nodes come off at once;
+   * a remote node's memory is in use until its loop answers. */
+  for (size_t i = 0; i < jw->n; i++) {
+    join_node_t *node = &jw->nodes[i];
+    if (node->fired)
+      continue;
+    node->unregistered = true;
+    if (!node->remote) {
+      weft__queue_remove(&node->link);
+      node_fired(node, 0);
+    } else {
+      node->unreg_msg.run = unregister_run;
+      /* A closed inbox: that loop has ended the target and its FIRE is on
+       * the way. */
+      weft__inbox_push(node->target->loop, &node->unreg_msg, false);
+    }
+  }
+  return jw->pending == 0;
 }
 
 static void join_timeout(weft__timer_t *timer) {
@@ -84,13 +130,43 @@ static void plain_fire(join_node_t *node, int status) {
   pthread_mutex_unlock(&pj->lock);
 }
 
-static void plain_register(weft__msg_t *m, weft_loop_t *loop) {
+/* FIRE, on the waiter's loop. */
+static void remote_fire_run(weft__msg_t *m, weft_loop_t *loop) {
+  join_node_t *node = weft__container_of(m, join_node_t, msg);
+  node_fired(node, node->status);
+  wake_if_done(node->jw);
+}
+
+/* On the target's loop: send the node's single answer home. */
+static void send_fire(join_node_t *node, int status) {
+  if (node->pj) {
+    plain_fire(node, status);
+    return;
+  }
+  node->status = status;
+  node->msg.run = remote_fire_run;
+  if (weft__inbox_push(node->home, &node->msg, false) != 0)
+    weft__fatal("join: the awaiting task's loop no longer takes messages");
+}
+
+/* REGISTER, on the target's loop. */
+static void register_run(weft__msg_t *m, weft_loop_t *loop) {
   join_node_t *node = weft__container_of(m, join_node_t, msg);
   weft_task_t *t = node->target;
   if (t->state == WEFT__DONE)
-    plain_fire(node, t->status);
+    send_fire(node, t->status);
   else
     weft__queue_insert_tail(&t->joiners, &node->link);
+}
+
+/* UNREGISTER, on the target's loop. A node no longer linked has already
+ * been answered. */
+static void unregister_run(weft__msg_t *m, weft_loop_t *loop) {
+  join_node_t *node = weft__container_of(m, join_node_t, unreg_msg);
+  if (weft__queue_linked(&node->link)) {
+    weft__queue_remove(&node->link);
+    send_fire(node, 0);
+  }
 }
 
 void weft__join_notify(weft_task_t *t) {
@@ -98,20 +174,23 @@ void weft__join_notify(weft_task_t *t) {
     weft__queue_t *q = weft__queue_head(&t->joiners);
     weft__queue_remove(q);
     join_node_t *node = weft__container_of(q, join_node_t, link);
-    if (node->pj) {
-      plain_fire(node, t->status);
+    if (node->pj || node->remote) {
+      send_fire(node, t->status);
       continue;
     }
-    join_wait_t *jw = node->jw;
-    if (t->status != 0 && jw->first_err == 0)
-      jw->first_err = t->status;
-    if (--jw->pending == 0) {
-      int cut = jw->base.interrupted;
-      weft__wake(&jw->base, cut,
-                 cut == 0 ? WEFT_WAKE_DONE
-                 : cut == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
-    }
+    node_fired(node, t->status);
+    wake_if_done(node->jw);
   }
+}
+
+/* Of two tasks that had failed before a join began, whether a ended first.
+ * The end order is known among the tasks of the waiter's loop; tasks of
+ * other loops count as later, in the order given. */
+static bool ended_before(const weft_task_t *a, const weft_task_t *b, const weft_loop_t *home) {
+  bool a_local = a->loop == home, b_local = b->loop == home;
+  if (a_local != b_local)
+    return a_local;
+  return a_local && a->end_seq < b->end_seq;
 }
 
 /* Validates, registers and parks. Returns an error found before waiting
@@ -140,10 +219,6 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
       weft__misuse(fn, "a task cannot await itself");
       return WEFT_EDEADLK;
     }
-    if (t->state != WEFT__DONE && t->loop != self->loop) {
-      weft__misuse(fn, "task %zu runs on another loop", i);
-      return WEFT_EINVAL;
-    }
   }
 
   join_node_t small[8];
@@ -163,22 +238,34 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   weft_task_t *first_done = NULL;
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];
-    nodes[i].jw = &jw;
-    nodes[i].pj = NULL;
-    nodes[i].target = t;
-    weft__queue_init(&nodes[i].link);
-    if (t->state == WEFT__DONE) {
-      /* Of the tasks that had already failed, the one that ended first. */
-      if (t->status != 0 && (!first_done || t->end_seq < first_done->end_seq))
+    join_node_t *node = &nodes[i];
+    *node = (join_node_t){.jw = &jw, .target = t, .home = self->loop};
+    weft__queue_init(&node->link);
+    node->remote = t->loop != self->loop;
+    int status = weft_task_status(t);
+    if (status != WEFT_EPENDING) {
+      node->fired = true;
+      if (status != 0 && (!first_done || ended_before(t, first_done, self->loop)))
         first_done = t;
       continue;
     }
-    /* The same task twice is fine: each node fires once. */
-    weft__queue_insert_tail(&t->joiners, &nodes[i].link);
     jw.pending++;
+    if (!node->remote) {
+      /* The same task twice is fine: each node fires once. */
+      weft__queue_insert_tail(&t->joiners, &node->link);
+      continue;
+    }
+    node->msg.run = register_run;
+    if (weft__inbox_push(t->loop, &node->msg, false) != 0) {
+      /* That loop is closing: it ends every task before it goes. */
+      int st;
+      while ((st = weft_task_status(t)) == WEFT_EPENDING)
+        sched_yield();
+      node_fired(node, st);
+    }
   }
   if (first_done)
-    jw.first_err = first_done->status;
+    jw.first_err = weft_task_status(first_done);
   int result = 0;
   if (jw.pending > 0) {
     if (has_timeout) {
@@ -232,11 +319,9 @@ static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char 
   pthread_cond_init(&pj.cond, NULL);
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];
-    nodes[i].jw = NULL;
-    nodes[i].pj = &pj;
-    nodes[i].target = t;
+    nodes[i] = (join_node_t){.pj = &pj, .target = t, .remote = true};
     weft__queue_init(&nodes[i].link);
-    nodes[i].msg.run = plain_register;
+    nodes[i].msg.run = register_run;
     if (weft_task_status(t) != WEFT_EPENDING) {
       plain_fire(&nodes[i], weft_task_status(t));
       continue;
@@ -279,10 +364,10 @@ static int await_one(weft_task_t *task, void **result, bool shielded, uint64_t m
     return weft_task_status(task);
   }
   int err = join(&task, 1, shielded, ms, has_timeout, &first_err, &joined, fn);
-  if (joined && result && task->state == WEFT__DONE)
+  if (joined && result && weft_task_status(task) != WEFT_EPENDING)
     *result = task->result;
   /* The caller's own cancellation or timeout wins over the task's status. */
-  return err ? err : task->status;
+  return err ? err : weft_task_status(task);
 }
 
 int weft_await(weft_task_t *task, void **result) {
@@ -319,7 +404,7 @@ int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses) {
     if (results)
       results[i] = tasks[i]->result;
     if (statuses)
-      statuses[i] = tasks[i]->status;
+      statuses[i] = weft_task_status(tasks[i]);
   }
   return err ? err : first_err;
 }
