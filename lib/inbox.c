@@ -39,8 +39,10 @@ void weft__inbox_destroy(weft_loop_t *loop) {
 /* Rings the loop's wake-up, if its inbox is still open. Any thread. */
 void weft__loop_ring(weft_loop_t *loop) {
   pthread_mutex_lock(&loop->inbox_lock);
-  if (!loop->inbox_closed)
+  if (!loop->inbox_closed) {
+    atomic_fetch_add_explicit(&loop->wakeups_sent, 1, memory_order_relaxed);
     uv_async_send(&loop->wakeup);
+  }
   pthread_mutex_unlock(&loop->inbox_lock);
 }
 

@@ -225,7 +225,8 @@ struct weft_task {
   weft__timer_t deadline_timer;
   weft_group_t *group;       /* set for group children */
   uint64_t id;
-  uint64_t end_seq;          /* order in which tasks of the loop ended */
+  uint64_t end_seq;          /* order in which tasks ended, process-wide;
+                                written before the status is published */
   uint64_t spawn_ns;
   unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */
   char name[32];
@@ -238,6 +239,7 @@ int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task
                 const char *caller);
 void weft__task_unref(weft_task_t *t);
 void weft__task_complete(weft_task_t *t, int status);
+extern atomic_uint_fast64_t weft__end_seq;
 void weft__task_entry(void) __attribute__((noreturn));
 
 /* Join support (join.c): wakes every task awaiting t, which has ended. */
@@ -280,7 +282,6 @@ struct weft_loop {
   weft_task_t *goal_task;    /* for WEFT__GOAL_TASK */
   atomic_int stop;           /* weft_loop_stop requested */
   atomic_uint_fast64_t next_id;  /* spawns from any thread draw ids */
-  uint64_t next_end_seq;
   uint64_t round;
   unsigned rounds_unpolled;  /* rounds since libuv was last polled */
   weft_stats_t counters;

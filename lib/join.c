@@ -183,14 +183,17 @@ void weft__join_notify(weft_task_t *t) {
   }
 }
 
-/* Of two tasks that had failed before a join began, whether a ended first.
- * The end order is known among the tasks of the waiter's loop; tasks of
- * other loops count as later, in the order given. */
-static bool ended_before(const weft_task_t *a, const weft_task_t *b, const weft_loop_t *home) {
-  bool a_local = a->loop == home, b_local = b->loop == home;
-  if (a_local != b_local)
-    return a_local;
-  return a_local && a->end_seq < b->end_seq;
+/* The failure that happened first among tasks that had already ended,
+ * by the process-wide end order (read after each status, which publishes
+ * it); 0 if none failed. */
+static int first_ended_failure(weft_task_t **tasks, size_t n) {
+  weft_task_t *first = NULL;
+  for (size_t i = 0; i < n; i++) {
+    int st = weft_task_status(tasks[i]);
+    if (st != WEFT_EPENDING && st != 0 && (!first || tasks[i]->end_seq < first->end_seq))
+      first = tasks[i];
+  }
+  return first ? weft_task_status(first) : 0;
 }
 
 /* Validates, registers and parks. Returns an error found before waiting
@@ -235,7 +238,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
     .n = n,
   };
   weft__timer_init(&jw.timeout, join_timeout);
-  weft_task_t *first_done = NULL;
+  jw.first_err = first_ended_failure(tasks, n);
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];
     join_node_t *node = &nodes[i];
@@ -245,8 +248,6 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
     int status = weft_task_status(t);
     if (status != WEFT_EPENDING) {
       node->fired = true;
-      if (status != 0 && (!first_done || ended_before(t, first_done, self->loop)))
-        first_done = t;
       continue;
     }
     jw.pending++;
@@ -264,8 +265,6 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
       node_fired(node, st);
     }
   }
-  if (first_done)
-    jw.first_err = weft_task_status(first_done);
   int result = 0;
   if (jw.pending > 0) {
     if (has_timeout) {
@@ -314,7 +313,7 @@ static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char 
     if (!nodes)
       return WEFT_ENOMEM;
   }
-  plain_join_t pj = {.pending = n, .first_err = 0};
+  plain_join_t pj = {.pending = n, .first_err = first_ended_failure(tasks, n)};
   pthread_mutex_init(&pj.lock, NULL);
   pthread_cond_init(&pj.cond, NULL);
   for (size_t i = 0; i < n; i++) {

@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The order in which tasks end, across every loop of the process: gather's
+ * "first failure" among tasks that had ended before it began. */
+atomic_uint_fast64_t weft__end_seq;
+
 /* Makes a task that belongs to loop but is not on its books yet: any
  * thread may call this, only the loop's thread adopts the task. */
 static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool handle) {
@@ -150,7 +154,7 @@ void weft__task_unref(weft_task_t *t) {
 void weft__task_complete(weft_task_t *t, int status) {
   weft_loop_t *loop = t->loop;
   t->state = WEFT__DONE;
-  t->end_seq = ++loop->next_end_seq;
+  t->end_seq = atomic_fetch_add_explicit(&weft__end_seq, 1, memory_order_relaxed) + 1;
   weft__queue_remove(&t->all);
   loop->nlive--;
   if (status == 0)
