@@ -16,21 +16,45 @@
  *   gather_100k_ms      100k tasks that sleep 100 ms, gathered
  *   rss_per_task_bytes  resident memory per sleeping task in that run
  *
+ * Across loops, on the pool's worker threads:
+ *
+ *   chan_msgs_per_s_cap64, chan_msgs_per_s_cap1024
+ *                       messages a second through one channel of that
+ *                       capacity from a task on one loop to a task on another
+ *   chan_busy_msgs_per_s_cap1024
+ *                       the same while a spinning task keeps each loop busy
+ *   pingpong_rtt_us     a round trip between tasks of two loops through two
+ *                       channels of capacity 1, the loops parking meanwhile
+ *   pingpong_busy_rtt_us  the same with both loops kept busy
+ *   wakeup_us           weft_loop_call_soon from a plain thread to a parked
+ *                       loop until the callback runs (median), beside
+ *   eventfd_wakeup_us   the floor: a thread in epoll_wait woken through an
+ *                       eventfd, same run, and wakeup_vs_eventfd, their ratio
+ *   remote_spawn_ns     the spawning side's cost of weft_spawn onto a pool's
+ *                       loop from a plain thread
+ *
  * The memory run goes first, while the process is fresh, so no memory freed
  * by an earlier run can hide what the tasks cost; the figures are printed in
  * the order above once everything has run. Timed loops repeat and keep the
  * minimum (noise on an idle core only ever adds time); the median is given
  * in the comment beside it. The switch figures use internal functions of the
  * static library, so this bench links weft_static and sees lib/internal.h.
+ * The single-thread figures run pinned to one CPU; the figures across loops
+ * come last and run unpinned, since they need both cores.
  */
 #define _GNU_SOURCE
 
+#include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <weft.h>
@@ -61,6 +85,15 @@
 #define PROBE_SLEEP_MS 50u
 #define GATHER_RUNS 3
 #define STACK_BYTES (64u * 1024u)
+#define XRUNS 5                  /* runs of each figure across loops */
+#define CHAN_PROBE 100000u       /* messages of the run that sizes the others */
+#define CHAN_RUN_S 0.15          /* seconds a channel run should last */
+#define CHAN_MAX 4000000u
+#define PINGPONG_ROUNDS 2000u
+#define PINGPONG_BUSY_ROUNDS 100000u
+#define WAKE_SAMPLES 2000
+#define WAKE_GAP_US 200          /* sleep after each wake-up sample */
+#define REMOTE_SPAWNS 100000u
 
 static void die(const char *what, int err) {
   fprintf(stderr, "weft-bench: %s: %s\n", what, weft_strerror(err));
@@ -102,6 +135,13 @@ static long long read_rss(void) {
   return resident < 0 ? -1 : resident * sysconf(_SC_PAGESIZE);
 }
 
+/* A channel figure: see bench_chan. */
+typedef struct chan_fig {
+  double best, median; /* msgs/s */
+  double rings;        /* wake-ups of a parked loop per 1000 messages */
+  size_t n;            /* messages per run */
+} chan_fig_t;
+
 /* Results, printed at the end in the order of the file's opening comment. */
 static struct {
   int cpu;  /* the CPU the bench is pinned to, or -1 */
@@ -116,6 +156,10 @@ static struct {
   size_t rss_live;
   const char *rss_when;
   double all_started_ms;
+  chan_fig_t chan64, chan1024, chanbusy;
+  double pp_us, pp_med, ppbusy_us, ppbusy_med;
+  double wake_us, wake_min, wake_p90, efd_us, efd_min, efd_p90;
+  double rspawn_ns, rspawn_med, rspawn_done_ns, rspawn_done_med;
 } R;
 
 /* ------------------------------------------------------- the switches */
@@ -411,6 +455,416 @@ static void bench_gather(void) {
   free(g.tasks);
 }
 
+/* ------------------------------------------------- across loops: setup */
+
+/* The cross-thread figures need both cores: the bench's own pinning is
+ * undone for them, and the pools they start inherit the mask of the thread
+ * that creates them, so they are started only after that. */
+static cpu_set_t g_all_cpus;
+static int g_have_all_cpus, g_unpinned;
+
+static weft_pool_t *start_pool(unsigned workers) {
+  weft_pool_opts_t opts;
+  weft_pool_t *pool;
+  int err;
+
+  memset(&opts, 0, sizeof opts);
+  opts.workers = workers;
+  opts.loop.stack_size = STACK_BYTES;
+  if ((err = weft_pool_new(&pool, &opts)) != 0)
+    die("weft_pool_new", err);
+  return pool;
+}
+
+static void stop_pool(weft_pool_t *pool) {
+  int err = weft_pool_shutdown(pool, WEFT_DRAIN);
+  if (err != 0)
+    die("weft_pool_shutdown", err);
+}
+
+static weft_task_t *spawn_on(weft_loop_t *loop, weft_fn fn, void *arg) {
+  weft_task_t *t;
+  int err = weft_spawn(loop, fn, arg, &t);
+  if (err != 0)
+    die("weft_spawn (across loops)", err);
+  return t;
+}
+
+/* main is a plain thread: weft_gather blocks it until both tasks end. */
+static void gather_two(weft_task_t *a, weft_task_t *b) {
+  weft_task_t *t[2] = {a, b};
+  int status[2], err;
+
+  if ((err = weft_gather(t, 2, NULL, status)) != 0)
+    die("weft_gather (across loops)", err);
+  weft_task_release(a);
+  weft_task_release(b);
+}
+
+/* Rings the task's own loop answered so far (weft_loop_stats is
+ * loop-bound, so each task reads its own loop's). */
+static uint64_t own_wakeups(void) {
+  weft_stats_t s;
+  weft_loop_stats(weft_loop_current(), &s);
+  return s.wakeups_received;
+}
+
+/* A task that keeps its loop busy: it only yields, so the loop always has
+ * a task ready and never parks in its poll. */
+static void *spinner(void *arg) {
+  atomic_int *stop = arg;
+  while (!atomic_load_explicit(stop, memory_order_relaxed))
+    weft_yield();
+  return NULL;
+}
+
+/* ------------------------------------------------ channel throughput */
+
+typedef struct chan_run {
+  weft_chan_t *ch;
+  size_t n;
+  uint64_t t_first_send, t_last_recv;
+  uint64_t rings_producer, rings_consumer; /* each loop's wake-ups in the run */
+  size_t out_of_order;
+} chan_run_t;
+
+static void *chan_producer(void *arg) {
+  chan_run_t *c = arg;
+  uint64_t w0 = own_wakeups();
+  int err;
+
+  c->t_first_send = uv_hrtime();
+  for (uintptr_t i = 0; i < c->n; i++)
+    if ((err = weft_chan_send(c->ch, (void *)i)) != 0)
+      die("weft_chan_send", err);
+  c->rings_producer = own_wakeups() - w0;
+  return NULL;
+}
+
+static void *chan_consumer(void *arg) {
+  chan_run_t *c = arg;
+  uint64_t w0 = own_wakeups();
+  void *msg;
+  int err;
+
+  for (uintptr_t i = 0; i < c->n; i++) {
+    if ((err = weft_chan_recv(c->ch, &msg)) != 0)
+      die("weft_chan_recv", err);
+    if ((uintptr_t)msg != i)
+      c->out_of_order++;
+  }
+  c->t_last_recv = uv_hrtime();
+  c->rings_consumer = own_wakeups() - w0;
+  return NULL;
+}
+
+/* One run: the consumer is spawned first, so it is waiting when the first
+ * message comes. busy: a spinner on each loop keeps it from parking. */
+static void chan_once(weft_pool_t *pool, size_t capacity, size_t n, int busy, chan_run_t *c) {
+  weft_task_t *spin[2] = {NULL, NULL};
+  atomic_int stop;
+  int err;
+
+  memset(c, 0, sizeof *c);
+  c->n = n;
+  atomic_init(&stop, 0);
+  if ((err = weft_chan_new(&c->ch, capacity)) != 0)
+    die("weft_chan_new", err);
+  if (busy)
+    for (unsigned i = 0; i < 2; i++)
+      spin[i] = spawn_on(weft_pool_loop(pool, i), spinner, &stop);
+  weft_task_t *cons = spawn_on(weft_pool_loop(pool, 1), chan_consumer, c);
+  weft_task_t *prod = spawn_on(weft_pool_loop(pool, 0), chan_producer, c);
+  gather_two(prod, cons);
+  atomic_store(&stop, 1);
+  if (busy)
+    gather_two(spin[0], spin[1]);
+  weft_chan_release(c->ch);
+  if (c->out_of_order != 0) {
+    fprintf(stderr, "weft-bench: the channel delivered %zu messages out of order\n",
+            c->out_of_order);
+    exit(1);
+  }
+}
+
+static double chan_rate(const chan_run_t *c) {
+  return (double)c->n / ((double)(c->t_last_recv - c->t_first_send) / 1e9);
+}
+
+/* One channel of the given capacity between loop 0 (the producer) and
+ * loop 1 (the consumer) of a pool of two. A first run of CHAN_PROBE
+ * messages, not kept, sizes the others to about CHAN_RUN_S each, so a slow
+ * case does not stretch the whole bench. */
+static void bench_chan(size_t capacity, int busy, chan_fig_t *f) {
+  double v[XRUNS], best_rate = 0;
+  weft_pool_t *pool = start_pool(2);
+  chan_run_t c;
+  size_t n;
+
+  chan_once(pool, capacity, CHAN_PROBE, busy, &c);
+  n = (size_t)(chan_rate(&c) * CHAN_RUN_S);
+  n = n < CHAN_PROBE ? CHAN_PROBE : n > CHAN_MAX ? CHAN_MAX : n;
+  for (int r = 0; r < XRUNS; r++) {
+    chan_once(pool, capacity, n, busy, &c);
+    v[r] = chan_rate(&c);
+    if (v[r] > best_rate) {
+      best_rate = v[r];
+      f->rings = 1000.0 * (double)(c.rings_producer + c.rings_consumer) / (double)c.n;
+    }
+  }
+  stop_pool(pool);
+  /* The best run is the largest rate: the sorted array's other end. */
+  min_median(v, XRUNS, &f->median);
+  f->best = v[XRUNS - 1];
+  f->n = n;
+}
+
+/* --------------------------------------------------------- ping-pong */
+
+typedef struct pingpong {
+  weft_chan_t *ping, *pong;
+  size_t n;
+  uint64_t t0, t1;
+  atomic_int stop; /* ends the spinners */
+} pingpong_t;
+
+static void *pp_server(void *arg) {
+  pingpong_t *p = arg;
+  void *msg;
+  int err;
+
+  while ((err = weft_chan_recv(p->ping, &msg)) == 0)
+    if ((err = weft_chan_send(p->pong, msg)) != 0)
+      die("weft_chan_send (pong)", err);
+  if (err != WEFT_ECLOSED)
+    die("weft_chan_recv (ping)", err);
+  return NULL;
+}
+
+static void pp_rounds(pingpong_t *p, size_t n) {
+  void *msg;
+  int err;
+
+  for (uintptr_t i = 0; i < n; i++) {
+    if ((err = weft_chan_send(p->ping, (void *)i)) != 0)
+      die("weft_chan_send (ping)", err);
+    if ((err = weft_chan_recv(p->pong, &msg)) != 0)
+      die("weft_chan_recv (pong)", err);
+  }
+}
+
+static void *pp_client(void *arg) {
+  pingpong_t *p = arg;
+
+  pp_rounds(p, p->n / 10);
+  p->t0 = uv_hrtime();
+  pp_rounds(p, p->n);
+  p->t1 = uv_hrtime();
+  weft_chan_close(p->ping);
+  atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
+  return NULL;
+}
+
+/* Round trips between a task on loop 0 and one on loop 1 through two
+ * channels of capacity 1. busy: a spinner on each loop keeps it from ever
+ * parking, so every handoff goes through the inbox without a ring. Returns
+ * microseconds per round trip; *median as usual. */
+static double bench_pingpong(int busy, size_t n, double *median) {
+  double v[XRUNS];
+  weft_pool_t *pool = start_pool(2);
+
+  for (int r = 0; r < XRUNS; r++) {
+    pingpong_t p;
+    weft_task_t *spin[2] = {NULL, NULL};
+    int err;
+
+    memset(&p, 0, sizeof p);
+    p.n = n;
+    atomic_init(&p.stop, 0);
+    if ((err = weft_chan_new(&p.ping, 1)) != 0 || (err = weft_chan_new(&p.pong, 1)) != 0)
+      die("weft_chan_new", err);
+    if (busy)
+      for (unsigned i = 0; i < 2; i++)
+        spin[i] = spawn_on(weft_pool_loop(pool, i), spinner, &p.stop);
+    weft_task_t *server = spawn_on(weft_pool_loop(pool, 1), pp_server, &p);
+    weft_task_t *client = spawn_on(weft_pool_loop(pool, 0), pp_client, &p);
+    gather_two(client, server);
+    if (busy)
+      gather_two(spin[0], spin[1]);
+    weft_chan_release(p.ping);
+    weft_chan_release(p.pong);
+    v[r] = (double)(p.t1 - p.t0) / 1e3 / (double)p.n;
+  }
+  stop_pool(pool);
+  return min_median(v, XRUNS, median);
+}
+
+/* ------------------------------------------------- parked wake-up */
+
+/* One sample at a time: the caller stamps the time, wakes the other side,
+ * then sleeps long enough that the other side has surely run and gone back
+ * to sleep (the loop really parks again) before the next sample. Samples of
+ * the two kinds alternate, so both see the same machine. */
+static _Atomic uint64_t g_woke_at;
+static atomic_int g_efd_stop;
+
+static void wakeup_cb(void *arg) {
+  (void)arg;
+  atomic_store_explicit(&g_woke_at, uv_hrtime(), memory_order_release);
+}
+
+/* The floor: a thread blocked in epoll_wait on an eventfd, as a parked
+ * libuv loop is, woken by a write from another thread. */
+static void *efd_waiter(void *arg) {
+  int efd = *(int *)arg;
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev;
+  uint64_t val;
+
+  if (ep < 0) {
+    perror("weft-bench: epoll_create1");
+    exit(1);
+  }
+  memset(&ev, 0, sizeof ev);
+  ev.events = EPOLLIN;
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, efd, &ev) != 0) {
+    perror("weft-bench: epoll_ctl");
+    exit(1);
+  }
+  for (;;) {
+    if (epoll_wait(ep, &ev, 1, -1) != 1)
+      continue;
+    if (read(efd, &val, sizeof val) != (ssize_t)sizeof val)
+      continue;
+    if (atomic_load_explicit(&g_efd_stop, memory_order_relaxed))
+      break;
+    atomic_store_explicit(&g_woke_at, uv_hrtime(), memory_order_release);
+  }
+  close(ep);
+  return NULL;
+}
+
+static void sleep_us(long us) {
+  struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Waits (after the sample's sleep) until the woken side has stamped its
+ * time, and returns the latency in microseconds. */
+static double wakeup_sample(uint64_t t0) {
+  uint64_t t1;
+
+  sleep_us(WAKE_GAP_US);
+  while ((t1 = atomic_load_explicit(&g_woke_at, memory_order_acquire)) == 0)
+    sleep_us(50);
+  return (double)(t1 - t0) / 1e3;
+}
+
+static void bench_wakeup(void) {
+  static double vw[WAKE_SAMPLES], ve[WAKE_SAMPLES];
+  weft_pool_t *pool = start_pool(1);
+  weft_loop_t *loop = weft_pool_loop(pool, 0);
+  pthread_t th;
+  uint64_t one = 1;
+  int efd, err;
+
+  efd = eventfd(0, EFD_CLOEXEC);
+  if (efd < 0) {
+    perror("weft-bench: eventfd");
+    exit(1);
+  }
+  atomic_store(&g_efd_stop, 0);
+  if ((err = pthread_create(&th, NULL, efd_waiter, &efd)) != 0)
+    die("pthread_create", -err);
+  sleep_us(1000);
+  for (int i = 0; i < WAKE_SAMPLES; i++) {
+    uint64_t t0;
+
+    atomic_store(&g_woke_at, 0);
+    t0 = uv_hrtime();
+    if ((err = weft_loop_call_soon(loop, wakeup_cb, NULL)) != 0)
+      die("weft_loop_call_soon", err);
+    vw[i] = wakeup_sample(t0);
+
+    atomic_store(&g_woke_at, 0);
+    t0 = uv_hrtime();
+    if (write(efd, &one, sizeof one) != (ssize_t)sizeof one) {
+      perror("weft-bench: write(eventfd)");
+      exit(1);
+    }
+    ve[i] = wakeup_sample(t0);
+  }
+  atomic_store(&g_efd_stop, 1);
+  if (write(efd, &one, sizeof one) != (ssize_t)sizeof one) {
+    perror("weft-bench: write(eventfd)");
+    exit(1);
+  }
+  pthread_join(th, NULL);
+  close(efd);
+  stop_pool(pool);
+  R.wake_min = min_median(vw, WAKE_SAMPLES, &R.wake_us);
+  R.wake_p90 = vw[WAKE_SAMPLES * 9 / 10];
+  R.efd_min = min_median(ve, WAKE_SAMPLES, &R.efd_us);
+  R.efd_p90 = ve[WAKE_SAMPLES * 9 / 10];
+}
+
+/* ------------------------------------------------------ remote spawn */
+
+static atomic_ulong g_remote_ran;
+static unsigned long g_remote_target;
+static _Atomic uint64_t g_remote_last; /* set by the task that ran last */
+
+static void *remote_task(void *arg) {
+  (void)arg;
+  if (atomic_fetch_add_explicit(&g_remote_ran, 1, memory_order_relaxed) + 1 == g_remote_target)
+    atomic_store_explicit(&g_remote_last, uv_hrtime(), memory_order_release);
+  return NULL;
+}
+
+/* A plain thread spawns REMOTE_SPAWNS empty detached tasks onto the one
+ * loop of a pool, which runs them meanwhile on the other core. The spawning
+ * side is timed alone; the loop's side until the last task has run. */
+static void bench_remote_spawn(void) {
+  double v[XRUNS], done[XRUNS];
+  weft_pool_t *pool = start_pool(1);
+  weft_loop_t *loop = weft_pool_loop(pool, 0);
+
+  for (int r = -1; r < XRUNS; r++) {
+    unsigned long n = r < 0 ? REMOTE_SPAWNS / 10 : REMOTE_SPAWNS;
+    uint64_t t0, t1;
+    int err;
+
+    atomic_store(&g_remote_ran, 0);
+    atomic_store(&g_remote_last, 0);
+    g_remote_target = n;
+    t0 = uv_hrtime();
+    for (unsigned long i = 0; i < n; i++)
+      if ((err = weft_spawn(loop, remote_task, NULL, NULL)) != 0)
+        die("weft_spawn (remote)", err);
+    t1 = uv_hrtime();
+    while (atomic_load_explicit(&g_remote_last, memory_order_acquire) == 0)
+      sleep_us(100);
+    if (r >= 0) {
+      v[r] = (double)(t1 - t0) / (double)n;
+      done[r] = (double)(atomic_load(&g_remote_last) - t0) / (double)n;
+    }
+  }
+  stop_pool(pool);
+  R.rspawn_ns = min_median(v, XRUNS, &R.rspawn_med);
+  R.rspawn_done_ns = min_median(done, XRUNS, &R.rspawn_done_med);
+}
+
+static void bench_across_loops(void) {
+  g_unpinned = g_have_all_cpus && sched_setaffinity(0, sizeof g_all_cpus, &g_all_cpus) == 0;
+  bench_chan(64, 0, &R.chan64);
+  bench_chan(1024, 0, &R.chan1024);
+  bench_chan(1024, 1, &R.chanbusy);
+  R.pp_us = bench_pingpong(0, PINGPONG_ROUNDS, &R.pp_med);
+  R.ppbusy_us = bench_pingpong(1, PINGPONG_BUSY_ROUNDS, &R.ppbusy_med);
+  bench_wakeup();
+  bench_remote_spawn();
+}
+
 /* ------------------------------------------------------------------- main */
 
 static void run_task_bench(weft_fn fn, const char *what) {
@@ -429,8 +883,10 @@ int main(int argc, char **argv) {
     return help ? 0 : 2;
   }
 
-  /* One CPU for the whole run: a migration in the middle of a timed loop
-   * costs more than what some of these loops measure. */
+  /* One CPU for the single-thread figures: a migration in the middle of a
+   * timed loop costs more than what some of these loops measure. The mask
+   * it replaces is kept for the figures across loops. */
+  g_have_all_cpus = sched_getaffinity(0, sizeof g_all_cpus, &g_all_cpus) == 0;
   {
     cpu_set_t set;
     R.cpu = sched_getcpu();
@@ -445,11 +901,12 @@ int main(int argc, char **argv) {
   bench_switches();
   run_task_bench(yield_main, "weft_run (yield)");
   run_task_bench(spawn_main, "weft_run (spawn)");
+  bench_across_loops();
 
   printf("# weft %s, switch %s, %s build, %ld CPUs online\n", weft_version_string(),
          weft_switch_method(), WEFT_BENCH_BUILD_TYPE, sysconf(_SC_NPROCESSORS_ONLN));
   if (R.cpu >= 0)
-    printf("# pinned to CPU %d\n", R.cpu);
+    printf("# pinned to CPU %d, except across loops\n", R.cpu);
   else
     printf("# not pinned to a CPU\n");
 #if defined(WEFT_BENCH_SANITIZED)
@@ -502,5 +959,47 @@ int main(int argc, char **argv) {
          R.rss_live, R.rss_live, R.rss_when, R.rss_before / 1048576.0,
          R.rss_during / 1048576.0);
   printf("rss_per_task_bytes %.0f bytes\n", R.rss_per_task);
+
+  printf("# across loops: pools of 1 or 2 loops, not pinned (%s);\n"
+         "#   best of %d runs, median beside it\n",
+         g_unpinned ? "the bench's pinning undone" : "could not undo the pinning", XRUNS);
+  printf("# chan_msgs_per_s: one channel, a task on loop 0 sends pointers, one on\n"
+         "#   loop 1 receives them, nothing else on either loop; from the first send\n"
+         "#   to the last receive. cap64: runs of %zu messages (median %.2f M/s),\n"
+         "#   %.1f wake-ups of a parked loop per 1000 messages; cap1024: runs of\n"
+         "#   %zu (median %.2f M/s), %.1f wake-ups per 1000\n",
+         R.chan64.n, R.chan64.median / 1e6, R.chan64.rings, R.chan1024.n,
+         R.chan1024.median / 1e6, R.chan1024.rings);
+  printf("chan_msgs_per_s_cap64 %.0f msgs/s\n", R.chan64.best);
+  printf("chan_msgs_per_s_cap1024 %.0f msgs/s\n", R.chan1024.best);
+  printf("# chan_busy_msgs_per_s_cap1024: the same with a task on each loop that only\n"
+         "#   yields, so neither loop parks; runs of %zu (median %.2f M/s),\n"
+         "#   %.1f wake-ups per 1000 messages\n",
+         R.chanbusy.n, R.chanbusy.median / 1e6, R.chanbusy.rings);
+  printf("chan_busy_msgs_per_s_cap1024 %.0f msgs/s\n", R.chanbusy.best);
+  printf("# pingpong_rtt_us: task on loop 0 sends on a channel of capacity 1, task on\n"
+         "#   loop 1 receives and replies on another; %u round trips (median %.2f);\n"
+         "#   the loops park between messages\n", PINGPONG_ROUNDS, R.pp_med);
+  printf("pingpong_rtt_us %.2f us\n", R.pp_us);
+  printf("# pingpong_busy_rtt_us: the same, %u round trips, with a task on each loop\n"
+         "#   that only yields, so neither loop ever parks (median %.2f)\n",
+         PINGPONG_BUSY_ROUNDS, R.ppbusy_med);
+  printf("pingpong_busy_rtt_us %.2f us\n", R.ppbusy_us);
+  printf("# wakeup_us: a plain thread calls weft_loop_call_soon on the parked loop of\n"
+         "#   a pool of 1; the callback stamps uv_hrtime; median of %d samples, one\n"
+         "#   every ~%d us (min %.1f, 90th percentile %.1f)\n",
+         WAKE_SAMPLES, WAKE_GAP_US, R.wake_min, R.wake_p90);
+  printf("wakeup_us %.1f us\n", R.wake_us);
+  printf("# eventfd_wakeup_us: the floor, a thread blocked in epoll_wait on an eventfd,\n"
+         "#   woken by write(); samples alternate with wakeup_us's (min %.1f, 90th\n"
+         "#   percentile %.1f)\n", R.efd_min, R.efd_p90);
+  printf("eventfd_wakeup_us %.1f us\n", R.efd_us);
+  printf("wakeup_vs_eventfd %.2f x\n", R.wake_us / R.efd_us);
+  printf("# remote_spawn_ns: a plain thread spawns %u empty detached tasks onto the\n"
+         "#   loop of a pool of 1, which runs them meanwhile; the spawning side's time\n"
+         "#   per spawn (median %.1f); from the first spawn to the end of the last\n"
+         "#   task: %.1f ns per task (median %.1f)\n",
+         REMOTE_SPAWNS, R.rspawn_med, R.rspawn_done_ns, R.rspawn_done_med);
+  printf("remote_spawn_ns %.1f ns\n", R.rspawn_ns);
   return 0;
 }
