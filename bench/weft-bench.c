@@ -86,11 +86,9 @@
 #define GATHER_RUNS 3
 #define STACK_BYTES (64u * 1024u)
 #define XRUNS 5                  /* runs of each figure across loops */
-#define CHAN_PROBE 100000u       /* messages of the run that sizes the others */
-#define CHAN_RUN_S 0.15          /* seconds a channel run should last */
-#define CHAN_MAX 4000000u
-#define PINGPONG_ROUNDS 2000u
-#define PINGPONG_BUSY_ROUNDS 100000u
+#define CHAN_RUN_S 0.1           /* seconds a channel run lasts */
+#define PINGPONG_WARMUP 100u     /* round trips before each timed run */
+#define PINGPONG_RUN_S 0.1       /* seconds a ping-pong run lasts */
 #define WAKE_SAMPLES 2000
 #define WAKE_GAP_US 200          /* sleep after each wake-up sample */
 #define REMOTE_SPAWNS 100000u
@@ -139,7 +137,7 @@ static long long read_rss(void) {
 typedef struct chan_fig {
   double best, median; /* msgs/s */
   double rings;        /* wake-ups of a parked loop per 1000 messages */
-  size_t n;            /* messages per run */
+  size_t n;            /* messages in all the timed runs */
 } chan_fig_t;
 
 /* Results, printed at the end in the order of the file's opening comment. */
@@ -158,6 +156,7 @@ static struct {
   double all_started_ms;
   chan_fig_t chan64, chan1024, chanbusy;
   double pp_us, pp_med, ppbusy_us, ppbusy_med;
+  size_t pp_n, ppbusy_n;
   double wake_us, wake_min, wake_p90, efd_us, efd_min, efd_p90;
   double rspawn_ns, rspawn_med, rspawn_done_ns, rspawn_done_med;
 } R;
@@ -525,48 +524,62 @@ typedef struct chan_run {
   size_t n;
   uint64_t t_first_send, t_last_recv;
   uint64_t rings_producer, rings_consumer; /* each loop's wake-ups in the run */
+  size_t received;
   size_t out_of_order;
 } chan_run_t;
 
+/* The producer sends for CHAN_RUN_S, then closes the channel; like the
+ * ping-pong, a run lasts a time rather than a count, so a slow case cannot
+ * stretch the bench. */
 static void *chan_producer(void *arg) {
   chan_run_t *c = arg;
-  uint64_t w0 = own_wakeups();
+  uint64_t w0 = own_wakeups(), until;
+  uintptr_t i = 0;
   int err;
 
   c->t_first_send = uv_hrtime();
-  for (uintptr_t i = 0; i < c->n; i++)
-    if ((err = weft_chan_send(c->ch, (void *)i)) != 0)
-      die("weft_chan_send", err);
+  until = c->t_first_send + (uint64_t)(CHAN_RUN_S * 1e9);
+  do {
+    for (uintptr_t end = i + 256; i < end; i++)
+      if ((err = weft_chan_send(c->ch, (void *)i)) != 0)
+        die("weft_chan_send", err);
+  } while (uv_hrtime() < until);
+  c->n = i;
+  weft_chan_close(c->ch);
   c->rings_producer = own_wakeups() - w0;
   return NULL;
 }
 
+/* Receives until the close; the run ends when the consumer sees it, right
+ * after the last message (or a wake-up later, if it had to wait for it). */
 static void *chan_consumer(void *arg) {
   chan_run_t *c = arg;
   uint64_t w0 = own_wakeups();
+  uintptr_t i = 0;
   void *msg;
   int err;
 
-  for (uintptr_t i = 0; i < c->n; i++) {
-    if ((err = weft_chan_recv(c->ch, &msg)) != 0)
-      die("weft_chan_recv", err);
+  while ((err = weft_chan_recv(c->ch, &msg)) == 0) {
     if ((uintptr_t)msg != i)
       c->out_of_order++;
+    i++;
   }
   c->t_last_recv = uv_hrtime();
+  if (err != WEFT_ECLOSED)
+    die("weft_chan_recv", err);
+  c->received = i;
   c->rings_consumer = own_wakeups() - w0;
   return NULL;
 }
 
 /* One run: the consumer is spawned first, so it is waiting when the first
  * message comes. busy: a spinner on each loop keeps it from parking. */
-static void chan_once(weft_pool_t *pool, size_t capacity, size_t n, int busy, chan_run_t *c) {
+static void chan_once(weft_pool_t *pool, size_t capacity, int busy, chan_run_t *c) {
   weft_task_t *spin[2] = {NULL, NULL};
   atomic_int stop;
   int err;
 
   memset(c, 0, sizeof *c);
-  c->n = n;
   atomic_init(&stop, 0);
   if ((err = weft_chan_new(&c->ch, capacity)) != 0)
     die("weft_chan_new", err);
@@ -580,33 +593,27 @@ static void chan_once(weft_pool_t *pool, size_t capacity, size_t n, int busy, ch
   if (busy)
     gather_two(spin[0], spin[1]);
   weft_chan_release(c->ch);
-  if (c->out_of_order != 0) {
-    fprintf(stderr, "weft-bench: the channel delivered %zu messages out of order\n",
-            c->out_of_order);
+  if (c->out_of_order != 0 || c->received != c->n) {
+    fprintf(stderr, "weft-bench: of %zu messages sent, %zu were received, %zu out of order\n",
+            c->n, c->received, c->out_of_order);
     exit(1);
   }
 }
 
-static double chan_rate(const chan_run_t *c) {
-  return (double)c->n / ((double)(c->t_last_recv - c->t_first_send) / 1e9);
-}
-
 /* One channel of the given capacity between loop 0 (the producer) and
- * loop 1 (the consumer) of a pool of two. A first run of CHAN_PROBE
- * messages, not kept, sizes the others to about CHAN_RUN_S each, so a slow
- * case does not stretch the whole bench. */
+ * loop 1 (the consumer) of a pool of two. */
 static void bench_chan(size_t capacity, int busy, chan_fig_t *f) {
   double v[XRUNS], best_rate = 0;
   weft_pool_t *pool = start_pool(2);
   chan_run_t c;
-  size_t n;
 
-  chan_once(pool, capacity, CHAN_PROBE, busy, &c);
-  n = (size_t)(chan_rate(&c) * CHAN_RUN_S);
-  n = n < CHAN_PROBE ? CHAN_PROBE : n > CHAN_MAX ? CHAN_MAX : n;
-  for (int r = 0; r < XRUNS; r++) {
-    chan_once(pool, capacity, n, busy, &c);
-    v[r] = chan_rate(&c);
+  f->n = 0;
+  for (int r = -1; r < XRUNS; r++) {
+    chan_once(pool, capacity, busy, &c);
+    if (r < 0)
+      continue; /* the first run warms up and is not kept */
+    v[r] = (double)c.n / ((double)(c.t_last_recv - c.t_first_send) / 1e9);
+    f->n += c.n;
     if (v[r] > best_rate) {
       best_rate = v[r];
       f->rings = 1000.0 * (double)(c.rings_producer + c.rings_consumer) / (double)c.n;
@@ -616,7 +623,6 @@ static void bench_chan(size_t capacity, int busy, chan_fig_t *f) {
   /* The best run is the largest rate: the sorted array's other end. */
   min_median(v, XRUNS, &f->median);
   f->best = v[XRUNS - 1];
-  f->n = n;
 }
 
 /* --------------------------------------------------------- ping-pong */
@@ -653,12 +659,20 @@ static void pp_rounds(pingpong_t *p, size_t n) {
   }
 }
 
+/* A run lasts PINGPONG_RUN_S, not a number of round trips: on a loaded
+ * machine one round trip can take a time slice, and a fixed count would
+ * stretch the whole bench. */
 static void *pp_client(void *arg) {
   pingpong_t *p = arg;
+  uint64_t until;
 
-  pp_rounds(p, p->n / 10);
+  pp_rounds(p, PINGPONG_WARMUP);
   p->t0 = uv_hrtime();
-  pp_rounds(p, p->n);
+  until = p->t0 + (uint64_t)(PINGPONG_RUN_S * 1e9);
+  do {
+    pp_rounds(p, 16);
+    p->n += 16;
+  } while (uv_hrtime() < until);
   p->t1 = uv_hrtime();
   weft_chan_close(p->ping);
   atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
@@ -668,18 +682,19 @@ static void *pp_client(void *arg) {
 /* Round trips between a task on loop 0 and one on loop 1 through two
  * channels of capacity 1. busy: a spinner on each loop keeps it from ever
  * parking, so every handoff goes through the inbox without a ring. Returns
- * microseconds per round trip; *median as usual. */
-static double bench_pingpong(int busy, size_t n, double *median) {
+ * microseconds per round trip; *median as usual, *rounds the round trips
+ * of all runs. */
+static double bench_pingpong(int busy, double *median, size_t *rounds) {
   double v[XRUNS];
   weft_pool_t *pool = start_pool(2);
 
+  *rounds = 0;
   for (int r = 0; r < XRUNS; r++) {
     pingpong_t p;
     weft_task_t *spin[2] = {NULL, NULL};
     int err;
 
     memset(&p, 0, sizeof p);
-    p.n = n;
     atomic_init(&p.stop, 0);
     if ((err = weft_chan_new(&p.ping, 1)) != 0 || (err = weft_chan_new(&p.pong, 1)) != 0)
       die("weft_chan_new", err);
@@ -694,6 +709,7 @@ static double bench_pingpong(int busy, size_t n, double *median) {
     weft_chan_release(p.ping);
     weft_chan_release(p.pong);
     v[r] = (double)(p.t1 - p.t0) / 1e3 / (double)p.n;
+    *rounds += p.n;
   }
   stop_pool(pool);
   return min_median(v, XRUNS, median);
@@ -859,8 +875,8 @@ static void bench_across_loops(void) {
   bench_chan(64, 0, &R.chan64);
   bench_chan(1024, 0, &R.chan1024);
   bench_chan(1024, 1, &R.chanbusy);
-  R.pp_us = bench_pingpong(0, PINGPONG_ROUNDS, &R.pp_med);
-  R.ppbusy_us = bench_pingpong(1, PINGPONG_BUSY_ROUNDS, &R.ppbusy_med);
+  R.pp_us = bench_pingpong(0, &R.pp_med, &R.pp_n);
+  R.ppbusy_us = bench_pingpong(1, &R.ppbusy_med, &R.ppbusy_n);
   bench_wakeup();
   bench_remote_spawn();
 }
@@ -963,27 +979,28 @@ int main(int argc, char **argv) {
   printf("# across loops: pools of 1 or 2 loops, not pinned (%s);\n"
          "#   best of %d runs, median beside it\n",
          g_unpinned ? "the bench's pinning undone" : "could not undo the pinning", XRUNS);
-  printf("# chan_msgs_per_s: one channel, a task on loop 0 sends pointers, one on\n"
-         "#   loop 1 receives them, nothing else on either loop; from the first send\n"
-         "#   to the last receive. cap64: runs of %zu messages (median %.2f M/s),\n"
-         "#   %.1f wake-ups of a parked loop per 1000 messages; cap1024: runs of\n"
+  printf("# chan_msgs_per_s: one channel, a task on loop 0 sends pointers for %.1f s,\n"
+         "#   one on loop 1 receives them, nothing else on either loop; from the\n"
+         "#   first send to the last receive. cap64: %zu messages in all (median\n"
+         "#   %.2f M/s), %.1f wake-ups of a parked loop per 1000 messages; cap1024:\n"
          "#   %zu (median %.2f M/s), %.1f wake-ups per 1000\n",
-         R.chan64.n, R.chan64.median / 1e6, R.chan64.rings, R.chan1024.n,
+         CHAN_RUN_S, R.chan64.n, R.chan64.median / 1e6, R.chan64.rings, R.chan1024.n,
          R.chan1024.median / 1e6, R.chan1024.rings);
   printf("chan_msgs_per_s_cap64 %.0f msgs/s\n", R.chan64.best);
   printf("chan_msgs_per_s_cap1024 %.0f msgs/s\n", R.chan1024.best);
   printf("# chan_busy_msgs_per_s_cap1024: the same with a task on each loop that only\n"
-         "#   yields, so neither loop parks; runs of %zu (median %.2f M/s),\n"
+         "#   yields, so neither loop parks; %zu messages in all (median %.2f M/s),\n"
          "#   %.1f wake-ups per 1000 messages\n",
          R.chanbusy.n, R.chanbusy.median / 1e6, R.chanbusy.rings);
   printf("chan_busy_msgs_per_s_cap1024 %.0f msgs/s\n", R.chanbusy.best);
   printf("# pingpong_rtt_us: task on loop 0 sends on a channel of capacity 1, task on\n"
-         "#   loop 1 receives and replies on another; %u round trips (median %.2f);\n"
-         "#   the loops park between messages\n", PINGPONG_ROUNDS, R.pp_med);
+         "#   loop 1 receives and replies on another; runs of %.1f s, %zu round\n"
+         "#   trips in all (median %.2f); the loops park between messages\n",
+         PINGPONG_RUN_S, R.pp_n, R.pp_med);
   printf("pingpong_rtt_us %.2f us\n", R.pp_us);
-  printf("# pingpong_busy_rtt_us: the same, %u round trips, with a task on each loop\n"
-         "#   that only yields, so neither loop ever parks (median %.2f)\n",
-         PINGPONG_BUSY_ROUNDS, R.ppbusy_med);
+  printf("# pingpong_busy_rtt_us: the same with a task on each loop that only yields,\n"
+         "#   so neither loop ever parks; %zu round trips in all (median %.2f)\n",
+         R.ppbusy_n, R.ppbusy_med);
   printf("pingpong_busy_rtt_us %.2f us\n", R.ppbusy_us);
   printf("# wakeup_us: a plain thread calls weft_loop_call_soon on the parked loop of\n"
          "#   a pool of 1; the callback stamps uv_hrtime; median of %d samples, one\n"

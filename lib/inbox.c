@@ -95,6 +95,7 @@ size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
     return 0;
   pthread_mutex_lock(&loop->inbox_lock);
   weft__msg_t *m = loop->inbox_head;
+  weft__msg_t *last = loop->inbox_tail;  /* kept: putting back is O(1) */
   loop->inbox_head = loop->inbox_tail = NULL;
   pthread_mutex_unlock(&loop->inbox_lock);
   size_t n = 0;
@@ -107,9 +108,6 @@ size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
   }
   if (m) {
     /* Put the rest back in front of whatever arrived meanwhile. */
-    weft__msg_t *last = m;
-    while (last->next)
-      last = last->next;
     pthread_mutex_lock(&loop->inbox_lock);
     last->next = loop->inbox_head;
     if (!loop->inbox_head)

@@ -299,6 +299,8 @@ struct weft_loop {
   uint64_t wakeups_received;
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   atomic_int draining;       /* a pool shutdown asked it to finish */
+  atomic_int cancel_new;     /* WEFT_CANCEL shutdown: tasks not yet started
+                                end cancelled without running */
 };
 
 /* Thread state: the loop this thread runs (set while a run function is on

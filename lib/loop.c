@@ -47,6 +47,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   weft__queue_init(&loop->tasks);
   weft__inbox_init(loop);
   atomic_init(&loop->draining, 0);
+  atomic_init(&loop->cancel_new, 0);
   atomic_init(&loop->next_id, 1);
   weft__stack_pool_init(&loop->stacks, opts->stack_size,
                         opts->stack_pool_max ? opts->stack_pool_max : 1024);
@@ -205,7 +206,7 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
  * without running. */
 static void run_task(weft_loop_t *loop, weft_task_t *t) {
   if (t->state == WEFT__NEW) {
-    if (t->cancelled) {
+    if (t->cancelled || atomic_load_explicit(&loop->cancel_new, memory_order_relaxed)) {
       weft__task_complete(t, WEFT_ECANCELED);
       weft__task_unref(t);
       return;

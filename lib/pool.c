@@ -90,6 +90,10 @@ static void pool_end(weft_pool_t *pool, int how) {
     pthread_mutex_lock(&loop->inbox_lock);
     loop->refuse_spawns = true;
     pthread_mutex_unlock(&loop->inbox_lock);
+    /* Set now, not when the shutdown message comes up behind the queued
+     * spawns: in CANCEL mode none of those may start. */
+    if (how == WEFT_CANCEL)
+      atomic_store_explicit(&loop->cancel_new, 1, memory_order_relaxed);
   }
   for (unsigned i = 0; i < pool->n; i++) {
     weft_loop_t *loop = pool->workers[i].loop;
