@@ -196,6 +196,42 @@ static int first_ended_failure(weft_task_t **tasks, size_t n) {
   return first ? weft_task_status(first) : 0;
 }
 
+/* The checks both kinds of join make on their arguments. */
+static int check_handles(weft_task_t **tasks, size_t n, const char *fn) {
+  if (n > 0 && !tasks) {
+    weft__misuse(fn, "tasks is NULL");
+    return WEFT_EINVAL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!tasks[i] || tasks[i]->magic != WEFT__TASK_MAGIC) {
+      weft__misuse(fn, "task %zu is NULL or not a live task handle", i);
+      return WEFT_EINVAL;
+    }
+  }
+  return 0;
+}
+
+/* Join nodes live on the waiter's stack for small joins. */
+#define SMALL_JOIN 8
+
+static join_node_t *nodes_get(join_node_t *small, size_t n) {
+  return n > SMALL_JOIN ? malloc(n * sizeof(join_node_t)) : small;
+}
+
+static void nodes_put(join_node_t *nodes, join_node_t *small) {
+  if (nodes != small)
+    free(nodes);
+}
+
+/* A task whose loop's inbox is closed: that loop is ending its last tasks,
+ * and ends every one of them before it goes. */
+static int wait_ended(weft_task_t *t) {
+  int st;
+  while ((st = weft_task_status(t)) == WEFT_EPENDING)
+    sched_yield();
+  return st;
+}
+
 /* Validates, registers and parks. Returns an error found before waiting
  * (*joined stays false: nothing was registered), or, once every task has
  * ended (or a shielded join was cut), 0 or the error that interrupted the
@@ -206,31 +242,21 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   *joined = false;
   *first_err = 0;
   int err = weft__await_begin(&self, fn);
+  if (!err)
+    err = check_handles(tasks, n, fn);
   if (err)
     return err;
-  if (n > 0 && !tasks) {
-    weft__misuse(fn, "tasks is NULL");
-    return WEFT_EINVAL;
-  }
   for (size_t i = 0; i < n; i++) {
-    weft_task_t *t = tasks[i];
-    if (!t || t->magic != WEFT__TASK_MAGIC) {
-      weft__misuse(fn, "task %zu is NULL or not a live task handle", i);
-      return WEFT_EINVAL;
-    }
-    if (t == self) {
+    if (tasks[i] == self) {
       weft__misuse(fn, "a task cannot await itself");
       return WEFT_EDEADLK;
     }
   }
 
-  join_node_t small[8];
-  join_node_t *nodes = small;
-  if (n > sizeof small / sizeof small[0]) {
-    nodes = malloc(n * sizeof *nodes);
-    if (!nodes)
-      return WEFT_ENOMEM;
-  }
+  join_node_t small[SMALL_JOIN];
+  join_node_t *nodes = nodes_get(small, n);
+  if (!nodes)
+    return WEFT_ENOMEM;
   join_wait_t jw = {
     .base = {.task = self, .kind = WEFT_WAIT_JOIN, .interrupt = join_interrupt},
     .shielded = shielded,
@@ -257,13 +283,8 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
       continue;
     }
     node->msg.run = register_run;
-    if (weft__inbox_push(t->loop, &node->msg, false) != 0) {
-      /* That loop is closing: it ends every task before it goes. */
-      int st;
-      while ((st = weft_task_status(t)) == WEFT_EPENDING)
-        sched_yield();
-      node_fired(node, st);
-    }
+    if (weft__inbox_push(t->loop, &node->msg, false) != 0)
+      node_fired(node, wait_ended(t));
   }
   int result = 0;
   if (jw.pending > 0) {
@@ -279,8 +300,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   }
   *first_err = jw.first_err;
   *joined = true;
-  if (nodes != small)
-    free(nodes);
+  nodes_put(nodes, small);
   return result;
 }
 
@@ -292,27 +312,20 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
  * thread's loop that has ended is read at once, without touching its loop,
  * which may be closed and freed by now. */
 static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char *fn) {
-  if (n > 0 && !tasks)
-    return WEFT_EINVAL;
+  int err = check_handles(tasks, n, fn);
+  if (err)
+    return err;
   for (size_t i = 0; i < n; i++) {
-    weft_task_t *t = tasks[i];
-    if (!t || t->magic != WEFT__TASK_MAGIC) {
-      weft__misuse(fn, "task %zu is NULL or not a live task handle", i);
-      return WEFT_EINVAL;
-    }
-    if (pthread_equal(t->owner, pthread_self())) {
+    if (pthread_equal(tasks[i]->owner, pthread_self())) {
       weft__misuse(fn, "called outside a task, on the thread that owns the task's loop "
                        "(the loop could never run to end it)");
       return WEFT_ENOTASK;
     }
   }
-  join_node_t small[8];
-  join_node_t *nodes = small;
-  if (n > sizeof small / sizeof small[0]) {
-    nodes = malloc(n * sizeof *nodes);
-    if (!nodes)
-      return WEFT_ENOMEM;
-  }
+  join_node_t small[SMALL_JOIN];
+  join_node_t *nodes = nodes_get(small, n);
+  if (!nodes)
+    return WEFT_ENOMEM;
   plain_join_t pj = {.pending = n, .first_err = first_ended_failure(tasks, n)};
   pthread_mutex_init(&pj.lock, NULL);
   pthread_cond_init(&pj.cond, NULL);
@@ -325,14 +338,8 @@ static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char 
       plain_fire(&nodes[i], weft_task_status(t));
       continue;
     }
-    if (weft__inbox_push(t->loop, &nodes[i].msg, false) != 0) {
-      /* The loop's inbox is closed: it is ending its last tasks, and every
-       * one of them ends before the loop is gone. */
-      int st;
-      while ((st = weft_task_status(t)) == WEFT_EPENDING)
-        sched_yield();
-      plain_fire(&nodes[i], st);
-    }
+    if (weft__inbox_push(t->loop, &nodes[i].msg, false) != 0)
+      plain_fire(&nodes[i], wait_ended(t));
   }
   pthread_mutex_lock(&pj.lock);
   while (pj.pending > 0)
@@ -341,8 +348,7 @@ static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char 
   *first_err = pj.first_err;
   pthread_cond_destroy(&pj.cond);
   pthread_mutex_destroy(&pj.lock);
-  if (nodes != small)
-    free(nodes);
+  nodes_put(nodes, small);
   return 0;
 }
 
