@@ -22,23 +22,6 @@
 #define MSG(i) ((void *)(uintptr_t)(i))
 #define NUM(p) ((uintptr_t)(p))
 
-static bool wait_ge(atomic_int *v, int want, unsigned timeout_ms) {
-  double deadline = wt_now_ms() + timeout_ms;
-  while (atomic_load(v) < want) {
-    if (wt_now_ms() > deadline)
-      return false;
-    uv_sleep(1);
-  }
-  return true;
-}
-
-static weft_pool_t *pool_of(unsigned workers) {
-  weft_pool_t *pool = NULL;
-  weft_pool_opts_t opts = {.workers = workers};
-  assert_int_equal(weft_pool_new(&pool, &opts), 0);
-  return pool;
-}
-
 /* A task that sends or receives one message and records the outcome. */
 typedef struct op {
   weft_chan_t *ch;
@@ -625,7 +608,7 @@ static void *plain_rx_thread(void *arg) {
 #define NECHO 2000
 
 static void chan_plain_thread_and_pool(void **state) {
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   weft_chan_t *in = NULL, *out = NULL;
   assert_int_equal(weft_chan_new(&in, 8), 0);
   assert_int_equal(weft_chan_new(&out, 8), 0);
@@ -700,7 +683,7 @@ static void chan_plain_thread_and_pool(void **state) {
   op_t r;
   op_init(&r, ch, MSG(77));
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), recv_task, &r, &t), 0);
-  assert_true(wait_ge(&r.waiting, 1, 5000));
+  assert_true(wt_wait_ge(&r.waiting, 1, 5000));
   uv_sleep(20);
   assert_int_equal(weft_task_cancel(t), 0);
   assert_int_equal(weft_await(t, NULL), WEFT_ECANCELED);
@@ -718,14 +701,14 @@ static void chan_plain_thread_and_pool(void **state) {
  * receiver on loop 0 woken by a sender on loop 1, a sender on loop 1
  * (full channel) woken by a receiver on loop 0. */
 static void chan_across_loops(void **state) {
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   weft_chan_t *ch = NULL;
   assert_int_equal(weft_chan_new(&ch, 1), 0);
   op_t r;
   weft_task_t *rt = NULL, *st = NULL;
   op_init(&r, ch, NULL);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), recv_task, &r, &rt), 0);
-  assert_true(wait_ge(&r.waiting, 1, 5000));
+  assert_true(wt_wait_ge(&r.waiting, 1, 5000));
   uv_sleep(20);
   late_t l = {.ch = ch, .delay_ms = 1, .rc = 1, .msg = MSG(21)};
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), late_send_task, &l, &st), 0);
@@ -741,7 +724,7 @@ static void chan_across_loops(void **state) {
   op_t s;
   op_init(&s, ch, MSG(2));
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), send_task, &s, &st), 0);
-  assert_true(wait_ge(&s.waiting, 1, 5000));
+  assert_true(wt_wait_ge(&s.waiting, 1, 5000));
   uv_sleep(20);
   assert_int_equal(atomic_load(&s.done), 0);
   l = (late_t){.ch = ch, .delay_ms = 1, .rc = 1, .msg = NULL};
@@ -827,7 +810,7 @@ static void *mill_consume(void *arg) {
 }
 
 static void chan_million_over_four_loops(void **state) {
-  weft_pool_t *pool = pool_of(NLOOPS);
+  weft_pool_t *pool = wt_pool_of(NLOOPS);
   mill_t m;
   assert_int_equal(weft_chan_new(&m.ch, 1024), 0);
   atomic_init(&m.producers_left, NLOOPS);
@@ -964,7 +947,7 @@ static void *race_recv_task(void *arg) {
 }
 
 static void chan_sends_racing_close(void **state) {
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   for (int round = 0; round < 5; round++) {
     race_t r;
     assert_int_equal(weft_chan_new(&r.ch, 16), 0);
@@ -987,7 +970,7 @@ static void chan_sends_racing_close(void **state) {
       assert_int_equal(weft_spawn(weft_pool_loop(pool, 1 - i), race_send_task, &s[i], &t[i]), 0);
       assert_int_equal(pthread_create(&th[i], NULL, race_send_thread, &s[2 + i]), 0);
     }
-    assert_true(wait_ge(&r.sent_total, 1000 + 3000 * round, 10000));
+    assert_true(wt_wait_ge(&r.sent_total, 1000 + 3000 * round, 10000));
     assert_int_equal(weft_chan_close(r.ch), 0);
     assert_int_equal(weft_gather(t, 4, NULL, NULL), 0);
     for (unsigned i = 0; i < 2; i++)
@@ -1071,7 +1054,7 @@ static void chan_refcount(void **state) {
 
   /* The last reference dropped by a task on another thread, after the
    * creator dropped its own. */
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   for (int i = 0; i < 20; i++) {
     atomic_int go;
     atomic_init(&go, 0);

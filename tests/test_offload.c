@@ -43,16 +43,6 @@ static void *work_fn(void *arg) {
   return w->ret;
 }
 
-static bool wait_ge(atomic_int *v, int want, unsigned timeout_ms) {
-  double deadline = wt_now_ms() + timeout_ms;
-  while (atomic_load(v) < want) {
-    if (wt_now_ms() > deadline)
-      return false;
-    uv_sleep(1);
-  }
-  return true;
-}
-
 /* Counts 10 ms ticks until told to stop. */
 typedef struct ticker {
   int ticks;
@@ -273,7 +263,7 @@ static void to_thread_orphan_outlives_task(void **state) {
   double elapsed = wt_now_ms() - t0;
   assert_true(elapsed < 5000);
   assert_int_equal(g_orphan.rc, WEFT_ECANCELED);
-  assert_true(wait_ge(&g_orphan.w.done, 1, 5000));
+  assert_true(wt_wait_ge(&g_orphan.w.done, 1, 5000));
   uv_sleep(50);
   assert_ptr_equal(g_orphan.result, (void *)(uintptr_t)0x5e1f);
 }
@@ -377,7 +367,7 @@ static void to_thread_on_pool_loops(void **state) {
   work_init(&c.w, 300, NULL);
   c.rc = 1;
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), pooled_task, &c, &ct), 0);
-  assert_true(wait_ge(&c.w.started, 1, 5000));
+  assert_true(wt_wait_ge(&c.w.started, 1, 5000));
   uv_sleep(20);
   double t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(ct), 0);
@@ -392,7 +382,7 @@ static void to_thread_on_pool_loops(void **state) {
     assert_true(tick[l].ticks > 0);
     weft_task_release(tt[l]);
   }
-  assert_true(wait_ge(&c.w.done, 1, 5000));
+  assert_true(wt_wait_ge(&c.w.done, 1, 5000));
   uv_sleep(20);
 }
 

@@ -28,25 +28,6 @@
 
 /* ----------------------------------------------------------------- helpers */
 
-/* Polls until *v >= want or timeout_ms passed; returns whether it got there. */
-static bool wait_ge(atomic_int *v, int want, unsigned timeout_ms) {
-  double deadline = wt_now_ms() + timeout_ms;
-  while (atomic_load(v) < want) {
-    if (wt_now_ms() > deadline)
-      return false;
-    uv_sleep(1);
-  }
-  return true;
-}
-
-static weft_pool_t *pool_of(unsigned workers) {
-  weft_pool_t *pool = NULL;
-  weft_pool_opts_t opts = {.workers = workers};
-  assert_int_equal(weft_pool_new(&pool, &opts), 0);
-  assert_non_null(pool);
-  return pool;
-}
-
 /* A probe for tasks that run on another thread than the test's: what is
  * polled while the task runs is atomic; the rest is read after an await. */
 typedef struct xprobe {
@@ -107,7 +88,7 @@ static void ask_whoami(weft_loop_t *loop, whoami_t *w) {
   memset(w, 0, sizeof *w);
   atomic_init(&w->done, 0);
   assert_int_equal(weft_loop_call_soon(loop, whoami_cb, w), 0);
-  assert_true(wait_ge(&w->done, 1, 5000));
+  assert_true(wt_wait_ge(&w->done, 1, 5000));
 }
 
 /* Counts the entries of a /proc directory, less "." and "..". */
@@ -126,7 +107,7 @@ static int count_dir(const char *path) {
 /* ------------------------------------------------------------ pool basics */
 
 static void pool_new_and_loops(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   assert_int_equal(weft_pool_size(pool), 3);
   weft_loop_t *loops[3];
   for (unsigned i = 0; i < 3; i++) {
@@ -164,7 +145,7 @@ static void pool_new_and_loops(void **state) {
   /* workers = 0, or no options at all: one loop per CPU. */
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   assert_true(cpus > 0);
-  pool = pool_of(0);
+  pool = wt_pool_of(0);
   assert_int_equal(weft_pool_size(pool), (unsigned)cpus);
   for (unsigned i = 0; i < (unsigned)cpus; i++)
     assert_non_null(weft_pool_loop(pool, i));
@@ -177,7 +158,7 @@ static void pool_new_and_loops(void **state) {
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
 
   /* One worker is a pool too. */
-  pool = pool_of(1);
+  pool = wt_pool_of(1);
   assert_int_equal(weft_pool_size(pool), 1);
   assert_ptr_equal(weft_pool_next(pool), weft_pool_loop(pool, 0));
   assert_ptr_equal(weft_pool_next(pool), weft_pool_loop(pool, 0));
@@ -222,7 +203,7 @@ static void pool_bad_arguments(void **state) {
   assert_null(weft_pool_loop(NULL, 0));
   assert_null(weft_pool_next(NULL));
 
-  pool = pool_of(2);
+  pool = wt_pool_of(2);
   /* A bad how is refused and leaves the pool running. */
   assert_int_equal(weft_pool_shutdown(pool, 2), WEFT_EINVAL);
   assert_int_equal(weft_pool_shutdown(pool, -1), WEFT_EINVAL);
@@ -232,7 +213,7 @@ static void pool_bad_arguments(void **state) {
   shutdown_from_worker_t s = {.pool = pool, .rc = 1};
   atomic_init(&s.done, 0);
   assert_int_equal(weft_loop_call_soon(weft_pool_loop(pool, 1), shutdown_from_worker_cb, &s), 0);
-  assert_true(wait_ge(&s.done, 1, 5000));
+  assert_true(wt_wait_ge(&s.done, 1, 5000));
   assert_int_equal(s.rc, WEFT_EINVAL);
   weft_task_t *t = NULL;
   void *r = NULL;
@@ -252,7 +233,7 @@ static void pool_bad_arguments(void **state) {
 }
 
 static void pool_threads_named(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   /* Each loop's thread is named after its index. */
   for (unsigned i = 0; i < 3; i++) {
     whoami_t w;
@@ -313,7 +294,7 @@ static uint64_t sigbit(int sig) {
 static void workers_block_signals(void **state) {
   sigset_t before, after;
   assert_int_equal(pthread_sigmask(SIG_BLOCK, NULL, &before), 0);
-  weft_pool_t *pool = pool_of(4);
+  weft_pool_t *pool = wt_pool_of(4);
   uint64_t want = sigbit(SIGINT) | sigbit(SIGTERM) | sigbit(SIGCHLD) | sigbit(SIGPIPE);
   for (unsigned i = 0; i < 4; i++) {
     whoami_t w;
@@ -334,7 +315,7 @@ static void workers_block_signals(void **state) {
 /* --------------------------------------------- spawn, await, gather from main */
 
 static void spawn_await_from_main(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   whoami_t who[3];
   xprobe_t p[3];
   weft_task_t *t[3];
@@ -381,7 +362,7 @@ static void spawn_await_from_main(void **state) {
   xprobe_t d;
   xprobe_init(&d, 0, 0, NULL);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 2), xprobe_task, &d, NULL), 0);
-  assert_true(wait_ge(&d.ended, 1, 5000));
+  assert_true(wt_wait_ge(&d.ended, 1, 5000));
 
   /* A NULL fn is refused, and so is a NULL loop on a thread with none. */
   weft_task_t *none = (weft_task_t *)&none;
@@ -394,7 +375,7 @@ static void spawn_await_from_main(void **state) {
 }
 
 static void gather_from_main(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   xprobe_t p[3];
   weft_task_t *t[3];
   void *res[3];
@@ -574,7 +555,7 @@ static void *xawait_task(void *arg) {
 }
 
 static void xloop_await_result(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   xprobe_t p;
   weft_task_t *b = NULL, *a = NULL;
   xawait_t xa;
@@ -641,7 +622,7 @@ static void xloop_await_result(void **state) {
 }
 
 static void xloop_gather(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   xprobe_t p[3];
   weft_task_t *t[3], *g = NULL;
   xawait_t xa;
@@ -689,7 +670,7 @@ static void xloop_gather(void **state) {
  * waits for them to unwind), unless shielded; wait_for and deadlines do the
  * same across loops. */
 static void xloop_cancel_propagates(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   xprobe_t p[2];
   weft_task_t *t[2], *a = NULL;
   xawait_t xa;
@@ -700,8 +681,8 @@ static void xloop_cancel_propagates(void **state) {
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), xprobe_task, &p[0], &t[0]), 0);
   xawait_init(&xa, t, 1);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), xawait_task, &xa, &a), 0);
-  assert_true(wait_ge(&xa.parked, 1, 5000));
-  assert_true(wait_ge(&p[0].started, 1, 5000));
+  assert_true(wt_wait_ge(&xa.parked, 1, 5000));
+  assert_true(wt_wait_ge(&p[0].started, 1, 5000));
   uv_sleep(20);
   t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(a), 0);
@@ -720,9 +701,9 @@ static void xloop_cancel_propagates(void **state) {
   }
   xawait_init(&xa, t, 2);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), xawait_task, &xa, &a), 0);
-  assert_true(wait_ge(&xa.parked, 1, 5000));
-  assert_true(wait_ge(&p[0].started, 1, 5000));
-  assert_true(wait_ge(&p[1].started, 1, 5000));
+  assert_true(wt_wait_ge(&xa.parked, 1, 5000));
+  assert_true(wt_wait_ge(&p[0].started, 1, 5000));
+  assert_true(wt_wait_ge(&p[1].started, 1, 5000));
   uv_sleep(20);
   t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(a), 0);
@@ -742,7 +723,7 @@ static void xloop_cancel_propagates(void **state) {
   xawait_init(&xa, t, 1);
   xa.shielded = true;
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), xawait_task, &xa, &a), 0);
-  assert_true(wait_ge(&xa.parked, 1, 5000));
+  assert_true(wt_wait_ge(&xa.parked, 1, 5000));
   uv_sleep(20);
   t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(a), 0);
@@ -798,9 +779,9 @@ static void xloop_cancel_propagates(void **state) {
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), xawait_task, &mid, &b), 0);
   xawait_init(&xa, &b, 1);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), xawait_task, &xa, &a), 0);
-  assert_true(wait_ge(&xa.parked, 1, 5000));
-  assert_true(wait_ge(&mid.parked, 1, 5000));
-  assert_true(wait_ge(&p[0].started, 1, 5000));
+  assert_true(wt_wait_ge(&xa.parked, 1, 5000));
+  assert_true(wt_wait_ge(&mid.parked, 1, 5000));
+  assert_true(wt_wait_ge(&p[0].started, 1, 5000));
   uv_sleep(20);
   assert_int_equal(weft_task_cancel(a), 0);
   assert_int_equal(weft_await(a, NULL), WEFT_ECANCELED);
@@ -833,7 +814,7 @@ static void *storm_target_task(void *arg) {
 }
 
 static void xloop_await_storm(void **state) {
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   static storm_target_t st[NSTORM];
   static xawait_t xa[NSTORM];
   static weft_task_t *targets[NSTORM], *waiters[NSTORM];
@@ -888,7 +869,7 @@ static void xloop_await_storm(void **state) {
  * whatever their order in the array, from a plain thread and from a task
  * of a third loop. */
 static void gather_ended_order_from_main(void **state) {
-  weft_pool_t *pool = pool_of(3);
+  weft_pool_t *pool = wt_pool_of(3);
   xprobe_t p[2];
   weft_task_t *t[2];
   int st[2];
@@ -944,7 +925,7 @@ static void spin_start(weft_loop_t *loop, spin_t *s, weft_task_t **task) {
   atomic_init(&s->started, 0);
   atomic_init(&s->release, 0);
   assert_int_equal(weft_spawn(loop, spinner_task, s, task), 0);
-  assert_true(wait_ge(&s->started, 1, 5000));
+  assert_true(wt_wait_ge(&s->started, 1, 5000));
 }
 
 typedef struct parent {
@@ -964,12 +945,12 @@ static void *parent_task(void *arg) {
 }
 
 static void cancel_from_main(void **state) {
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   xprobe_t p;
   weft_task_t *t = NULL;
   xprobe_init(&p, 10000, 0, NULL);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), xprobe_task, &p, &t), 0);
-  assert_true(wait_ge(&p.started, 1, 5000));
+  assert_true(wt_wait_ge(&p.started, 1, 5000));
   uv_sleep(20); /* let it park in its sleep */
   double t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(t), 0);
@@ -992,8 +973,8 @@ static void cancel_from_main(void **state) {
   pa.await_rc = 1;
   xprobe_init(&pa.child, 10000, 0, NULL);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), parent_task, &pa, &t), 0);
-  assert_true(wait_ge(&pa.awaiting, 1, 5000));
-  assert_true(wait_ge(&pa.child.started, 1, 5000));
+  assert_true(wt_wait_ge(&pa.awaiting, 1, 5000));
+  assert_true(wt_wait_ge(&pa.child.started, 1, 5000));
   uv_sleep(20);
   t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(t), 0);
@@ -1094,7 +1075,7 @@ static void spawn_from_cb(void *arg) {
 }
 
 static void call_soon_order(void **state) {
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   static call_log_t log;
   memset(&log, 0, sizeof log);
   atomic_init(&log.count, 0);
@@ -1111,7 +1092,7 @@ static void call_soon_order(void **state) {
     assert_int_equal(pthread_join(th[i], NULL), 0);
   assert_int_equal(c[0].errors, 0);
   assert_int_equal(c[1].errors, 0);
-  assert_true(wait_ge(&log.count, 2 * NCALLS, 10000));
+  assert_true(wt_wait_ge(&log.count, 2 * NCALLS, 10000));
   uv_sleep(10);
   assert_int_equal(atomic_load_explicit(&log.count, memory_order_acquire), 2 * NCALLS);
   assert_int_equal(log.off_thread, 0);
@@ -1135,9 +1116,9 @@ static void call_soon_order(void **state) {
   s.spawn_rc = 1;
   atomic_init(&s.done, 0);
   assert_int_equal(weft_loop_call_soon(weft_pool_loop(pool, 0), spawn_from_cb, &s), 0);
-  assert_true(wait_ge(&s.done, 1, 5000));
+  assert_true(wt_wait_ge(&s.done, 1, 5000));
   assert_int_equal(s.spawn_rc, 0);
-  assert_true(wait_ge(&s.p.ended, 1, 5000));
+  assert_true(wt_wait_ge(&s.p.ended, 1, 5000));
   assert_ptr_equal(s.p.loop, weft_pool_loop(pool, 0));
 
   assert_int_equal(weft_loop_call_soon(NULL, log_cb, NULL), WEFT_EINVAL);
@@ -1148,13 +1129,13 @@ static void call_soon_order(void **state) {
 /* ------------------------------------------------------------------- stop */
 
 static void stop_keeps_worker(void **state) {
-  weft_pool_t *pool = pool_of(1);
+  weft_pool_t *pool = wt_pool_of(1);
   weft_loop_t *loop = weft_pool_loop(pool, 0);
   xprobe_t sleeper;
   weft_task_t *st = NULL;
   xprobe_init(&sleeper, 300, 0, &sleeper);
   assert_int_equal(weft_spawn(loop, xprobe_task, &sleeper, &st), 0);
-  assert_true(wait_ge(&sleeper.started, 1, 5000));
+  assert_true(wt_wait_ge(&sleeper.started, 1, 5000));
   uv_sleep(20);
 
   /* Stop the parked loop, twice, and once more while it is busy. */
@@ -1209,7 +1190,7 @@ static void *spawner_task(void *arg) {
 }
 
 static void shutdown_drain_finishes(void **state) {
-  weft_pool_t *pool = pool_of(4);
+  weft_pool_t *pool = wt_pool_of(4);
   static xprobe_t p[NSHUT];
   weft_task_t *t[NSHUT];
   static spawner_t sp[10];
@@ -1251,7 +1232,7 @@ static void shutdown_drain_finishes(void **state) {
 }
 
 static void shutdown_cancel_unwinds(void **state) {
-  weft_pool_t *pool = pool_of(4);
+  weft_pool_t *pool = wt_pool_of(4);
   static xprobe_t p[NSHUT];
   weft_task_t *t[NSHUT];
   for (int i = 0; i < NSHUT; i++) {
@@ -1259,7 +1240,7 @@ static void shutdown_cancel_unwinds(void **state) {
     assert_int_equal(weft_spawn(weft_pool_next(pool), xprobe_task, &p[i], &t[i]), 0);
   }
   for (int i = 0; i < NSHUT; i++)
-    assert_true(wait_ge(&p[i].started, 1, 5000));
+    assert_true(wt_wait_ge(&p[i].started, 1, 5000));
   uv_sleep(20);
   double t0 = wt_now_ms();
   assert_int_equal(weft_pool_shutdown(pool, WEFT_CANCEL), 0);
@@ -1318,7 +1299,7 @@ static void *queue_until_refused(void *arg) {
 }
 
 static void shutdown_queued(int how, int nqueued) {
-  weft_pool_t *pool = pool_of(1);
+  weft_pool_t *pool = wt_pool_of(1);
   static queued_t q;
   spin_t sp;
   memset(&q, 0, sizeof q);
@@ -1470,7 +1451,7 @@ static void race_spawn_shutdown(int how) {
     atomic_init(&r.stopped, 0);
     atomic_init(&r.spawned, 0);
     atomic_init(&r.ran, 0);
-    r.pool = pool_of(2);
+    r.pool = wt_pool_of(2);
     weft_task_t *gates[2];
     for (unsigned i = 0; i < 2; i++) {
       r.loops[i] = weft_pool_loop(r.pool, i);
@@ -1478,11 +1459,11 @@ static void race_spawn_shutdown(int how) {
     }
     /* The gates must be running: a gate cancelled (by CANCEL) before it
      * started would end without waiting for the racer. */
-    assert_true(wait_ge(&r.gates, 2, 5000));
+    assert_true(wt_wait_ge(&r.gates, 2, 5000));
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, racer_thread, &r), 0);
     /* Some spawns before the shutdown, a different number each round. */
-    assert_true(wait_ge(&r.spawned, 50 + 200 * round, 10000));
+    assert_true(wt_wait_ge(&r.spawned, 50 + 200 * round, 10000));
     assert_int_equal(weft_pool_shutdown(r.pool, how), 0);
     assert_int_equal(pthread_join(th, NULL), 0);
 
@@ -1601,17 +1582,17 @@ static void race_call_soon_close(int how) {
     atomic_init(&c.accepted, 0);
     atomic_init(&c.ran, 0);
     atomic_init(&c.off_thread, 0);
-    weft_pool_t *pool = pool_of(2);
+    weft_pool_t *pool = wt_pool_of(2);
     c.target = weft_pool_loop(pool, 1);
     whoami_t w;
     ask_whoami(c.target, &w);
     c.target_thread = w.thread;
     weft_task_t *gate = NULL;
     assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), call_gate_task, &c, &gate), 0);
-    assert_true(wait_ge(&c.gate_running, 1, 5000));
+    assert_true(wt_wait_ge(&c.gate_running, 1, 5000));
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, call_racer_thread, &c), 0);
-    assert_true(wait_ge(&c.accepted, 100 + 500 * round, 10000));
+    assert_true(wt_wait_ge(&c.accepted, 100 + 500 * round, 10000));
     assert_int_equal(weft_pool_shutdown(pool, how), 0);
     assert_int_equal(pthread_join(th, NULL), 0);
     weft_task_release(gate);
@@ -1672,7 +1653,7 @@ static void backlog_cb(void *arg) {
 }
 
 static void inbox_backlog_drains_fairly(void **state) {
-  weft_pool_t *pool = pool_of(1);
+  weft_pool_t *pool = wt_pool_of(1);
   weft_loop_t *loop = weft_pool_loop(pool, 0);
   static backlog_t b;
   memset(&b, 0, sizeof b);
@@ -1681,7 +1662,7 @@ static void inbox_backlog_drains_fairly(void **state) {
   atomic_init(&b.done, 0);
   weft_task_t *ticker = NULL, *spin = NULL;
   assert_int_equal(weft_spawn(loop, ticker_task, &b, &ticker), 0);
-  assert_true(wait_ge(&b.ticks, 1, 5000));
+  assert_true(wt_wait_ge(&b.ticks, 1, 5000));
   spin_t sp;
   spin_start(loop, &sp, &spin);
   double t_push = wt_now_ms();
@@ -1691,7 +1672,7 @@ static void inbox_backlog_drains_fairly(void **state) {
   double t0 = wt_now_ms();
   t_push = t0 - t_push;
   atomic_store(&sp.release, 1);
-  bool drained = wait_ge(&b.done, 1, 20000);
+  bool drained = wt_wait_ge(&b.done, 1, 20000);
   double elapsed = wt_now_ms() - t0;
   printf("%d calls queued in %.0f ms, drained in %.0f ms; the ticker ran %d times meanwhile\n",
          NBACKLOG, t_push, elapsed, b.ticks_last - b.ticks_first);
@@ -1721,13 +1702,13 @@ static void inbox_backlog_drains_fairly(void **state) {
 static void start_stop_rounds(void **state) {
   /* One round first, so that whatever libuv or the C library sets up once
    * per process (libuv's signal pipe, ...) is part of the baseline. */
-  weft_pool_t *pool = pool_of(2);
+  weft_pool_t *pool = wt_pool_of(2);
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
   int threads = count_dir("/proc/self/task");
   int fds = count_dir("/proc/self/fd");
   double t0 = wt_now_ms();
   for (int i = 0; i < NROUNDS; i++) {
-    pool = pool_of(2);
+    pool = wt_pool_of(2);
     /* Every tenth round does some work, and alternate modes. */
     if (i % 10 == 0) {
       weft_task_t *t = NULL;
@@ -1767,7 +1748,7 @@ static void stats_of(weft_loop_t *loop, weft_stats_t *out) {
   s.rc = 1;
   atomic_init(&s.done, 0);
   assert_int_equal(weft_loop_call_soon(loop, stats_cb, &s), 0);
-  assert_true(wait_ge(&s.done, 1, 5000));
+  assert_true(wt_wait_ge(&s.done, 1, 5000));
   assert_int_equal(s.rc, 0);
   *out = s.st;
 }
@@ -1775,7 +1756,7 @@ static void stats_of(weft_loop_t *loop, weft_stats_t *out) {
 #define NREMOTE 50
 
 static void stats_count_messages(void **state) {
-  weft_pool_t *pool = pool_of(1);
+  weft_pool_t *pool = wt_pool_of(1);
   weft_loop_t *loop = weft_pool_loop(pool, 0);
   weft_stats_t before, after;
   /* Loop-bound: from this thread it is refused. */
@@ -1821,7 +1802,7 @@ static void stats_count_messages(void **state) {
   atomic_init(&mid.done, 0);
   assert_int_equal(weft_loop_call_soon(loop, stats_cb, &mid), 0);
   atomic_store(&sp.release, 1);
-  assert_true(wait_ge(&mid.done, 1, 5000));
+  assert_true(wt_wait_ge(&mid.done, 1, 5000));
   assert_int_equal(mid.rc, 0);
   /* At most one ring: the spinner's spawn, to the loop parked before it. */
   if (mid.st.wakeups_sent - before.wakeups_sent > 1)
@@ -1843,7 +1824,7 @@ static void stats_count_messages(void **state) {
 /* weft_loop_stop from another thread rings a parked loop as well; the
  * counters stay consistent: every ring the loop woke up to was sent. */
 static void stats_count_stop_rings(void **state) {
-  weft_pool_t *pool = pool_of(1);
+  weft_pool_t *pool = wt_pool_of(1);
   weft_loop_t *loop = weft_pool_loop(pool, 0);
   weft_stats_t before, after;
   uv_sleep(5);

@@ -25,6 +25,8 @@
 #endif
 
 #include <setjmp.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -42,6 +44,28 @@
  * their fractions. */
 static inline double wt_now_ms(void) {
   return (double)uv_hrtime() / 1e6;
+}
+
+/* Polls, from a plain thread, until *v >= want or timeout_ms passed;
+ * returns whether it got there. For state that tasks on other threads
+ * update. */
+static inline bool wt_wait_ge(atomic_int *v, int want, unsigned timeout_ms) {
+  double deadline = wt_now_ms() + timeout_ms;
+  while (atomic_load(v) < want) {
+    if (wt_now_ms() > deadline)
+      return false;
+    uv_sleep(1);
+  }
+  return true;
+}
+
+/* A pool of the given number of workers, or the test fails. */
+static inline weft_pool_t *wt_pool_of(unsigned workers) {
+  weft_pool_t *pool = NULL;
+  weft_pool_opts_t opts = {.workers = workers};
+  assert_int_equal(weft_pool_new(&pool, &opts), 0);
+  assert_non_null(pool);
+  return pool;
 }
 
 /* What a probe task does and what it saw. Zero it, set the inputs, pass its
