@@ -227,7 +227,6 @@ struct weft_task {
   uint64_t id;
   uint64_t end_seq;          /* order in which tasks ended, process-wide;
                                 written before the status is published */
-  uint64_t spawn_ns;
   unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */
   char name[32];
 };

@@ -43,7 +43,6 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   t->group = NULL;
   t->id = atomic_fetch_add_explicit(&loop->next_id, 1, memory_order_relaxed);
   t->end_seq = 0;
-  t->spawn_ns = 0;
   t->magic = WEFT__TASK_MAGIC;
   t->name[0] = '\0';
   return t;
