@@ -389,8 +389,10 @@ WEFT_API int weft_chan_new(weft_chan_t **ch, size_t capacity);
  * msg is in the channel or handed to a receiver; WEFT_ECLOSED if the channel
  * is or gets closed first (msg was not sent); WEFT_ECANCELED or
  * WEFT_ETIMEDOUT if the task is cancelled or its deadline passes first (msg
- * was not sent); WEFT_ENOTASK in a libuv callback on a loop's thread;
- * WEFT_EINVAL. */
+ * was not sent; a cancel that comes after room was made for this sender
+ * does not undo the send, and is seen at the task's next await);
+ * WEFT_ENOTASK in a libuv callback on a loop's thread; WEFT_EINVAL. Two
+ * busy loops pass messages without a lock or a system call. */
 WEFT_API int weft_chan_send(weft_chan_t *ch, void *msg);
 
 /** As weft_chan_send, but never waits: WEFT_EAGAIN if the channel is full.
@@ -401,7 +403,9 @@ WEFT_API int weft_chan_try_send(weft_chan_t *ch, void *msg);
  * channel is empty (await point); on a plain thread, blocks. Returns 0;
  * WEFT_ECLOSED once the channel is closed and every message sent before
  * the close has been received; WEFT_ECANCELED or WEFT_ETIMEDOUT (nothing
- * was taken); WEFT_ENOTASK in a libuv callback; WEFT_EINVAL. */
+ * was taken; as for a send, a cancel that comes after a message arrived for
+ * this receiver lets it take the message); WEFT_ENOTASK in a libuv
+ * callback; WEFT_EINVAL. */
 WEFT_API int weft_chan_recv(weft_chan_t *ch, void **msg);
 
 /** As weft_chan_recv, but never waits: WEFT_EAGAIN if the channel is empty

@@ -1,45 +1,76 @@
 /* Channels: a bounded FIFO of pointers that tasks on any loops and plain
- * threads share. One mutex guards the ring buffer and the two lists of
- * waiters (senders blocked on a full channel, receivers on an empty one).
- * Whoever makes progress for a waiter completes it under the lock, hands it
- * its message or result, and wakes it: a task on the loop this thread is
- * running is made ready directly; a task of another loop through that loop's
- * inbox (so a busy loop pays no system call); a plain thread through its
- * condition variable.
+ * threads share.
  *
- * A waiter record lives on the waiting side's stack for the length of the
- * wait. Once completed it is off the channel's lists, and a task whose
- * completion is on its way is not let go by a cancel or a deadline (the
- * interrupt hook answers "wait"), so nothing can touch the record after its
- * owner moved on, and a message handed over is never lost: the task gets it,
- * and its cancellation is seen at its next await. */
+ * The messages travel through a lock-free ring of cells, each stamped with
+ * a sequence number (Dmitry Vyukov's bounded multi-producer, multi-consumer
+ * queue, with stamps doubled so that a ring of one cell works too): a
+ * sender claims position p by moving the tail from p to p + 1 when the
+ * cell's stamp says it is free for p (2p), writes the message and stamps
+ * the cell 2p + 1; a receiver claims position p at the head when the stamp
+ * is 2p + 1, takes the message and stamps the cell 2(p + cap), free for the
+ * sender one lap later. Senders and receivers touch different cache
+ * lines except the cells themselves, so two busy loops move messages with
+ * no lock and no system call. The tail's top bit is the closed flag: once
+ * set, no sender can claim a position, so every successful send comes
+ * before the close and receivers drain exactly what was sent.
+ *
+ * Only waiting takes the mutex. A sender that finds the ring full (or a
+ * receiver that finds it empty) puts a waiter record on the channel's list,
+ * counts itself in the list's atomic length, and tries once more before it
+ * sleeps. Whoever then makes progress (a receive frees a cell, a send fills
+ * one) looks at that length after its own change to the ring, with a full
+ * fence on both sides (a Dekker pair): either the waiter's second try sees
+ * the change, or the one who made it sees the waiter and wakes the longest
+ * waiting one. A woken waiter tries again, and always tries at least once
+ * more before it gives up on a cancel or a deadline, so a wake-up meant for
+ * it is never lost; if another got there first, it waits again.
+ *
+ * Waking a task on the loop this thread runs makes it ready directly; a
+ * task of another loop is woken through that loop's inbox (so a busy loop
+ * pays no system call); a plain thread through its condition variable. A
+ * waiter record lives on the waiting side's stack for the length of the
+ * wait; the interrupt hook does not let a task go while a wake-up for it is
+ * on its way, so nothing touches the record after its owner moved on. */
 #include "internal.h"
 
+#include <stdalign.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define WEFT__CHAN_MAX ((size_t)1 << 24)
+#define CLOSED ((uint64_t)1 << 63)   /* in the tail: no more sends */
+#define LINE 64
+
+typedef struct cell {
+  _Atomic uint64_t seq;     /* 2p: free for position p; 2p + 1: holds its message */
+  void *msg;
+} cell_t;
+
+typedef struct waitlist {
+  weft__queue_t list;       /* chan_waiter_t, oldest first, under the lock */
+  atomic_uint len;          /* its length, written under the lock */
+} waitlist_t;
 
 struct weft_chan {
-  pthread_mutex_t lock;
-  void **buf;               /* ring of cap slots */
+  alignas(LINE) _Atomic uint64_t tail;  /* next position to send; CLOSED bit */
+  alignas(LINE) _Atomic uint64_t head;  /* next position to receive */
+  alignas(LINE) cell_t *cells;          /* read-only after creation */
   size_t cap;
-  size_t head;              /* oldest message */
-  size_t len;
-  bool closed;
-  weft__queue_t senders;    /* chan_waiter_t, waiting for room */
-  weft__queue_t receivers;  /* chan_waiter_t, waiting for a message */
-  atomic_int refs;
+  uint64_t mask;            /* cap - 1 when cap is a power of two, else 0 */
+  alignas(LINE) atomic_int refs;
+  pthread_mutex_t lock;     /* guards the two wait lists only */
+  waitlist_t senders;       /* waiting for room */
+  waitlist_t receivers;     /* waiting for a message */
 };
 
 typedef struct chan_waiter {
   weft__wait_t base;        /* a task's wait (unused by plain threads) */
-  weft__queue_t link;       /* on a waiter list while pending */
+  weft__queue_t link;       /* on a wait list while pending */
+  waitlist_t *wl;
   weft_chan_t *ch;
-  void *msg;                /* the message to send, or the one received */
-  int result;               /* 0 or WEFT_ECLOSED, once completed */
   weft_loop_t *loop;        /* the waiting task's loop; NULL: plain thread */
   pthread_cond_t *cond;     /* the plain thread's condition */
-  weft__msg_t wake_msg;     /* a completion from another thread */
+  weft__msg_t wake_msg;     /* a wake-up from another thread */
 } chan_waiter_t;
 
 int weft_chan_new(weft_chan_t **out, size_t capacity) {
@@ -50,19 +81,28 @@ int weft_chan_new(weft_chan_t **out, size_t capacity) {
     weft__misuse("weft_chan_new", "capacity %zu is not within 1 and 2^24", capacity);
     return WEFT_EINVAL;
   }
-  weft_chan_t *ch = calloc(1, sizeof *ch);
+  size_t size = (sizeof(weft_chan_t) + LINE - 1) / LINE * LINE;
+  weft_chan_t *ch = aligned_alloc(LINE, size);
   if (!ch)
     return WEFT_ENOMEM;
-  ch->buf = malloc(capacity * sizeof *ch->buf);
-  if (!ch->buf) {
+  memset(ch, 0, sizeof *ch);
+  ch->cells = malloc(capacity * sizeof *ch->cells);
+  if (!ch->cells) {
     free(ch);
     return WEFT_ENOMEM;
   }
-  pthread_mutex_init(&ch->lock, NULL);
+  for (size_t i = 0; i < capacity; i++)
+    atomic_init(&ch->cells[i].seq, 2 * (uint64_t)i);
   ch->cap = capacity;
-  weft__queue_init(&ch->senders);
-  weft__queue_init(&ch->receivers);
+  ch->mask = (capacity & (capacity - 1)) == 0 ? capacity - 1 : 0;
+  atomic_init(&ch->tail, 0);
+  atomic_init(&ch->head, 0);
   atomic_init(&ch->refs, 1);
+  pthread_mutex_init(&ch->lock, NULL);
+  weft__queue_init(&ch->senders.list);
+  weft__queue_init(&ch->receivers.list);
+  atomic_init(&ch->senders.len, 0);
+  atomic_init(&ch->receivers.len, 0);
   *out = ch;
   return 0;
 }
@@ -78,25 +118,83 @@ void weft_chan_release(weft_chan_t *ch) {
     return;
   if (atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) != 1)
     return;
-  if (!weft__queue_empty(&ch->senders) || !weft__queue_empty(&ch->receivers))
+  if (!weft__queue_empty(&ch->senders.list) || !weft__queue_empty(&ch->receivers.list))
     weft__fatal("weft_chan_release: the last reference was dropped while tasks wait on the channel");
   pthread_mutex_destroy(&ch->lock);
-  free(ch->buf);
+  free(ch->cells);
   free(ch);
 }
 
-/* ----------------------------------------------------- completing waiters */
+/* ------------------------------------------------------------ the ring */
+
+static cell_t *cell_at(weft_chan_t *ch, uint64_t pos) {
+  return &ch->cells[ch->mask ? pos & ch->mask : pos % ch->cap];
+}
+
+static int ring_send(weft_chan_t *ch, void *msg) {
+  uint64_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+  for (;;) {
+    if (pos & CLOSED)
+      return WEFT_ECLOSED;
+    cell_t *c = cell_at(ch, pos);
+    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    int64_t dif = (int64_t)(seq - 2 * pos);
+    if (dif == 0) {
+      if (atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+        c->msg = msg;
+        atomic_store_explicit(&c->seq, 2 * pos + 1, memory_order_release);
+        return 0;
+      }
+    } else if (dif < 0) {
+      return WEFT_EAGAIN; /* the cell still holds the message of a lap ago */
+    } else {
+      pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
+    }
+  }
+}
+
+static int ring_recv(weft_chan_t *ch, void **msg) {
+  uint64_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+  for (;;) {
+    cell_t *c = cell_at(ch, pos);
+    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    int64_t dif = (int64_t)(seq - (2 * pos + 1));
+    if (dif == 0) {
+      if (atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+        *msg = c->msg;
+        atomic_store_explicit(&c->seq, 2 * (pos + ch->cap), memory_order_release);
+        return 0;
+      }
+    } else if (dif < 0) {
+      /* Empty, or a sender claimed the cell and is still writing it (it
+       * wakes receivers once done). Closed only when nothing is claimed. */
+      uint64_t tail = atomic_load_explicit(&ch->tail, memory_order_acquire);
+      return tail == (pos | CLOSED) ? WEFT_ECLOSED : WEFT_EAGAIN;
+    } else {
+      pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
+    }
+  }
+}
+
+/* ------------------------------------------------------------- waiting */
 
 static void wake_run(weft__msg_t *m, weft_loop_t *loop) {
+  (void)loop;
   chan_waiter_t *w = weft__container_of(m, chan_waiter_t, wake_msg);
   weft__wake(&w->base, 0, WEFT_WAKE_DONE);
 }
 
-/* Called with ch->lock held: w leaves its list with its outcome, and its
- * owner is told. */
-static void complete(chan_waiter_t *w, int result) {
+static void unlink_waiter(chan_waiter_t *w) {
   weft__queue_remove(&w->link);
-  w->result = result;
+  atomic_fetch_sub_explicit(&w->wl->len, 1, memory_order_relaxed);
+}
+
+/* Called with ch->lock held: w leaves its list and its owner is woken to
+ * try again. */
+static void wake_waiter(chan_waiter_t *w) {
+  unlink_waiter(w);
   if (!w->loop) {
     pthread_cond_signal(w->cond);
   } else if (w->loop == weft__tls.running) {
@@ -108,45 +206,88 @@ static void complete(chan_waiter_t *w, int result) {
   }
 }
 
-static chan_waiter_t *first(weft__queue_t *list) {
-  return weft__container_of(weft__queue_head(list), chan_waiter_t, link);
+/* After a change to the ring that a waiter of wl may be waiting for: wakes
+ * the oldest one, if any. The fence pairs with the one in wait_once. */
+static void notify(weft_chan_t *ch, waitlist_t *wl) {
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&wl->len, memory_order_relaxed) == 0)
+    return;
+  pthread_mutex_lock(&ch->lock);
+  if (!weft__queue_empty(&wl->list))
+    wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
+  pthread_mutex_unlock(&ch->lock);
+}
+
+static void notify_all(weft_chan_t *ch, waitlist_t *wl) {
+  while (!weft__queue_empty(&wl->list))
+    wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
 }
 
 static bool chan_interrupt(weft__wait_t *base, int err) {
+  (void)err;
   chan_waiter_t *w = weft__container_of(base, chan_waiter_t, base);
   pthread_mutex_lock(&w->ch->lock);
   bool pending = weft__queue_linked(&w->link);
   if (pending)
-    weft__queue_remove(&w->link);
+    unlink_waiter(w);
   pthread_mutex_unlock(&w->ch->lock);
-  /* Not pending: its completion is on the way; take it rather than lose a
-   * message. */
+  /* Not pending: its wake-up is on the way (perhaps in an inbox, inside
+   * this record); the task takes it and tries once more. */
   return pending;
 }
 
-/* Waits, with ch->lock held on entry and released on return, until w is
- * completed (or, for a task, cut by a cancel or deadline). */
-static int wait_locked(weft_chan_t *ch, chan_waiter_t *w, weft__queue_t *list, weft_task_t *t) {
-  w->ch = ch;
-  weft__queue_insert_tail(list, &w->link);
+/* One operation: a send (send true, msg the message) or a receive. */
+typedef struct op {
+  weft_chan_t *ch;
+  bool send;
+  void *msg;
+} op_t;
+
+static int try_op(op_t *op) {
+  int err = op->send ? ring_send(op->ch, op->msg) : ring_recv(op->ch, &op->msg);
+  if (err == 0)
+    notify(op->ch, op->send ? &op->ch->receivers : &op->ch->senders);
+  return err;
+}
+
+/* Enters the wait list, tries once more, and if that too would have to
+ * wait, sleeps until woken (or, for a task, cut by a cancel or deadline).
+ * Returns the second try's result if it did not wait, WEFT_EAGAIN after a
+ * wake-up (try again), or the cancel or deadline error. */
+static int wait_once(op_t *op, weft_task_t *t) {
+  weft_chan_t *ch = op->ch;
+  chan_waiter_t w = {.base = {.kind = WEFT_WAIT_OTHER}, .ch = ch};
+  w.wl = op->send ? &ch->senders : &ch->receivers;
+  pthread_cond_t cond;
+
+  pthread_mutex_lock(&ch->lock);
+  weft__queue_insert_tail(&w.wl->list, &w.link);
+  atomic_fetch_add_explicit(&w.wl->len, 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_seq_cst);
+  int err = op->send ? ring_send(ch, op->msg) : ring_recv(ch, &op->msg);
+  if (err != WEFT_EAGAIN) {
+    unlink_waiter(&w);
+    pthread_mutex_unlock(&ch->lock);
+    if (err == 0)
+      notify(ch, op->send ? &ch->receivers : &ch->senders);
+    return err;
+  }
   if (!t) {
-    pthread_cond_t cond;
     pthread_cond_init(&cond, NULL);
-    w->loop = NULL;
-    w->cond = &cond;
-    while (weft__queue_linked(&w->link))
+    w.cond = &cond;
+    while (weft__queue_linked(&w.link))
       pthread_cond_wait(&cond, &ch->lock);
     pthread_mutex_unlock(&ch->lock);
     pthread_cond_destroy(&cond);
-    return w->result;
+    return WEFT_EAGAIN;
   }
-  w->loop = t->loop;
-  w->wake_msg.run = wake_run;
-  w->base.task = t;
-  w->base.interrupt = chan_interrupt;
+  w.loop = t->loop;
+  w.wake_msg.run = wake_run;
+  w.base.task = t;
+  w.base.interrupt = chan_interrupt;
   pthread_mutex_unlock(&ch->lock);
-  int err = weft__park(&w->base);
-  return err ? err : w->result;
+  err = weft__park(&w.base);
+  return err ? err : WEFT_EAGAIN;
 }
 
 /* Who is calling: a task (*t set), a plain thread (NULL), or a libuv
@@ -158,112 +299,72 @@ static int caller(weft_task_t **t, const char *fn) {
   return weft__await_begin(t, fn);
 }
 
+static int blocking_op(op_t *op, const char *fn) {
+  weft_task_t *t;
+  int err = caller(&t, fn);
+  if (err)
+    return err;
+  if (!op->ch)
+    return WEFT_EINVAL;
+  while ((err = try_op(op)) == WEFT_EAGAIN) {
+    err = wait_once(op, t);
+    if (err != WEFT_EAGAIN)
+      break;
+    /* Woken: try again. A cancel or deadline that came meanwhile counts
+     * only if this try too would wait, so the wake-up is not lost. */
+    if ((err = try_op(op)) != WEFT_EAGAIN)
+      break;
+    if (t && (err = weft__await_begin(&t, fn)) != 0)
+      break;
+  }
+  return err;
+}
+
 /* ------------------------------------------------------------ send, recv */
-
-static int send_locked(weft_chan_t *ch, void *msg) {
-  if (ch->closed)
-    return WEFT_ECLOSED;
-  if (!weft__queue_empty(&ch->receivers)) {
-    chan_waiter_t *r = first(&ch->receivers);
-    r->msg = msg;
-    complete(r, 0);
-    return 0;
-  }
-  if (ch->len < ch->cap) {
-    ch->buf[(ch->head + ch->len) % ch->cap] = msg;
-    ch->len++;
-    return 0;
-  }
-  return WEFT_EAGAIN;
-}
-
-static int recv_locked(weft_chan_t *ch, void **msg) {
-  if (ch->len > 0) {
-    *msg = ch->buf[ch->head];
-    ch->head = (ch->head + 1) % ch->cap;
-    ch->len--;
-    /* Room again: the longest-waiting sender's message takes it. */
-    if (!weft__queue_empty(&ch->senders)) {
-      chan_waiter_t *s = first(&ch->senders);
-      ch->buf[(ch->head + ch->len) % ch->cap] = s->msg;
-      ch->len++;
-      complete(s, 0);
-    }
-    return 0;
-  }
-  return ch->closed ? WEFT_ECLOSED : WEFT_EAGAIN;
-}
 
 int weft_chan_try_send(weft_chan_t *ch, void *msg) {
   if (!ch)
     return WEFT_EINVAL;
-  pthread_mutex_lock(&ch->lock);
-  int err = send_locked(ch, msg);
-  pthread_mutex_unlock(&ch->lock);
-  return err;
+  op_t op = {.ch = ch, .send = true, .msg = msg};
+  return try_op(&op);
 }
 
 int weft_chan_try_recv(weft_chan_t *ch, void **msg) {
   if (!ch || !msg)
     return WEFT_EINVAL;
-  pthread_mutex_lock(&ch->lock);
-  int err = recv_locked(ch, msg);
-  pthread_mutex_unlock(&ch->lock);
+  op_t op = {.ch = ch, .send = false};
+  int err = try_op(&op);
+  if (err == 0)
+    *msg = op.msg;
   return err;
 }
 
 int weft_chan_send(weft_chan_t *ch, void *msg) {
-  weft_task_t *t;
-  int err = caller(&t, "weft_chan_send");
-  if (err)
-    return err;
-  if (!ch)
-    return WEFT_EINVAL;
-  pthread_mutex_lock(&ch->lock);
-  err = send_locked(ch, msg);
-  if (err != WEFT_EAGAIN) {
-    pthread_mutex_unlock(&ch->lock);
-    return err;
-  }
-  chan_waiter_t w = {.base = {.kind = WEFT_WAIT_OTHER}, .msg = msg};
-  return wait_locked(ch, &w, &ch->senders, t);
+  op_t op = {.ch = ch, .send = true, .msg = msg};
+  return blocking_op(&op, "weft_chan_send");
 }
 
 int weft_chan_recv(weft_chan_t *ch, void **msg) {
-  weft_task_t *t;
-  int err = caller(&t, "weft_chan_recv");
-  if (err)
-    return err;
-  if (!ch || !msg)
+  if (!msg && ch)
     return WEFT_EINVAL;
-  pthread_mutex_lock(&ch->lock);
-  err = recv_locked(ch, msg);
-  if (err != WEFT_EAGAIN) {
-    pthread_mutex_unlock(&ch->lock);
-    return err;
-  }
-  chan_waiter_t w = {.base = {.kind = WEFT_WAIT_OTHER}};
-  err = wait_locked(ch, &w, &ch->receivers, t);
+  op_t op = {.ch = ch, .send = false};
+  int err = blocking_op(&op, "weft_chan_recv");
   if (err == 0)
-    *msg = w.msg;
+    *msg = op.msg;
   return err;
 }
 
 int weft_chan_close(weft_chan_t *ch) {
   if (!ch)
     return WEFT_EINVAL;
-  pthread_mutex_lock(&ch->lock);
-  if (ch->closed) {
-    pthread_mutex_unlock(&ch->lock);
+  uint64_t old = atomic_fetch_or_explicit(&ch->tail, CLOSED, memory_order_seq_cst);
+  if (old & CLOSED)
     return WEFT_ECLOSED;
-  }
-  ch->closed = true;
-  /* Blocked senders' messages are not sent. Receivers wait only on an empty
-   * channel, so nothing is left for them. */
-  while (!weft__queue_empty(&ch->senders))
-    complete(first(&ch->senders), WEFT_ECLOSED);
-  while (!weft__queue_empty(&ch->receivers))
-    complete(first(&ch->receivers), WEFT_ECLOSED);
+  /* Every waiter tries again: senders then fail with WEFT_ECLOSED,
+   * receivers take what is left, then get WEFT_ECLOSED. */
+  pthread_mutex_lock(&ch->lock);
+  notify_all(ch, &ch->senders);
+  notify_all(ch, &ch->receivers);
   pthread_mutex_unlock(&ch->lock);
   return 0;
 }

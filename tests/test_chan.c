@@ -497,6 +497,66 @@ static void chan_deadline(void **state) {
   assert_int_equal(weft_run(deadline_main, NULL, NULL), 0);
 }
 
+/* A waiter woken for room (or a message) and cancelled before it runs must
+ * not swallow the wake-up: either it uses the room (its send succeeds; the
+ * cancel is seen at its next await), or, if another took the room first, it
+ * gives up with ECANCELED and the next waiter is not left asleep beside
+ * free room. */
+static void *woken_cancel_main(void *arg) {
+  (void)arg;
+  weft_chan_t *ch = NULL;
+  void *m;
+  op_t a, b;
+  weft_task_t *ta, *tb;
+  assert_int_equal(weft_chan_new(&ch, 1), 0);
+  assert_int_equal(weft_chan_send(ch, MSG(1)), 0);
+  op_init(&a, ch, MSG(2));
+  op_init(&b, ch, MSG(3));
+  assert_int_equal(weft_spawn(NULL, send_task, &a, &ta), 0);
+  assert_int_equal(weft_spawn(NULL, send_task, &b, &tb), 0);
+  rounds(3);
+  assert_int_equal(atomic_load(&a.done) + atomic_load(&b.done), 0);
+
+  /* A is woken for the room, then cancelled before it runs: it sends. */
+  assert_int_equal(weft_chan_try_recv(ch, &m), 0);
+  assert_int_equal(NUM(m), 1);
+  assert_int_equal(weft_task_cancel(ta), 0);
+  assert_int_equal(weft_await(ta, NULL), WEFT_ECANCELED);
+  assert_int_equal(a.rc, 0);
+  assert_int_equal(atomic_load(&b.done), 0);
+  weft_task_release(ta);
+
+  /* B is woken, the room is taken before it runs, and it is cancelled: it
+   * gives up without sending. */
+  op_init(&a, ch, MSG(4));
+  assert_int_equal(weft_spawn(NULL, send_task, &a, &ta), 0);
+  rounds(3);
+  assert_int_equal(weft_chan_try_recv(ch, &m), 0);
+  assert_int_equal(NUM(m), 2);
+  assert_int_equal(weft_chan_try_send(ch, MSG(5)), 0);
+  assert_int_equal(weft_task_cancel(tb), 0);
+  assert_int_equal(weft_await(tb, NULL), WEFT_ECANCELED);
+  assert_int_equal(b.rc, WEFT_ECANCELED);
+  weft_task_release(tb);
+
+  /* The third sender, which waited behind B, gets the next room. */
+  assert_int_equal(atomic_load(&a.done), 0);
+  assert_int_equal(weft_chan_recv(ch, &m), 0);
+  assert_int_equal(NUM(m), 5);
+  assert_int_equal(weft_await(ta, NULL), 0);
+  assert_int_equal(a.rc, 0);
+  assert_int_equal(weft_chan_try_recv(ch, &m), 0);
+  assert_int_equal(NUM(m), 4);
+  assert_int_equal(weft_chan_try_recv(ch, &m), WEFT_EAGAIN);
+  weft_task_release(ta);
+  weft_chan_release(ch);
+  return NULL;
+}
+
+static void chan_woken_then_cancelled(void **state) {
+  assert_int_equal(weft_run(woken_cancel_main, NULL, NULL), 0);
+}
+
 /* ---------------------------------------- libuv callbacks, plain threads */
 
 typedef struct cb_calls {
@@ -1103,6 +1163,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(chan_close_semantics),
     cmocka_unit_test(chan_cancel_waiting),
     cmocka_unit_test(chan_deadline),
+    cmocka_unit_test(chan_woken_then_cancelled),
     cmocka_unit_test(chan_in_callbacks),
     cmocka_unit_test(chan_plain_thread_and_pool),
     cmocka_unit_test(chan_across_loops),
