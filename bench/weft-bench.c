@@ -883,52 +883,7 @@ static void bench_across_loops(void) {
 
 /* ------------------------------------------------------------------- main */
 
-static void run_task_bench(weft_fn fn, const char *what) {
-  int err = weft_run(fn, NULL, NULL);
-  if (err != 0)
-    die(what, err);
-}
-
-int main(int argc, char **argv) {
-  if (argc > 1) {
-    int help = strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0;
-    fprintf(help ? stdout : stderr,
-            "usage: weft-bench\n"
-            "Prints weft's benchmark figures, one `name value unit` per line;\n"
-            "'#' lines say how each was measured. Takes a few seconds.\n");
-    return help ? 0 : 2;
-  }
-
-  /* One CPU for the single-thread figures: a migration in the middle of a
-   * timed loop costs more than what some of these loops measure. The mask
-   * it replaces is kept for the figures across loops. */
-  g_have_all_cpus = sched_getaffinity(0, sizeof g_all_cpus, &g_all_cpus) == 0;
-  {
-    cpu_set_t set;
-    R.cpu = sched_getcpu();
-    CPU_ZERO(&set);
-    if (R.cpu >= 0)
-      CPU_SET(R.cpu, &set);
-    if (R.cpu < 0 || sched_setaffinity(0, sizeof set, &set) != 0)
-      R.cpu = -1;
-  }
-
-  bench_gather();
-  bench_switches();
-  run_task_bench(yield_main, "weft_run (yield)");
-  run_task_bench(spawn_main, "weft_run (spawn)");
-  bench_across_loops();
-
-  printf("# weft %s, switch %s, %s build, %ld CPUs online\n", weft_version_string(),
-         weft_switch_method(), WEFT_BENCH_BUILD_TYPE, sysconf(_SC_NPROCESSORS_ONLN));
-  if (R.cpu >= 0)
-    printf("# pinned to CPU %d, except across loops\n", R.cpu);
-  else
-    printf("# not pinned to a CPU\n");
-#if defined(WEFT_BENCH_SANITIZED)
-  printf("# sanitizer build: these figures say nothing about speed\n");
-#endif
-
+static void print_single_thread(void) {
 #if defined(HAVE_FLOOR)
   printf("# switch_floor_ns: bare asm ping-pong (floor_switch.S), min of %d runs\n"
          "#   of %u switches (median %.2f)\n", SWITCH_RUNS, 2 * SWITCH_ROUNDS, R.floor_med);
@@ -975,6 +930,61 @@ int main(int argc, char **argv) {
          R.rss_live, R.rss_live, R.rss_when, R.rss_before / 1048576.0,
          R.rss_during / 1048576.0);
   printf("rss_per_task_bytes %.0f bytes\n", R.rss_per_task);
+
+}
+
+
+static void run_task_bench(weft_fn fn, const char *what) {
+  int err = weft_run(fn, NULL, NULL);
+  if (err != 0)
+    die(what, err);
+}
+
+int main(int argc, char **argv) {
+  int only_across = argc == 2 && strcmp(argv[1], "--across") == 0;
+  if (argc > 1 && !only_across) {
+    int help = strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0;
+    fprintf(help ? stdout : stderr,
+            "usage: weft-bench [--across]\n"
+            "Prints weft's benchmark figures, one `name value unit` per line;\n"
+            "'#' lines say how each was measured. Takes a few seconds.\n"
+            "--across: only the figures across loops (channels, wake-ups).\n");
+    return help ? 0 : 2;
+  }
+
+  /* One CPU for the single-thread figures: a migration in the middle of a
+   * timed loop costs more than what some of these loops measure. The mask
+   * it replaces is kept for the figures across loops. */
+  g_have_all_cpus = sched_getaffinity(0, sizeof g_all_cpus, &g_all_cpus) == 0;
+  {
+    cpu_set_t set;
+    R.cpu = sched_getcpu();
+    CPU_ZERO(&set);
+    if (R.cpu >= 0)
+      CPU_SET(R.cpu, &set);
+    if (R.cpu < 0 || sched_setaffinity(0, sizeof set, &set) != 0)
+      R.cpu = -1;
+  }
+
+  if (!only_across) {
+    bench_gather();
+    bench_switches();
+    run_task_bench(yield_main, "weft_run (yield)");
+    run_task_bench(spawn_main, "weft_run (spawn)");
+  }
+  bench_across_loops();
+
+  printf("# weft %s, switch %s, %s build, %ld CPUs online\n", weft_version_string(),
+         weft_switch_method(), WEFT_BENCH_BUILD_TYPE, sysconf(_SC_NPROCESSORS_ONLN));
+  if (R.cpu >= 0)
+    printf("# pinned to CPU %d, except across loops\n", R.cpu);
+  else
+    printf("# not pinned to a CPU\n");
+#if defined(WEFT_BENCH_SANITIZED)
+  printf("# sanitizer build: these figures say nothing about speed\n");
+#endif
+  if (!only_across)
+    print_single_thread();
 
   printf("# across loops: pools of 1 or 2 loops, not pinned (%s);\n"
          "#   best of %d runs, median beside it\n",

@@ -1,24 +1,31 @@
 /* The inbox: the one way work reaches a loop from another thread. Producers
  * append a message under a mutex (libuv's thread pool does the same) and ring
- * the loop's uv_async_t only if the loop is parked, that is about to block or
+ * the loop's wake-up fd only if the loop is parked, that is about to block or
  * blocked in its poll; a busy loop finds the message at its next round with
- * no system call, and many pushes to a parked loop cost one ring, since libuv
- * coalesces sends. The loop takes the whole list at once and runs it
- * unlocked, at most WEFT__INBOX_BUDGET messages a round so that a flood from
- * other threads cannot starve the loop's own ready tasks.
+ * no system call, and many pushes to a parked loop cost one ring (the rung
+ * flag). The loop takes the whole list at once and runs it unlocked, at most
+ * WEFT__INBOX_BUDGET messages a round so that a flood from other threads
+ * cannot starve the loop's own ready tasks.
  *
  * Lost wake-ups are ruled out by a Dekker pair: the loop stores parked = 1,
  * then (after a full fence) looks at the queue length; a producer increments
  * the length, then (after a full fence) looks at parked. At least one of them
  * sees the other's store, so either the loop skips blocking or the producer
- * rings. The fence also stands in for the one libuv 1.44's uv_async_send
- * lacks before it reads its pending flag.
+ * rings. The loop clears rung before it stores parked (a release store), so
+ * a producer that sees this park also sees rung cleared, and the first one
+ * to see it rings.
  *
- * libuv 1.44's uv_async_send after uv_close touches freed memory, so every
- * ring happens under the inbox mutex and only while the inbox is open; the
- * loop closes the inbox (under the same mutex) before it closes the handle. */
+ * The ring is a write to an eventfd the loop watches with a uv_poll_t, not
+ * libuv's uv_async_t: in libuv 1.44 the woken loop spins and yields the CPU
+ * in uv_async's handshake, which made a wake-up cost three times a bare
+ * eventfd's. A ring after the loop closed its fd could hit a reused fd
+ * number, so a ring is decided (and counted in ringing) under the inbox
+ * mutex and only while the inbox is open, and written after the unlock;
+ * the loop closes the inbox under the same mutex, then waits for the rings
+ * counted before that, then closes the handle and the fd. */
 #include "internal.h"
 
+#include <sched.h>
 #include <stdlib.h>
 
 void weft__inbox_init(weft_loop_t *loop) {
@@ -27,6 +34,8 @@ void weft__inbox_init(weft_loop_t *loop) {
   loop->inbox_tail = NULL;
   atomic_init(&loop->inbox_len, 0);
   atomic_init(&loop->parked, 0);
+  atomic_init(&loop->rung, 0);
+  atomic_init(&loop->ringing, 0);
   atomic_init(&loop->wakeups_sent, 0);
   loop->inbox_closed = false;
   loop->refuse_spawns = false;
@@ -36,14 +45,30 @@ void weft__inbox_destroy(weft_loop_t *loop) {
   pthread_mutex_destroy(&loop->inbox_lock);
 }
 
+/* Writes to the wake-up fd. Called after ring_begin said so, outside the
+ * inbox lock: the woken loop often runs on the ringing thread's CPU at once,
+ * and would then block on a lock the ringer still holds. */
+static void ring_end(weft_loop_t *loop) {
+  weft__wakefd_signal(&loop->wakefd);
+  atomic_fetch_sub_explicit(&loop->ringing, 1, memory_order_release);
+}
+
+/* With the inbox lock held: counts a ring about to happen, which closing
+ * waits for before it closes the fd. */
+static void ring_begin(weft_loop_t *loop) {
+  atomic_fetch_add_explicit(&loop->ringing, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&loop->wakeups_sent, 1, memory_order_relaxed);
+}
+
 /* Rings the loop's wake-up, if its inbox is still open. Any thread. */
 void weft__loop_ring(weft_loop_t *loop) {
   pthread_mutex_lock(&loop->inbox_lock);
-  if (!loop->inbox_closed) {
-    atomic_fetch_add_explicit(&loop->wakeups_sent, 1, memory_order_relaxed);
-    uv_async_send(&loop->wakeup);
-  }
+  bool ring = !loop->inbox_closed;
+  if (ring)
+    ring_begin(loop);
   pthread_mutex_unlock(&loop->inbox_lock);
+  if (ring)
+    ring_end(loop);
 }
 
 int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn) {
@@ -60,18 +85,21 @@ int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn) {
   loop->inbox_tail = m;
   atomic_fetch_add_explicit(&loop->inbox_len, 1, memory_order_relaxed);
   atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&loop->parked, memory_order_relaxed)) {
-    atomic_fetch_add_explicit(&loop->wakeups_sent, 1, memory_order_relaxed);
-    uv_async_send(&loop->wakeup);
-  }
+  bool ring = atomic_load_explicit(&loop->parked, memory_order_acquire) &&
+              !atomic_exchange_explicit(&loop->rung, 1, memory_order_relaxed);
+  if (ring)
+    ring_begin(loop);
   pthread_mutex_unlock(&loop->inbox_lock);
+  if (ring)
+    ring_end(loop);
   return 0;
 }
 
 /* Declares the loop parked. Returns false (and stays unparked) if messages
  * are waiting, in which case the loop must not block. Loop thread only. */
 bool weft__inbox_park(weft_loop_t *loop) {
-  atomic_store_explicit(&loop->parked, 1, memory_order_relaxed);
+  atomic_store_explicit(&loop->rung, 0, memory_order_relaxed);
+  atomic_store_explicit(&loop->parked, 1, memory_order_release);
   atomic_thread_fence(memory_order_seq_cst);
   if (atomic_load_explicit(&loop->inbox_len, memory_order_relaxed) > 0) {
     atomic_store_explicit(&loop->parked, 0, memory_order_relaxed);
@@ -119,10 +147,17 @@ size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
   return n;
 }
 
-/* After this, pushes fail with WEFT_ESHUTDOWN and nothing rings the loop.
- * What was already queued stays, for the closing loop to drain. */
+/* After this, pushes fail with WEFT_ESHUTDOWN and nothing new rings the
+ * loop. What was already queued stays, for the closing loop to drain. */
 void weft__inbox_close(weft_loop_t *loop) {
   pthread_mutex_lock(&loop->inbox_lock);
   loop->inbox_closed = true;
   pthread_mutex_unlock(&loop->inbox_lock);
+}
+
+/* Waits until the rings that began before the close have written, so the
+ * fd can be closed. They are a system call away from done. */
+void weft__inbox_quiesce(weft_loop_t *loop) {
+  while (atomic_load_explicit(&loop->ringing, memory_order_acquire) != 0)
+    sched_yield();
 }

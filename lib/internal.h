@@ -187,7 +187,19 @@ void weft__inbox_unpark(weft_loop_t *loop);
 bool weft__inbox_pending(weft_loop_t *loop);
 size_t weft__inbox_drain(weft_loop_t *loop, size_t budget);
 void weft__inbox_close(weft_loop_t *loop);
+void weft__inbox_quiesce(weft_loop_t *loop);   /* after close: rings written */
 void weft__loop_ring(weft_loop_t *loop);                   /* any thread */
+
+/* The file descriptor a parked loop is woken through (lib/arch/wakefd_*.c):
+ * signal makes rfd readable, from any thread; drain, on the loop's thread,
+ * makes it unreadable again. */
+typedef struct weft__wakefd {
+  int rfd, wfd;             /* the same fd for an eventfd */
+} weft__wakefd_t;
+int weft__wakefd_open(weft__wakefd_t *w);
+void weft__wakefd_signal(weft__wakefd_t *w);
+void weft__wakefd_drain(weft__wakefd_t *w);
+void weft__wakefd_close(weft__wakefd_t *w);
 
 /* ----------------------------------------------------------------- tasks */
 
@@ -261,7 +273,8 @@ enum weft__goal {
 struct weft_loop {
   uv_loop_t uv;
   uv_timer_t timer;          /* fires the earliest weft__timer */
-  uv_async_t wakeup;         /* rung by weft_loop_stop from other threads */
+  uv_poll_t wakeup;          /* watches wakefd: other threads ring it */
+  weft__wakefd_t wakefd;
   weft__queue_t ready;       /* FIFO of runnable tasks */
   size_t nready;
   size_t nwaiting;           /* the waiting set: tasks parked on a wait */
@@ -292,6 +305,8 @@ struct weft_loop {
   weft__msg_t *inbox_tail;
   atomic_size_t inbox_len;
   atomic_int parked;         /* about to block, or blocked, in poll */
+  atomic_int rung;           /* a push rang the loop since it parked */
+  atomic_int ringing;        /* rings decided but not yet written */
   bool inbox_closed;         /* under inbox_lock */
   bool refuse_spawns;        /* under inbox_lock: the pool is shutting down */
   atomic_uint_fast64_t wakeups_sent;
