@@ -201,7 +201,11 @@ WEFT_API int weft_loop_stop(weft_loop_t *loop);
 /** loop.close(): cancels every task still pending on the loop, runs them until
  * they have unwound, frees them (a task whose handle is still held stays
  * readable until weft_task_release), frees every stack and closes the libuv
- * loop. Loop-bound. Errors: WEFT_EBUSY while the loop is running, or while
+ * loop. Loop-bound. It frees the loop itself, so every call other threads
+ * make on it (weft_spawn, weft_loop_call_soon, weft_loop_stop,
+ * weft_task_cancel of its tasks) must have returned before it is called;
+ * the application orders that (for instance by joining those threads).
+ * Calls that reach it while it closes get WEFT_ESHUTDOWN. Errors: WEFT_EBUSY while the loop is running, or while
  * handles the application opened on weft_loop_uv() are still open (close
  * them first; the loop stays usable), or when called while this thread
  * runs a loop (closing runs the loop's last tasks, and loops do not nest:
@@ -213,7 +217,8 @@ WEFT_API int weft_loop_close(weft_loop_t *loop);
  * the loop's next round, outside any task (it may spawn tasks; it must not
  * call await points). Calls from one thread run in the order made. Never
  * suspends. Any thread. Errors: WEFT_EINVAL (NULL), WEFT_ENOMEM,
- * WEFT_ESHUTDOWN (the loop is closing; cb will not run). */
+ * WEFT_ESHUTDOWN (the loop is closing, or, from another thread, its pool is
+ * shutting down; cb will not run). */
 WEFT_API int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void *arg);
 
 /** The libuv loop underneath, so an application's own libuv handles share the
@@ -460,8 +465,9 @@ WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
 /** The pool's loops in turn (round-robin). Any thread. */
 WEFT_API weft_loop_t *weft_pool_next(weft_pool_t *pool);
 
-/** Ends the pool and frees it. how = WEFT_DRAIN: spawns from outside the
- * pool's threads are refused from now on (WEFT_ESHUTDOWN), every task
+/** Ends the pool and frees it. how = WEFT_DRAIN: spawns and
+ * weft_loop_call_soon onto a loop from any other thread than its own are
+ * refused from now on (WEFT_ESHUTDOWN), every task
  * already spawned or queued runs to its end (tasks may still spawn tasks on
  * their own loop), then each loop closes. how = WEFT_CANCEL: the same, but
  * every pending task is cancelled first. Either way every loop is closed

@@ -409,7 +409,9 @@ int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void *arg) {
   c->msg.run = call_run;
   c->cb = cb;
   c->arg = arg;
-  int err = weft__inbox_push(loop, &c->msg, false);
+  /* Like a spawn, a call from another thread is new work, which a pool
+   * that is shutting down refuses; a loop's own calls are not. */
+  int err = weft__inbox_push(loop, &c->msg, !weft__on_owner(loop));
   if (err)
     free(c);
   return err;

@@ -1616,6 +1616,64 @@ static void race_call_soon_close_cancel(void **state) {
   race_call_soon_close(WEFT_CANCEL);
 }
 
+/* Once a DRAIN shutdown has begun, weft_loop_call_soon from another thread
+ * is refused like a spawn (new work), while a task that is finishing may
+ * still call soon on its own loop. A task on the pool's only loop sleeps
+ * through the start of the shutdown (so the pool cannot be freed under the
+ * helper thread's call), then makes its own call. */
+typedef struct drain_calls {
+  weft_loop_t *loop;
+  atomic_int sleeping;
+  atomic_int own_ran;
+  atomic_int foreign_ran;
+  int own_rc;
+} drain_calls_t;
+
+static void drain_own_cb(void *arg) {
+  atomic_store(&((drain_calls_t *)arg)->own_ran, 1);
+}
+
+static void drain_foreign_cb(void *arg) {
+  atomic_store(&((drain_calls_t *)arg)->foreign_ran, 1);
+}
+
+static void *drain_call_task(void *arg) {
+  drain_calls_t *d = arg;
+  atomic_store(&d->sleeping, 1);
+  weft_sleep(300);
+  d->own_rc = weft_loop_call_soon(weft_loop_current(), drain_own_cb, d);
+  return NULL;
+}
+
+static void *drain_shutdown_thread(void *arg) {
+  weft_pool_t *pool = arg;
+  return (void *)(intptr_t)weft_pool_shutdown(pool, WEFT_DRAIN);
+}
+
+static void call_soon_refused_in_drain(void **state) {
+  drain_calls_t d;
+  memset(&d, 0, sizeof d);
+  d.own_rc = 1;
+  weft_pool_t *pool = wt_pool_of(1);
+  d.loop = weft_pool_loop(pool, 0);
+  assert_int_equal(weft_spawn(d.loop, drain_call_task, &d, NULL), 0);
+  assert_true(wt_wait_ge(&d.sleeping, 1, 5000));
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, drain_shutdown_thread, pool), 0);
+  /* The shutdown refuses calls from other threads at once; keep asking
+   * until it does (the task still sleeps, so the loop is alive). */
+  int rc = 0;
+  double give_up = wt_now_ms() + 200;
+  while ((rc = weft_loop_call_soon(d.loop, drain_foreign_cb, &d)) == 0 && wt_now_ms() < give_up)
+    uv_sleep(1);
+  assert_int_equal(rc, WEFT_ESHUTDOWN);
+  void *shut_rc;
+  assert_int_equal(pthread_join(th, &shut_rc), 0);
+  assert_int_equal((intptr_t)shut_rc, 0);
+  assert_int_equal(d.own_rc, 0);
+  assert_int_equal(atomic_load(&d.own_ran), 1);
+}
+
 /* A backlog of calls from another thread: the loop drains it in bounded
  * chunks, so its own ready tasks still run between chunks (a flood cannot
  * starve them), and the whole backlog goes in time proportional to its
@@ -1871,6 +1929,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(race_spawn_shutdown_cancel),
     cmocka_unit_test(race_call_soon_close_drain),
     cmocka_unit_test(race_call_soon_close_cancel),
+    cmocka_unit_test(call_soon_refused_in_drain),
     cmocka_unit_test(inbox_backlog_drains_fairly),
     cmocka_unit_test(start_stop_rounds),
     cmocka_unit_test(stats_count_messages),
