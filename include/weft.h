@@ -73,6 +73,8 @@ typedef struct weft_task weft_task_t;
 typedef struct weft_group weft_group_t;
 typedef struct weft_pool weft_pool_t;
 typedef struct weft_chan weft_chan_t;
+typedef struct weft_listener weft_listener_t;
+typedef struct weft_stream weft_stream_t;
 
 /** A task body. It runs on its own stack and may call await points; what it
  * returns is the task's result. To end with an error, call weft_task_fail()
@@ -99,6 +101,11 @@ typedef enum weft_wait_kind {
   WEFT_WAIT_JOIN,    /**< weft_await / weft_gather / weft_wait_for / weft_group_wait */
   WEFT_WAIT_THREAD,  /**< weft_to_thread */
   WEFT_WAIT_OTHER,
+  WEFT_WAIT_CHAN,    /**< weft_chan_send / weft_chan_recv */
+  WEFT_WAIT_ACCEPT,  /**< weft_tcp_accept */
+  WEFT_WAIT_CONNECT, /**< weft_tcp_connect */
+  WEFT_WAIT_READ,    /**< weft_stream_read */
+  WEFT_WAIT_WRITE,   /**< weft_stream_write, close or detach: the write queue */
 } weft_wait_kind_t;
 
 /** Why a task was made ready (WEFT_EV_WAKE's .detail). */
@@ -205,7 +212,8 @@ WEFT_API int weft_loop_stop(weft_loop_t *loop);
  * make on it (weft_spawn, weft_loop_call_soon, weft_loop_stop,
  * weft_task_cancel of its tasks) must have returned before it is called;
  * the application orders that (for instance by joining those threads).
- * Calls that reach it while it closes get WEFT_ESHUTDOWN. Errors: WEFT_EBUSY while the loop is running, or while
+ * Calls that reach it while it closes get WEFT_ESHUTDOWN. Errors:
+ * WEFT_EBUSY while the loop is running, or while
  * handles the application opened on weft_loop_uv() are still open (close
  * them first; the loop stays usable), or when called while this thread
  * runs a loop (closing runs the loop's last tasks, and loops do not nest:
@@ -432,6 +440,145 @@ WEFT_API weft_chan_t *weft_chan_retain(weft_chan_t *ch);
  * first if they hold memory. No task may be waiting on it then. Any thread.
  * NULL is ignored. */
 WEFT_API void weft_chan_release(weft_chan_t *ch);
+
+/* ---------------------------------------------------------------- TCP */
+
+/* asyncio's streams (start_server, open_connection, reader.read,
+ * writer.write): awaitable TCP on a loop. A stream is bound to one loop:
+ * only tasks of that loop use it, and it can be handed to another loop
+ * (weft_stream_detach, then weft_stream_attach there, e.g. after passing it
+ * through a channel). Every await point below honours cancellation and the
+ * task's deadline. Addresses are numeric IPv4 or IPv6 ("127.0.0.1", "::1",
+ * "0.0.0.0") or "localhost"; names are not resolved. Writing to a
+ * connection the peer closed must fail with UV_EPIPE, not kill the process,
+ * so the first stream sets SIGPIPE to SIG_IGN if the application left it at
+ * its default (pool workers block it anyway). */
+
+/** How the loops of a pool share one listening port (weft_listen_opts_t.mode).
+ * Whatever the mode, the application runs an accept loop on every loop that
+ * should serve (weft_tcp_accept from a task of that loop); the mode decides
+ * which loop each connection reaches. */
+typedef enum weft_listen_mode {
+  /** One socket, accepted from one loop (the first to call weft_tcp_accept;
+   * no pool needed). */
+  WEFT_LISTEN_SINGLE = 0,
+  /** A socket per pool loop, all bound to the port with SO_REUSEPORT: the
+   * kernel spreads connections over the loops by a hash of the addresses,
+   * with no cross-thread hand-off at all. Wins when connections are many
+   * and alike (the usual server); a loop that is slow keeps getting its
+   * share, though. */
+  WEFT_LISTEN_REUSEPORT,
+  /** One socket; its acceptor (pool loop 0) hands connections round-robin to
+   * the loops through their inboxes. Even spread whatever the addresses
+   * (few clients, or one proxy in front), at the cost of a hand-off per
+   * connection. */
+  WEFT_LISTEN_HANDOFF,
+  /** As HANDOFF, but each connection goes to the loop with the fewest open
+   * connections from this listener. Wins when connections live long and
+   * unevenly (some loops would pile up long-lived clients). */
+  WEFT_LISTEN_LEAST_LOADED,
+} weft_listen_mode_t;
+
+/** Options of weft_tcp_listen; all-zero is a plain single listener. */
+typedef struct weft_listen_opts {
+  weft_listen_mode_t mode;
+  weft_pool_t *pool;   /**< the loops that accept: needed by every mode but SINGLE */
+  int backlog;         /**< the kernel's accept queue; 0 = 511 */
+  unsigned queue;      /**< HANDOFF, LEAST_LOADED: accepted connections waiting
+                            per loop before the acceptor holds back; 0 = 256 */
+} weft_listen_opts_t;
+
+/** Listens on host:port (port 0: any free port, see weft_listener_port).
+ * Opens and binds the socket(s) at once (SO_REUSEADDR always); nothing is
+ * accepted until a task calls weft_tcp_accept. Any thread. opts may be NULL.
+ * The caller owns *l and ends it with weft_listener_close. Errors:
+ * WEFT_EINVAL (NULL, bad host, port outside 0..65535, a mode that needs a
+ * pool without one), WEFT_ENOMEM, or the socket call's error (UV_EADDRINUSE,
+ * UV_EACCES, UV_EMFILE, ...). */
+WEFT_API int weft_tcp_listen(weft_listener_t **l, const char *host, int port,
+                             const weft_listen_opts_t *opts);
+
+/** The port the listener is bound to (useful after port 0), or -1 for NULL.
+ * Any thread. */
+WEFT_API int weft_listener_port(const weft_listener_t *l);
+
+/** Accepts the next connection for the calling task's loop (await point):
+ * suspends until one comes. *s is a new stream bound to this loop, with
+ * TCP_NODELAY set; the caller owns it and ends it with weft_stream_close.
+ * When the process is out of file descriptors, accepting pauses (100 ms at
+ * a time, no busy loop) and resumes once descriptors free up; the call goes
+ * on waiting meanwhile. Errors: WEFT_ECLOSED (the listener was closed),
+ * WEFT_EINVAL (NULL; SINGLE mode: a loop other than the first accepting one;
+ * other modes: a loop outside the listener's pool), WEFT_ENOTASK,
+ * WEFT_ECANCELED, WEFT_ETIMEDOUT, WEFT_ENOMEM. */
+WEFT_API int weft_tcp_accept(weft_listener_t *l, weft_stream_t **s);
+
+/** Stops listening and frees the listener once nothing uses it: tasks
+ * waiting in weft_tcp_accept get WEFT_ECLOSED, connections accepted but not
+ * yet taken by a loop are closed, streams already accepted are not
+ * affected. Never suspends. Any thread, once; close a pool's listener
+ * before weft_pool_shutdown(WEFT_DRAIN), which otherwise waits on its
+ * accepting tasks. Errors: WEFT_EINVAL (NULL), WEFT_ECLOSED (closed
+ * already). */
+WEFT_API int weft_listener_close(weft_listener_t *l);
+
+/** Connects to host:port (await point). *s is a new stream bound to the
+ * calling task's loop, with TCP_NODELAY set. Errors: WEFT_EINVAL (NULL, bad
+ * host or port), WEFT_ENOTASK, WEFT_ECANCELED, WEFT_ETIMEDOUT (the connect
+ * is abandoned and its socket closed), WEFT_ENOMEM, or the connect's error
+ * (UV_ECONNREFUSED, UV_ENETUNREACH, ...). */
+WEFT_API int weft_tcp_connect(weft_stream_t **s, const char *host, int port);
+
+/** Reads up to len bytes into buf (await point): returns at once if bytes
+ * are buffered, else suspends until some arrive. Returns the count (> 0), 0
+ * at end of stream (the peer shut down its side), or an error: WEFT_EINVAL
+ * (NULL, len 0), WEFT_EPERM (the stream belongs to another loop, or is
+ * detached), WEFT_EBUSY (another task is reading it), WEFT_ECLOSED (the
+ * stream was closed meanwhile), WEFT_ENOTASK, WEFT_ECANCELED,
+ * WEFT_ETIMEDOUT (nothing was read), or the socket's error (UV_ECONNRESET,
+ * ...). The stream reads ahead into a 16 KiB buffer, and stops reading from
+ * the socket while that buffer is full (backpressure). */
+WEFT_API ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len);
+
+/** Writes len bytes (await point). What the socket does not take at once is
+ * copied into the stream's write queue, and the call returns; it suspends
+ * only while the queue holds 1 MiB or more (backpressure), so buf is the
+ * caller's again on return. A write error that comes after the return is
+ * reported by the next write or close. Errors: WEFT_EINVAL, WEFT_EPERM,
+ * WEFT_EBUSY (another task is waiting to write), WEFT_ECLOSED, WEFT_ENOTASK,
+ * WEFT_ECANCELED or WEFT_ETIMEDOUT (while waiting for room: the bytes before
+ * the wait were queued, the rest not), WEFT_ENOMEM, or the socket's error
+ * (UV_EPIPE, UV_ECONNRESET, ...). */
+WEFT_API int weft_stream_write(weft_stream_t *s, const void *buf, size_t len);
+
+/** Closes the stream and frees it. In a task, first waits (await point) for
+ * the write queue to reach the kernel, so a reply written just before is not
+ * lost; a cancel or deadline cuts that wait short and the rest is dropped.
+ * Tasks of the loop parked on the stream get WEFT_ECLOSED. Also from a libuv
+ * callback on the stream's loop (no waiting), and for a detached stream from
+ * any thread. s is invalid afterwards. Returns 0, the pending write error if
+ * one came, WEFT_ECANCELED or WEFT_ETIMEDOUT (the stream is closed all the
+ * same), WEFT_EPERM (another loop's stream), WEFT_EINVAL (NULL). */
+WEFT_API int weft_stream_close(weft_stream_t *s);
+
+/** Unbinds the stream from its loop so another loop can take it (await
+ * point: waits for the write queue to reach the kernel). Bytes read ahead
+ * stay in the stream. Afterwards the stream belongs to no loop; any thread
+ * may pass it on, and weft_stream_attach binds it to a loop again. Errors:
+ * WEFT_EINVAL (NULL), WEFT_EPERM (another loop's stream, or detached),
+ * WEFT_EBUSY (a task is parked on it), WEFT_ENOTASK, WEFT_ECANCELED,
+ * WEFT_ETIMEDOUT (it stays bound), WEFT_ENOMEM, or the system's error. */
+WEFT_API int weft_stream_detach(weft_stream_t *s);
+
+/** Binds a detached stream to the calling thread's running loop (from a
+ * task or a libuv callback there). Never suspends. Errors: WEFT_EINVAL
+ * (NULL, or not detached), WEFT_ENOTASK (no loop runs on this thread),
+ * WEFT_ENOMEM. */
+WEFT_API int weft_stream_attach(weft_stream_t *s);
+
+/** The loop the stream is bound to, or NULL (detached, or s NULL). Any
+ * thread. */
+WEFT_API weft_loop_t *weft_stream_loop(const weft_stream_t *s);
 
 /* ------------------------------------------------------ pool of loops */
 

@@ -312,6 +312,9 @@ struct weft_loop {
   atomic_uint_fast64_t wakeups_sent;
   uint64_t wakeups_received;
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
+  unsigned pool_index;       /* its place in the pool */
+  weft__queue_t io;          /* weft__io_t: weft's own open libuv handles */
+  size_t nio;
   atomic_int draining;       /* a pool shutdown asked it to finish */
   atomic_int cancel_new;     /* WEFT_CANCEL shutdown: tasks not yet started
                                 end cancelled without running */
@@ -356,6 +359,31 @@ void weft__interrupt(weft_task_t *t, int err);
 /* The checks every await point makes first: ENOTASK, sticky cancel, passed
  * deadline. On success *out is the current task. */
 int weft__await_begin(weft_task_t **out, const char *fn);
+
+/* ------------------------------------------------------------------ I/O */
+
+/* One libuv handle weft opened on a loop for a task (a stream's socket, an
+ * accept's poll). The loop keeps them on a list, so that closing the loop
+ * tells them from the application's own handles, and closes those whose
+ * owner left them open. */
+typedef struct weft__io weft__io_t;
+struct weft__io {
+  weft__queue_t node;
+  uv_handle_t *handle;
+  void (*force_close)(weft__io_t *io);  /* at loop close: close and free */
+};
+void weft__io_add(weft_loop_t *loop, weft__io_t *io, uv_handle_t *h,
+                  void (*force_close)(weft__io_t *io));
+void weft__io_remove(weft_loop_t *loop, weft__io_t *io);
+
+/* stream.c: a stream on loop for a connected socket fd (taken over: closed
+ * on failure too). on_close(arg) runs once when the stream closes or is
+ * detached (the listener's per-loop count). */
+int weft__stream_from_fd(weft_loop_t *loop, int fd, void (*on_close)(void *arg), void *arg,
+                         weft_stream_t **out);
+void weft__ignore_sigpipe(void);
+/* tcp.c: parses host and port into a socket address. */
+int weft__tcp_addr(const char *host, int port, struct sockaddr_storage *ss);
 
 /* ------------------------------------------------------------- debugging */
 

@@ -61,6 +61,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
     goto error;
   weft__queue_init(&loop->ready);
   weft__queue_init(&loop->tasks);
+  weft__queue_init(&loop->io);
   weft__inbox_init(loop);
   atomic_init(&loop->draining, 0);
   atomic_init(&loop->cancel_new, 0);
@@ -419,13 +420,61 @@ int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void *arg) {
 
 /* ---------------------------------------------------------- closing */
 
-static void find_user_handle(uv_handle_t *h, void *arg) {
-  void **found = arg;
-  weft_loop_t *loop = found[0];
-  if (h == (uv_handle_t *)&loop->timer || h == (uv_handle_t *)&loop->wakeup)
+/* What a loop has open besides its own timer and wake-up handle. */
+typedef struct handle_census {
+  weft_loop_t *loop;
+  size_t open;             /* handles not closing */
+  uv_handle_t *user;       /* one that is not weft's, once looked for */
+} handle_census_t;
+
+static bool is_weft_io(weft_loop_t *loop, uv_handle_t *h) {
+  for (weft__queue_t *q = loop->io.next; q != &loop->io; q = q->next)
+    if (weft__container_of(q, weft__io_t, node)->handle == h)
+      return true;
+  return false;
+}
+
+static void count_handle(uv_handle_t *h, void *arg) {
+  handle_census_t *c = arg;
+  if (h == (uv_handle_t *)&c->loop->timer || h == (uv_handle_t *)&c->loop->wakeup ||
+      uv_is_closing(h))
     return;
-  if (!uv_is_closing(h))
-    found[1] = h;
+  c->open++;
+}
+
+static void find_user_handle(uv_handle_t *h, void *arg) {
+  handle_census_t *c = arg;
+  if (h == (uv_handle_t *)&c->loop->timer || h == (uv_handle_t *)&c->loop->wakeup ||
+      uv_is_closing(h) || c->user || is_weft_io(c->loop, h))
+    return;
+  c->user = h;
+}
+
+/* An open handle of the application's own, or NULL. weft's own I/O handles
+ * (streams, accepts) are not the application's: closing the loop cancels
+ * the tasks that use them, and closes what is left. Counting first keeps
+ * the usual case linear. */
+static uv_handle_t *user_handle(weft_loop_t *loop) {
+  handle_census_t c = {.loop = loop};
+  uv_walk(&loop->uv, count_handle, &c);
+  if (c.open <= loop->nio)
+    return NULL;
+  uv_walk(&loop->uv, find_user_handle, &c);
+  return c.user;
+}
+
+void weft__io_add(weft_loop_t *loop, weft__io_t *io, uv_handle_t *h,
+                  void (*force_close)(weft__io_t *io)) {
+  io->handle = h;
+  io->force_close = force_close;
+  weft__queue_insert_tail(&loop->io, &io->node);
+  loop->nio++;
+}
+
+/* When its handle starts closing. */
+void weft__io_remove(weft_loop_t *loop, weft__io_t *io) {
+  weft__queue_remove(&io->node);
+  loop->nio--;
 }
 
 int weft_loop_close(weft_loop_t *loop) {
@@ -447,11 +496,10 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
     weft__misuse("weft_loop_close", "the loop is running");
     return WEFT_EBUSY;
   }
-  void *found[2] = {loop, NULL};
-  uv_walk(&loop->uv, find_user_handle, found);
-  if (found[1]) {
+  uv_handle_t *user = user_handle(loop);
+  if (user) {
     weft__misuse("weft_loop_close", "a libuv handle (type %s) opened on weft_loop_uv() is still open",
-                 uv_handle_type_name(uv_handle_get_type(found[1])));
+                 uv_handle_type_name(uv_handle_get_type(user)));
     return WEFT_EBUSY;
   }
 
@@ -479,6 +527,11 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
   }
   run_end(loop);
 
+  /* Streams their owners left open: closed and freed with the loop. */
+  while (!weft__queue_empty(&loop->io)) {
+    weft__io_t *io = weft__container_of(weft__queue_head(&loop->io), weft__io_t, node);
+    io->force_close(io);
+  }
   weft__stack_pool_destroy(&loop->stacks);
   weft__timers_free(loop);
   uv_close((uv_handle_t *)&loop->timer, NULL);

@@ -59,8 +59,10 @@ static void *worker_main(void *arg) {
   pthread_setname_np(pthread_self(), name);
 
   int err = weft_loop_new(&loop, &pool->loop_opts);
-  if (!err)
+  if (!err) {
     loop->pool = pool;
+    loop->pool_index = w->index;
+  }
   pthread_mutex_lock(&pool->lock);
   w->loop = loop;
   if (err && !pool->start_err)

@@ -1,0 +1,596 @@
+/* Streams: a connected TCP socket bound to one loop, read and written by
+ * that loop's tasks as await points.
+ *
+ * Reading: the first read starts libuv reading, and it goes on reading
+ * ahead into a 16 KiB buffer while there is room, so a task that reads in
+ * a loop costs one read(2) per burst of data and no epoll_ctl per call.
+ * When a task waits on an empty buffer, libuv is handed the task's own
+ * buffer for the next read (no copy). A full buffer stops reading from the
+ * socket until a task takes some: backpressure, and bounded memory.
+ *
+ * Writing: uv_try_write first, so a reply that fits in the socket buffer
+ * costs one write(2) and no allocation. What does not fit is copied into a
+ * uv_write request, and the call returns; the copies are bounded at 1 MiB
+ * per stream, past which a writer waits for the queue to drain.
+ *
+ * The socket's uv_tcp_t is allocated apart from the stream, so a stream can
+ * let go of its handle (detach: the fd is duplicated, the handle closed) and
+ * take a new one on another loop (attach). A closed stream is freed in the
+ * handle's close callback, once libuv is done with both. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define RBUF_SIZE 16384
+#define WQUEUE_MAX ((size_t)1 << 20)
+
+typedef struct io_wait io_wait_t;
+
+struct weft_stream {
+  weft__io_t io;            /* on the loop's I/O list while bound */
+  uv_tcp_t *h;              /* NULL while detached */
+  weft_loop_t *loop;        /* NULL while detached */
+  int fd;                   /* the socket while detached, else -1 */
+  /* Reading. */
+  char *rbuf;               /* read-ahead, allocated at the first need */
+  size_t rhead, rlen;       /* buffered bytes: rbuf[rhead, rhead + rlen) */
+  bool reading;             /* uv_read_start is in effect */
+  int rend;                 /* 0; 1 after end of stream; or the read error */
+  io_wait_t *reader;        /* the task waiting to read */
+  /* Writing. */
+  size_t wqueued;           /* bytes in uv_write requests */
+  int werr;                 /* the first write error */
+  io_wait_t *writer;        /* the task waiting for the queue to shrink */
+  size_t wlimit;            /* ... below this many bytes */
+  /* Who is told when the stream closes or leaves its loop. */
+  void (*on_close)(void *arg);
+  void *on_close_arg;
+};
+
+struct io_wait {
+  weft__wait_t base;
+  weft_stream_t *s;
+  char *buf;                /* a reader's buffer */
+  size_t len;
+  ssize_t n;                /* what the call returns */
+  bool direct;              /* buf was handed to libuv for the next read */
+};
+
+typedef struct write_req {
+  uv_write_t req;
+  size_t len;
+  char data[];
+} write_req_t;
+
+/* ------------------------------------------------------------ lifetime */
+
+static void stream_free(weft_stream_t *s) {
+  free(s->rbuf);
+  free(s);
+}
+
+static void told_closed(weft_stream_t *s) {
+  void (*cb)(void *) = s->on_close;
+  s->on_close = NULL;
+  if (cb)
+    cb(s->on_close_arg);
+}
+
+void weft__ignore_sigpipe(void) {
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
+      sa.sa_handler == SIG_DFL) {
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+static void free_stream_cb(uv_handle_t *h) {
+  weft_stream_t *s = h->data;
+  free(h);
+  if (s)
+    stream_free(s);
+}
+
+static void force_close(weft__io_t *io) {
+  weft_stream_t *s = weft__container_of(io, weft_stream_t, io);
+  weft__io_remove(s->loop, &s->io);
+  told_closed(s);
+  uv_close((uv_handle_t *)s->h, free_stream_cb);
+}
+
+/* Writing to a connection the peer has closed raises SIGPIPE, which kills
+ * the process by default; a stream's write must fail with UV_EPIPE
+ * instead. So the first stream sets SIGPIPE to SIG_IGN, unless the
+ * application chose a disposition of its own (pool workers block it too). */
+static void ignore_sigpipe(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, weft__ignore_sigpipe);
+}
+
+/* A stream for loop with a fresh handle (not yet on a socket). */
+static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
+  ignore_sigpipe();
+  weft_stream_t *s = calloc(1, sizeof *s);
+  uv_tcp_t *h = malloc(sizeof *h);
+  if (!s || !h) {
+    free(s);
+    free(h);
+    return WEFT_ENOMEM;
+  }
+  int err = uv_tcp_init(&loop->uv, h);
+  if (err) {
+    free(s);
+    free(h);
+    return err;
+  }
+  h->data = s;
+  s->h = h;
+  s->loop = loop;
+  s->fd = -1;
+  weft__io_add(loop, &s->io, (uv_handle_t *)h, force_close);
+  *out = s;
+  return 0;
+}
+
+/* Closes s's handle; the close callback frees s. */
+static void stream_close_handle(weft_stream_t *s) {
+  weft__io_remove(s->loop, &s->io);
+  uv_close((uv_handle_t *)s->h, free_stream_cb);
+}
+
+static int adopt_fd(weft_stream_t *s, int fd) {
+  int err = uv_tcp_open(s->h, fd);
+  if (err)
+    return err;
+  uv_tcp_nodelay(s->h, 1);
+  return 0;
+}
+
+int weft__stream_from_fd(weft_loop_t *loop, int fd, void (*on_close)(void *arg), void *arg,
+                         weft_stream_t **out) {
+  weft_stream_t *s;
+  int err = stream_new(loop, &s);
+  if (err) {
+    close(fd);
+    return err;
+  }
+  if ((err = adopt_fd(s, fd)) != 0) {
+    close(fd);
+    stream_close_handle(s);
+    return err;
+  }
+  s->on_close = on_close;
+  s->on_close_arg = arg;
+  *out = s;
+  return 0;
+}
+
+/* The checks of every stream call made by a task: s bound to its loop. */
+static int stream_begin(weft_stream_t *s, weft_task_t **t, const char *fn) {
+  int err = weft__await_begin(t, fn);
+  if (err)
+    return err;
+  if (!s)
+    return WEFT_EINVAL;
+  if (!s->h || s->loop != (*t)->loop) {
+    weft__misuse(fn, s->h ? "the stream belongs to another loop" : "the stream is detached");
+    return WEFT_EPERM;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------- reading */
+
+static void wake_io(io_wait_t *w, ssize_t n) {
+  w->n = n;
+  weft__wake(&w->base, 0, WEFT_WAKE_DONE);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)suggested;
+  weft_stream_t *s = h->data;
+  io_wait_t *r = s->reader;
+  if (r && s->rlen == 0) {
+    r->direct = true;
+    *buf = uv_buf_init(r->buf, r->len > UINT32_MAX ? UINT32_MAX : (unsigned)r->len);
+    return;
+  }
+  if (!s->rbuf && !(s->rbuf = malloc(RBUF_SIZE))) {
+    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+    return;
+  }
+  if (s->rhead > 0 && s->rhead + s->rlen == RBUF_SIZE) {
+    memmove(s->rbuf, s->rbuf + s->rhead, s->rlen);
+    s->rhead = 0;
+  }
+  size_t end = s->rhead + s->rlen;
+  *buf = uv_buf_init(s->rbuf + end, (unsigned)(RBUF_SIZE - end));
+}
+
+static size_t take_buffered(weft_stream_t *s, char *out, size_t len) {
+  size_t n = s->rlen < len ? s->rlen : len;
+  memcpy(out, s->rbuf + s->rhead, n);
+  s->rhead += n;
+  s->rlen -= n;
+  if (s->rlen == 0)
+    s->rhead = 0;
+  return n;
+}
+
+static void read_stop(weft_stream_t *s) {
+  if (s->reading) {
+    uv_read_stop((uv_stream_t *)s->h);
+    s->reading = false;
+  }
+}
+
+static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
+  weft_stream_t *s = h->data;
+  io_wait_t *r = s->reader;
+  bool direct = r && r->direct && buf->base == r->buf;
+  if (r)
+    r->direct = false;
+  if (nread > 0) {
+    if (direct) {
+      s->reader = NULL;
+      wake_io(r, nread);
+      return;
+    }
+    s->rlen += (size_t)nread;
+    if (r) {
+      s->reader = NULL;
+      wake_io(r, (ssize_t)take_buffered(s, r->buf, r->len));
+    }
+    if (s->rhead == 0 && s->rlen == RBUF_SIZE)
+      read_stop(s); /* full: the socket keeps the rest */
+    return;
+  }
+  if (nread == 0)
+    return; /* nothing this time (EAGAIN) */
+  s->rend = nread == UV_EOF ? 1 : (int)nread;
+  read_stop(s);
+  if (r) {
+    s->reader = NULL;
+    wake_io(r, s->rend == 1 ? 0 : s->rend);
+  }
+}
+
+static bool reader_interrupt(weft__wait_t *base, int err) {
+  (void)err;
+  io_wait_t *w = weft__container_of(base, io_wait_t, base);
+  w->s->reader = NULL;
+  return true;
+}
+
+static int read_start(weft_stream_t *s) {
+  if (s->reading || s->rend)
+    return 0;
+  int err = uv_read_start((uv_stream_t *)s->h, alloc_cb, read_cb);
+  if (err)
+    return err;
+  s->reading = true;
+  return 0;
+}
+
+ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len) {
+  weft_task_t *t;
+  int err = stream_begin(s, &t, "weft_stream_read");
+  if (err)
+    return err;
+  if (!buf || len == 0)
+    return WEFT_EINVAL;
+  if (s->reader) {
+    weft__misuse("weft_stream_read", "another task is reading this stream");
+    return WEFT_EBUSY;
+  }
+  if (s->rlen > 0) {
+    size_t n = take_buffered(s, buf, len);
+    if ((err = read_start(s)) != 0 && !s->rend)
+      s->rend = err; /* reported once the buffer is empty */
+    return (ssize_t)n;
+  }
+  if (s->rend)
+    return s->rend == 1 ? 0 : s->rend;
+  if ((err = read_start(s)) != 0)
+    return err;
+  io_wait_t r = {
+    .base = {.task = t, .kind = WEFT_WAIT_READ, .interrupt = reader_interrupt},
+    .s = s, .buf = buf, .len = len,
+  };
+  s->reader = &r;
+  err = weft__park(&r.base);
+  return err ? err : r.n;
+}
+
+/* ------------------------------------------------------------- writing */
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req_t *wr = weft__container_of(req, write_req_t, req);
+  weft_stream_t *s = req->handle->data;
+  size_t len = wr->len;
+  free(wr);
+  if (!s)
+    return;
+  s->wqueued -= len;
+  if (status < 0 && status != UV_ECANCELED && !s->werr)
+    s->werr = status;
+  io_wait_t *w = s->writer;
+  if (w && (s->wqueued < s->wlimit || s->werr)) {
+    s->writer = NULL;
+    wake_io(w, 0);
+  }
+}
+
+static bool writer_interrupt(weft__wait_t *base, int err) {
+  (void)err;
+  io_wait_t *w = weft__container_of(base, io_wait_t, base);
+  w->s->writer = NULL;
+  return true;
+}
+
+/* Waits until fewer than limit bytes are queued (or a write failed, or the
+ * stream is closed under the task: then ECLOSED). */
+static int wait_queue(weft_stream_t *s, weft_task_t *t, size_t limit) {
+  io_wait_t w = {
+    .base = {.task = t, .kind = WEFT_WAIT_WRITE, .interrupt = writer_interrupt},
+    .s = s,
+  };
+  s->writer = &w;
+  s->wlimit = limit;
+  int err = weft__park(&w.base);
+  return err ? err : (int)w.n;
+}
+
+static int queue_write(weft_stream_t *s, const char *p, size_t len) {
+  write_req_t *wr = malloc(sizeof *wr + len);
+  if (!wr)
+    return WEFT_ENOMEM;
+  memcpy(wr->data, p, len);
+  wr->len = len;
+  uv_buf_t b = uv_buf_init(wr->data, (unsigned)len);
+  int err = uv_write(&wr->req, (uv_stream_t *)s->h, &b, 1, write_cb);
+  if (err) {
+    free(wr);
+    return err;
+  }
+  s->wqueued += len;
+  return 0;
+}
+
+int weft_stream_write(weft_stream_t *s, const void *buf, size_t len) {
+  weft_task_t *t;
+  int err = stream_begin(s, &t, "weft_stream_write");
+  if (err)
+    return err;
+  if (!buf && len > 0)
+    return WEFT_EINVAL;
+  if (s->writer) {
+    weft__misuse("weft_stream_write", "another task is waiting to write this stream");
+    return WEFT_EBUSY;
+  }
+  if (s->werr)
+    return s->werr;
+  const char *p = buf;
+  size_t left = len;
+  if (s->wqueued == 0 && left > 0) {
+    uv_buf_t b = uv_buf_init((char *)p, left > UINT32_MAX ? UINT32_MAX : (unsigned)left);
+    int n = uv_try_write((uv_stream_t *)s->h, &b, 1);
+    if (n >= 0) {
+      p += n;
+      left -= (size_t)n;
+    } else if (n != UV_EAGAIN) {
+      s->werr = n;
+      return n;
+    }
+  }
+  while (left > 0) {
+    if (s->wqueued >= WQUEUE_MAX) {
+      if ((err = wait_queue(s, t, WQUEUE_MAX)) != 0)
+        return err;
+      if (s->werr)
+        return s->werr;
+      continue;
+    }
+    size_t chunk = WQUEUE_MAX - s->wqueued;
+    if (chunk > left)
+      chunk = left;
+    if ((err = queue_write(s, p, chunk)) != 0) {
+      if (!s->werr && err != WEFT_ENOMEM)
+        s->werr = err;
+      return err;
+    }
+    p += chunk;
+    left -= chunk;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------- closing */
+
+/* In a task that may still wait: lets the write queue drain. */
+static int flush(weft_stream_t *s, weft_task_t *t) {
+  if (s->wqueued == 0 || s->werr)
+    return 0;
+  return wait_queue(s, t, 1);
+}
+
+int weft_stream_close(weft_stream_t *s) {
+  if (!s)
+    return WEFT_EINVAL;
+  if (!s->h) {
+    close(s->fd);
+    told_closed(s);
+    stream_free(s);
+    return 0;
+  }
+  if (weft__tls.running != s->loop) {
+    weft__misuse("weft_stream_close", "the stream belongs to another loop");
+    return WEFT_EPERM;
+  }
+  int result = 0;
+  weft_task_t *t = weft__current();
+  if (t && !s->writer) {
+    /* A cancelled task, or one past its deadline, does not wait. */
+    result = weft__await_begin(&t, "weft_stream_close");
+    if (result == 0)
+      result = flush(s, t);
+  }
+  if (result == 0 && s->werr)
+    result = s->werr;
+  /* Other tasks parked on the stream learn it is gone. */
+  if (s->reader) {
+    io_wait_t *r = s->reader;
+    s->reader = NULL;
+    wake_io(r, WEFT_ECLOSED);
+  }
+  if (s->writer) {
+    io_wait_t *w = s->writer;
+    s->writer = NULL;
+    wake_io(w, WEFT_ECLOSED);
+  }
+  told_closed(s);
+  stream_close_handle(s);
+  return result;
+}
+
+/* --------------------------------------------------- handing to a loop */
+
+static void free_handle_cb(uv_handle_t *h) {
+  free(h);
+}
+
+int weft_stream_detach(weft_stream_t *s) {
+  weft_task_t *t;
+  int err = stream_begin(s, &t, "weft_stream_detach");
+  if (err)
+    return err;
+  if (s->reader || s->writer) {
+    weft__misuse("weft_stream_detach", "a task is waiting on the stream");
+    return WEFT_EBUSY;
+  }
+  if ((err = flush(s, t)) != 0)
+    return err;
+  if (s->werr)
+    return s->werr;
+  uv_os_fd_t fd;
+  if ((err = uv_fileno((uv_handle_t *)s->h, &fd)) != 0)
+    return err;
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0)
+    return errno == EMFILE ? UV_EMFILE : -errno;
+  read_stop(s);
+  s->h->data = NULL;
+  weft__io_remove(s->loop, &s->io);
+  uv_close((uv_handle_t *)s->h, free_handle_cb);
+  s->h = NULL;
+  s->loop = NULL;
+  s->fd = copy;
+  told_closed(s);
+  return 0;
+}
+
+int weft_stream_attach(weft_stream_t *s) {
+  ignore_sigpipe();
+  if (!s)
+    return WEFT_EINVAL;
+  if (s->h) {
+    weft__misuse("weft_stream_attach", "the stream is not detached");
+    return WEFT_EINVAL;
+  }
+  weft_loop_t *loop = weft__tls.running;
+  if (!loop) {
+    weft__misuse("weft_stream_attach", "no loop runs on this thread");
+    return WEFT_ENOTASK;
+  }
+  uv_tcp_t *h = malloc(sizeof *h);
+  if (!h)
+    return WEFT_ENOMEM;
+  int err = uv_tcp_init(&loop->uv, h);
+  if (err) {
+    free(h);
+    return err;
+  }
+  if ((err = uv_tcp_open(h, s->fd)) != 0) {
+    uv_close((uv_handle_t *)h, free_handle_cb);
+    return err;
+  }
+  h->data = s;
+  s->h = h;
+  s->loop = loop;
+  s->fd = -1;
+  weft__io_add(loop, &s->io, (uv_handle_t *)h, force_close);
+  return 0;
+}
+
+weft_loop_t *weft_stream_loop(const weft_stream_t *s) {
+  return s ? s->loop : NULL;
+}
+
+/* ------------------------------------------------------------ connect */
+
+typedef struct connect_wait {
+  weft__wait_t base;
+  uv_connect_t req;
+  weft_stream_t *s;
+  bool abandoned;           /* interrupted: the handle is closing */
+} connect_wait_t;
+
+static void connect_cb(uv_connect_t *req, int status) {
+  connect_wait_t *w = req->data;
+  if (w->abandoned)
+    weft__wake(&w->base, w->base.interrupted,
+               w->base.interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
+  else
+    weft__wake(&w->base, status, WEFT_WAKE_DONE);
+}
+
+static bool connect_interrupt(weft__wait_t *base, int err) {
+  (void)err;
+  connect_wait_t *w = weft__container_of(base, connect_wait_t, base);
+  /* A connect cannot be taken back: closing the handle ends it, and its
+   * callback (UV_ECANCELED) wakes the task. */
+  w->abandoned = true;
+  stream_close_handle(w->s);
+  return false;
+}
+
+int weft_tcp_connect(weft_stream_t **out, const char *host, int port) {
+  weft_task_t *t;
+  int err = weft__await_begin(&t, "weft_tcp_connect");
+  if (err)
+    return err;
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  struct sockaddr_storage ss;
+  if ((err = weft__tcp_addr(host, port, &ss)) != 0)
+    return err;
+  weft_stream_t *s;
+  if ((err = stream_new(t->loop, &s)) != 0)
+    return err;
+  connect_wait_t w = {
+    .base = {.task = t, .kind = WEFT_WAIT_CONNECT, .interrupt = connect_interrupt},
+    .s = s,
+  };
+  w.req.data = &w;
+  if ((err = uv_tcp_connect(&w.req, s->h, (const struct sockaddr *)&ss, connect_cb)) != 0) {
+    stream_close_handle(s);
+    return err;
+  }
+  err = weft__park(&w.base);
+  if (w.abandoned)
+    return err;
+  if (err) {
+    stream_close_handle(s);
+    return err;
+  }
+  uv_tcp_nodelay(s->h, 1);
+  *out = s;
+  return 0;
+}
