@@ -136,6 +136,12 @@ typedef struct weft_loop_opts {
   size_t stack_pool_max;  /**< warm stacks kept for reuse; 0 = 1024 */
   weft_event_fn on_event; /**< optional hook, see weft_event_t */
   void *event_arg;        /**< passed to on_event */
+  const char *name;       /**< the loop's name (copied, at most 31 bytes kept);
+                               NULL: "loop-<n>", or "weft-<i>" for a pool's loop i */
+  uint64_t slow_step_ms;  /**< log a task step or a burst of libuv callbacks
+                               that holds the loop this long (see weft_log_set);
+                               0: off, unless WEFT_DEBUG=1 is in the environment,
+                               which makes it 100 */
 } weft_loop_opts_t;
 
 #define WEFT_STACK_SIZE_DEFAULT (256u * 1024u)
@@ -158,6 +164,11 @@ typedef struct weft_stats {
   uint64_t inbox_in;       /**< messages from other threads run by the loop */
   uint64_t wakeups_sent;   /**< rings of the parked loop by other threads */
   uint64_t wakeups_received; /**< rings the loop woke up to (sends coalesce) */
+  uint64_t busy_ns;        /**< time running (tasks, callbacks, the scheduler) */
+  uint64_t parked_ns;      /**< time blocked in libuv's poll, waiting for work */
+  uint64_t longest_step_ns; /**< the longest task step so far (timed with the
+                                coarse monotonic clock: a few ms resolution) */
+  uint64_t slow_steps;     /**< steps and callback bursts over slow_step_ms */
 } weft_stats_t;
 
 /* ------------------------------------------------------------ high level */
@@ -234,8 +245,31 @@ WEFT_API int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void 
  * WEFT_ENOTASK; weft_spawn works). Loop-bound use only. */
 WEFT_API uv_loop_t *weft_loop_uv(weft_loop_t *loop);
 
-/** A snapshot of loop's counters. Loop-bound. WEFT_EINVAL on NULL. */
+/** A consistent snapshot of loop's counters. Any thread: on the loop's own
+ * thread it is taken at once; from another thread the loop takes it between
+ * two steps (through its inbox) while the caller blocks, so it may wait for
+ * a long step to end. Never suspends a task. Errors: WEFT_EINVAL (NULL),
+ * WEFT_ESHUTDOWN (the loop is closing), WEFT_ENOMEM. */
 WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
+
+/** The loop's name (see weft_loop_opts_t.name). Any thread; valid while the
+ * loop is. "(null)" for NULL. */
+WEFT_API const char *weft_loop_name(const weft_loop_t *loop);
+
+/** Where weft's diagnostics go (slow steps; misuse messages in debug mode):
+ * fn(line, arg) gets one line without its newline, on whatever thread
+ * noticed. fn NULL restores the default, stderr. Any thread; set it before
+ * starting loops. */
+typedef void (*weft_log_fn)(const char *line, void *arg);
+WEFT_API void weft_log_set(weft_log_fn fn, void *arg);
+
+/** Prints every loop of the process and every live task on each: its name,
+ * its state (ready, running, or what it waits on: sleep until when, join of
+ * which task, a channel, a stream read, ...), its age, and how deep its
+ * stack has been used. Any thread (a loop's own tasks included); each loop
+ * describes itself between two steps, so a loop stuck in a long step is
+ * reported as such after 1 s instead. Never suspends a task. */
+WEFT_API void weft_dump(FILE *out);
 
 /* ----------------------------------------------------------------- tasks */
 
@@ -608,6 +642,13 @@ WEFT_API unsigned weft_pool_size(const weft_pool_t *pool);
  * any-thread functions (weft_spawn, weft_loop_call_soon, weft_loop_stop).
  * Any thread; valid until weft_pool_shutdown returns. */
 WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
+
+/** Counters of the whole pool: *sum adds up every loop's (ready, waiting
+ * and live included), and per_loop, if not NULL, gets weft_pool_size(pool)
+ * snapshots, one per loop. Any thread but the pool's own workers (it
+ * blocks). Errors: WEFT_EINVAL (NULL, or from a worker), WEFT_ESHUTDOWN,
+ * WEFT_ENOMEM. */
+WEFT_API int weft_pool_stats(weft_pool_t *pool, weft_stats_t *sum, weft_stats_t *per_loop);
 
 /** The pool's loops in turn (round-robin). Any thread. */
 WEFT_API weft_loop_t *weft_pool_next(weft_pool_t *pool);

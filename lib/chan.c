@@ -256,7 +256,7 @@ static int try_op(op_t *op) {
  * wake-up (try again), or the cancel or deadline error. */
 static int wait_once(op_t *op, weft_task_t *t) {
   weft_chan_t *ch = op->ch;
-  chan_waiter_t w = {.base = {.kind = WEFT_WAIT_CHAN}, .ch = ch};
+  chan_waiter_t w = {.base = {.kind = WEFT_WAIT_CHAN, .arg = op->send, .what = ch}, .ch = ch};
   w.wl = op->send ? &ch->senders : &ch->receivers;
   pthread_cond_t cond;
 

@@ -156,6 +156,8 @@ struct weft__wait {
   int result;       /* what weft__park returns */
   int interrupted;  /* the error an interrupt recorded while the wait goes on */
   int arg;          /* for the event hook: sleep ms */
+  const void *what; /* for weft_dump: the sleep's timer, the awaited task (a
+                       single await), the channel, the stream; or NULL */
   /* Called when the task is cancelled or its deadline passes while parked.
    * Returns true if the task may be woken now with err (the hook detached it
    * from what it waited on), false if it will be woken when what it waits on
@@ -237,6 +239,7 @@ struct weft_task {
   weft__timer_t deadline_timer;
   weft_group_t *group;       /* set for group children */
   uint64_t id;
+  uint64_t born_ns;          /* coarse clock at spawn, for weft_dump */
   uint64_t end_seq;          /* order in which tasks ended, process-wide;
                                 written before the status is published */
   unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */
@@ -311,6 +314,11 @@ struct weft_loop {
   bool refuse_spawns;        /* under inbox_lock: the pool is shutting down */
   atomic_uint_fast64_t wakeups_sent;
   uint64_t wakeups_received;
+  char name[32];
+  weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
+  uint64_t run_ns;           /* time in run functions, runs ended so far */
+  uint64_t run_since;        /* uv_hrtime() when the current run began */
+  uint64_t slow_ns;          /* slow-step threshold; 0 = off */
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   unsigned pool_index;       /* its place in the pool */
   weft__queue_t io;          /* weft__io_t: weft's own open libuv handles */
@@ -384,6 +392,17 @@ int weft__stream_from_fd(weft_loop_t *loop, int fd, void (*on_close)(void *arg),
 void weft__ignore_sigpipe(void);
 /* tcp.c: parses host and port into a socket address. */
 int weft__tcp_addr(const char *host, int port, struct sockaddr_storage *ss);
+
+/* ----------------------------------------------------------- stats.c */
+
+void weft__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void weft__loops_add(weft_loop_t *loop, const char *name);
+void weft__loops_remove(weft_loop_t *loop);
+size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void *arg);
+uint64_t weft__coarse_ns(void);
+uint64_t weft__slow_default_ns(uint64_t opt_ms);
+void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns);
+void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);
 
 /* ------------------------------------------------------------- debugging */
 

@@ -264,6 +264,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
     .n = n,
   };
   weft__timer_init(&jw.timeout, join_timeout);
+  jw.base.what = n == 1 ? tasks[0] : NULL;
   jw.first_err = first_ended_failure(tasks, n);
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];

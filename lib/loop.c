@@ -71,6 +71,10 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   loop->owner = pthread_self();
   loop->on_event = opts->on_event;
   loop->event_arg = opts->event_arg;
+  loop->slow_ns = weft__slow_default_ns(opts->slow_step_ms);
+  /* Time blocked in the poll, for busy_ns and parked_ns. */
+  uv_loop_configure(&loop->uv, UV_METRICS_IDLE_TIME);
+  weft__loops_add(loop, opts->name);
   atomic_init(&loop->stop, 0);
   *out = loop;
   return 0;
@@ -224,7 +228,9 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
 /* Gives one task the thread until its next await, then cleans up after it
  * if that step was its last. A task cancelled before it ever ran ends here
  * without running. */
-static void run_task(weft_loop_t *loop, weft_task_t *t) {
+/* *clock: the coarse time the step may start from (the end of the one
+ * before, in the same round); updated to this step's end. */
+static void run_task(weft_loop_t *loop, weft_task_t *t, uint64_t *clock) {
   if (t->state == WEFT__NEW) {
     if (t->cancelled || atomic_load_explicit(&loop->cancel_new, memory_order_relaxed)) {
       weft__task_complete(t, WEFT_ECANCELED);
@@ -244,6 +250,9 @@ static void run_task(weft_loop_t *loop, weft_task_t *t) {
   loop->counters.switches++;
   WEFT__EMIT(loop, WEFT_EV_STEP, t, WEFT_WAIT_NONE, 0, 0);
   weft__coro_switch(&loop->sched, &t->coro);
+  uint64_t now = weft__coarse_ns();
+  weft__step_timed(loop, t, now - *clock);
+  *clock = now;
   loop->current = NULL;
   if (t->state == WEFT__DONE) {
     /* The safe point: we are off the task's stack for good. */
@@ -296,11 +305,12 @@ static void loop_round(weft_loop_t *loop) {
   loop->round++;
   loop->counters.rounds++;
   WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);
+  uint64_t clock = weft__coarse_ns();
   for (size_t n = loop->nready; n > 0; n--) {
     weft__queue_t *q = weft__queue_head(&loop->ready);
     weft__queue_remove(q);
     loop->nready--;
-    run_task(loop, weft__container_of(q, weft_task_t, node));
+    run_task(loop, weft__container_of(q, weft_task_t, node), &clock);
   }
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
@@ -313,11 +323,17 @@ static void loop_round(weft_loop_t *loop) {
   }
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
+  uint64_t t0 = weft__coarse_ns();
+  uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(&loop->uv) : 0;
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
     uv_run(&loop->uv, UV_RUN_NOWAIT);
   } else {
     uv_run(&loop->uv, UV_RUN_ONCE);
     weft__inbox_unpark(loop);
+  }
+  if (loop->slow_ns) {
+    uint64_t held = weft__coarse_ns() - t0, idle = uv_metrics_idle_time(&loop->uv) - idle0;
+    weft__callbacks_timed(loop, held > idle ? held - idle : 0);
   }
 }
 
@@ -335,6 +351,7 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
   if (loop->closing)
     return WEFT_EINVAL;
   loop->running = true;
+  loop->run_since = uv_hrtime();
   loop->goal = goal;
   weft__tls.running = loop;
   weft__coro_init_thread(&loop->sched);
@@ -343,6 +360,7 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
 }
 
 static void run_end(weft_loop_t *loop) {
+  loop->run_ns += uv_hrtime() - loop->run_since;
   loop->running = false;
   weft__tls.running = NULL;
 }
@@ -551,27 +569,9 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
 }
 
 void weft__loop_free(weft_loop_t *loop) {
+  weft__loops_remove(loop);
   weft__inbox_destroy(loop);
   free(loop);
-}
-
-int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
-  if (!loop || !out)
-    return WEFT_EINVAL;
-  if (!weft__on_owner(loop)) {
-    weft__misuse("weft_loop_stats", "loop %p belongs to another thread", (void *)loop);
-    return WEFT_EPERM;
-  }
-  *out = loop->counters;
-  out->ready = loop->nready;
-  out->waiting = loop->nwaiting;
-  out->live = loop->nlive;
-  out->stacks_pooled = loop->stacks.nwarm;
-  out->stacks_guarded = loop->stacks.nguarded;
-  out->stacks_canary = loop->stacks.ncanary;
-  out->wakeups_sent = atomic_load_explicit(&loop->wakeups_sent, memory_order_relaxed);
-  out->wakeups_received = loop->wakeups_received;
-  return 0;
 }
 
 /* ------------------------------------------------------------ weft_run */

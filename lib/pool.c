@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define WEFT__POOL_MAX 1024
@@ -58,7 +59,15 @@ static void *worker_main(void *arg) {
   snprintf(name, sizeof name, "weft-%u", w->index);
   pthread_setname_np(pthread_self(), name);
 
-  int err = weft_loop_new(&loop, &pool->loop_opts);
+  /* The loop is named after its thread (or the name given, numbered). */
+  weft_loop_opts_t opts = pool->loop_opts;
+  char loop_name[32];
+  if (opts.name)
+    snprintf(loop_name, sizeof loop_name, "%s-%u", opts.name, w->index);
+  else
+    snprintf(loop_name, sizeof loop_name, "%s", name);
+  opts.name = loop_name;
+  int err = weft_loop_new(&loop, &opts);
   if (!err) {
     loop->pool = pool;
     loop->pool_index = w->index;
@@ -221,5 +230,50 @@ int weft_pool_shutdown(weft_pool_t *pool, int how) {
     }
   }
   pool_end(pool, how);
+  return 0;
+}
+
+static void stats_add(weft_stats_t *sum, const weft_stats_t *one) {
+  sum->spawned += one->spawned;
+  sum->finished += one->finished;
+  sum->failed += one->failed;
+  sum->cancelled += one->cancelled;
+  sum->switches += one->switches;
+  sum->rounds += one->rounds;
+  sum->ready += one->ready;
+  sum->waiting += one->waiting;
+  sum->live += one->live;
+  sum->stacks_pooled += one->stacks_pooled;
+  sum->stacks_guarded += one->stacks_guarded;
+  sum->stacks_canary += one->stacks_canary;
+  sum->inbox_in += one->inbox_in;
+  sum->wakeups_sent += one->wakeups_sent;
+  sum->wakeups_received += one->wakeups_received;
+  sum->busy_ns += one->busy_ns;
+  sum->parked_ns += one->parked_ns;
+  sum->slow_steps += one->slow_steps;
+  /* The longest step is the longest of any loop, not a sum. */
+  if (one->longest_step_ns > sum->longest_step_ns)
+    sum->longest_step_ns = one->longest_step_ns;
+}
+
+int weft_pool_stats(weft_pool_t *pool, weft_stats_t *sum, weft_stats_t *per_loop) {
+  if (!pool || !sum)
+    return WEFT_EINVAL;
+  for (unsigned i = 0; i < pool->n; i++)
+    if (pthread_equal(pool->workers[i].thread, pthread_self())) {
+      weft__misuse("weft_pool_stats", "called from one of the pool's own workers");
+      return WEFT_EINVAL;
+    }
+  memset(sum, 0, sizeof *sum);
+  for (unsigned i = 0; i < pool->n; i++) {
+    weft_stats_t one;
+    int err = weft_loop_stats(pool->workers[i].loop, &one);
+    if (err)
+      return err;
+    if (per_loop)
+      per_loop[i] = one;
+    stats_add(sum, &one);
+  }
   return 0;
 }

@@ -300,7 +300,7 @@ ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len) {
   if ((err = read_start(s)) != 0)
     return err;
   io_wait_t r = {
-    .base = {.task = t, .kind = WEFT_WAIT_READ, .interrupt = reader_interrupt},
+    .base = {.task = t, .kind = WEFT_WAIT_READ, .interrupt = reader_interrupt, .what = s},
     .s = s, .buf = buf, .len = len,
   };
   s->reader = &r;
@@ -338,7 +338,7 @@ static bool writer_interrupt(weft__wait_t *base, int err) {
  * stream is closed under the task: then ECLOSED). */
 static int wait_queue(weft_stream_t *s, weft_task_t *t, size_t limit) {
   io_wait_t w = {
-    .base = {.task = t, .kind = WEFT_WAIT_WRITE, .interrupt = writer_interrupt},
+    .base = {.task = t, .kind = WEFT_WAIT_WRITE, .interrupt = writer_interrupt, .what = s},
     .s = s,
   };
   s->writer = &w;

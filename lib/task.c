@@ -42,6 +42,7 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   weft__timer_init(&t->deadline_timer, NULL);
   t->group = NULL;
   t->id = atomic_fetch_add_explicit(&loop->next_id, 1, memory_order_relaxed);
+  t->born_ns = weft__coarse_ns();
   t->end_seq = 0;
   t->magic = WEFT__TASK_MAGIC;
   t->name[0] = '\0';
@@ -329,6 +330,7 @@ int weft_sleep(uint64_t ms) {
              .arg = ms > INT32_MAX ? INT32_MAX : (int)ms},
   };
   weft__timer_init(&sw.timer, sleep_fire);
+  sw.base.what = &sw.timer;
   uint64_t now = weft__now(loop);
   weft__timer_start(loop, &sw.timer, ms > UINT64_MAX - now ? UINT64_MAX : now + ms);
   return weft__park(&sw.base);

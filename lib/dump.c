@@ -1,0 +1,205 @@
+/* weft_dump: every loop of the process and every live task on it.
+ *
+ * Task lists belong to their loops' threads, so each loop describes itself:
+ * the dumping thread asks every loop through its inbox, and each writes its
+ * part into a memory buffer between two steps. A loop held by a long step
+ * (or not running at all) does not answer; after 1 s the dump says so and
+ * goes on, and the request, shared by both sides, is freed by whichever is
+ * done with it last. The loop the caller itself runs, if any, is described
+ * on the spot. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DUMP_WAIT_MS 1000
+#define DUMP_MAX_TASKS 1000  /* per loop; the rest are counted */
+
+typedef struct dump_req {
+  weft__msg_t msg;
+  atomic_int refs;          /* the dumping thread's and the loop's */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+  char *text;               /* the loop's part (open_memstream) */
+  size_t len;
+  char name[32];
+} dump_req_t;
+
+static void req_unref(dump_req_t *r) {
+  if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  pthread_cond_destroy(&r->cond);
+  pthread_mutex_destroy(&r->lock);
+  free(r->text);
+  free(r);
+}
+
+/* How much of the task's stack has been touched: pages resident from the
+ * lowest one down to the top (a reused stack keeps what earlier tasks
+ * touched). */
+static size_t stack_used(const weft__stack_t *st) {
+  long page = sysconf(_SC_PAGESIZE);
+  uintptr_t lo = (uintptr_t)st->lo & ~(uintptr_t)(page - 1);
+  uintptr_t hi = (uintptr_t)st->lo + st->size;
+  size_t pages = (hi - lo + (uintptr_t)page - 1) / (uintptr_t)page;
+  unsigned char vec[1024];
+  if (pages > sizeof vec)
+    return 0;
+  if (mincore((void *)lo, hi - lo, vec) != 0)
+    return 0;
+  for (size_t i = 0; i < pages; i++)
+    if (vec[i] & 1)
+      return hi - (lo + i * (uintptr_t)page);
+  return 0;
+}
+
+static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
+  switch (w->kind) {
+  case WEFT_WAIT_SLEEP: {
+    const weft__timer_t *tm = w->what;
+    uint64_t now = weft__now(loop);
+    fprintf(f, "sleep until +%llu ms",
+            (unsigned long long)(tm && tm->due > now ? tm->due - now : 0));
+    break;
+  }
+  case WEFT_WAIT_JOIN:
+    if (w->what)
+      fprintf(f, "join of task %s", weft_task_name(w->what));
+    else
+      fprintf(f, "join of several tasks (gather or group)");
+    break;
+  case WEFT_WAIT_THREAD: fprintf(f, "to_thread work"); break;
+  case WEFT_WAIT_CHAN: fprintf(f, "channel %s %p", w->arg ? "send" : "recv", w->what); break;
+  case WEFT_WAIT_ACCEPT: fprintf(f, "accept"); break;
+  case WEFT_WAIT_CONNECT: fprintf(f, "connect"); break;
+  case WEFT_WAIT_READ: fprintf(f, "stream read %p", w->what); break;
+  case WEFT_WAIT_WRITE: fprintf(f, "stream write queue %p", w->what); break;
+  default: fprintf(f, "other"); break;
+  }
+}
+
+/* The loop's part of the dump. Loop thread. */
+static void describe(weft_loop_t *loop, FILE *f) {
+  uint64_t now = weft__coarse_ns();
+  uv_update_time(&loop->uv);
+  fprintf(f, "loop %s: %zu live tasks (%zu ready, %zu waiting), round %llu\n", loop->name,
+          loop->nlive, loop->nready, loop->nwaiting, (unsigned long long)loop->round);
+  size_t shown = 0, more = 0;
+  for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks; q = q->next) {
+    weft_task_t *t = weft__container_of(q, weft_task_t, all);
+    if (t->state == WEFT__DONE)
+      continue;
+    if (shown == DUMP_MAX_TASKS) {
+      more++;
+      continue;
+    }
+    shown++;
+    fprintf(f, "  %s: ", weft_task_name(t));
+    switch (t->state) {
+    case WEFT__NEW: fprintf(f, "ready, not started"); break;
+    case WEFT__READY: fprintf(f, "ready"); break;
+    case WEFT__RUNNING: fprintf(f, "running"); break;
+    case WEFT__WAITING:
+      fprintf(f, "waiting on ");
+      describe_wait(f, loop, t->wait);
+      break;
+    case WEFT__DONE: break;
+    }
+    if (t->cancelled)
+      fprintf(f, " (cancelled)");
+    fprintf(f, ", age %.3f s", (double)(now - t->born_ns) / 1e9);
+    if (t->stack)
+      fprintf(f, ", stack %zu of %zu KiB used", stack_used(t->stack) / 1024, t->stack->size / 1024);
+    fputc('\n', f);
+  }
+  if (more)
+    fprintf(f, "  ... and %zu more\n", more);
+}
+
+static void dump_run(weft__msg_t *m, weft_loop_t *loop) {
+  dump_req_t *r = weft__container_of(m, dump_req_t, msg);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (f) {
+    describe(loop, f);
+    fclose(f);
+  }
+  pthread_mutex_lock(&r->lock);
+  r->text = text;
+  r->len = len;
+  r->done = true;
+  pthread_cond_signal(&r->cond);
+  pthread_mutex_unlock(&r->lock);
+  req_unref(r);
+}
+
+typedef struct dump_all {
+  dump_req_t **reqs;
+  size_t n, cap;
+  weft_loop_t *self;        /* the caller's own running loop, or NULL */
+  FILE *out;
+} dump_all_t;
+
+static weft__msg_t *ask(weft_loop_t *loop, void *arg) {
+  dump_all_t *d = arg;
+  if (loop == d->self) {
+    describe(loop, d->out);
+    return NULL;
+  }
+  if (d->n == d->cap) {
+    size_t cap = d->cap ? 2 * d->cap : 16;
+    dump_req_t **reqs = realloc(d->reqs, cap * sizeof *reqs);
+    if (!reqs)
+      return NULL;
+    d->reqs = reqs;
+    d->cap = cap;
+  }
+  dump_req_t *r = calloc(1, sizeof *r);
+  if (!r)
+    return NULL;
+  r->msg.run = dump_run;
+  atomic_init(&r->refs, 2);
+  pthread_mutex_init(&r->lock, NULL);
+  pthread_cond_init(&r->cond, NULL);
+  snprintf(r->name, sizeof r->name, "%s", loop->name);
+  if (weft__inbox_push(loop, &r->msg, false) != 0) {
+    r->refs = 1;
+    req_unref(r);
+    return NULL;
+  }
+  d->reqs[d->n++] = r;
+  return &r->msg;
+}
+
+void weft_dump(FILE *out) {
+  if (!out)
+    return;
+  dump_all_t d = {.self = weft__tls.running, .out = out};
+  fprintf(out, "weft dump (pid %ld)\n", (long)getpid());
+  weft__loops_each(ask, &d);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += DUMP_WAIT_MS / 1000;
+  for (size_t i = 0; i < d.n; i++) {
+    dump_req_t *r = d.reqs[i];
+    pthread_mutex_lock(&r->lock);
+    while (!r->done)
+      if (pthread_cond_timedwait(&r->cond, &r->lock, &until) != 0)
+        break;
+    if (r->done && r->text)
+      fwrite(r->text, 1, r->len, out);
+    else if (!r->done)
+      fprintf(out, "loop %s: no answer within %d ms (held by a long step, or not running)\n",
+              r->name, DUMP_WAIT_MS);
+    pthread_mutex_unlock(&r->lock);
+    req_unref(r);
+  }
+  free(d.reqs);
+  fflush(out);
+}

@@ -1,0 +1,331 @@
+/* Tests for seeing inside the loops: counters that add up across a pool's
+ * loops under load (and snapshots taken from other threads), loop and task
+ * names, the slow-step warning (one line for one long step, none for
+ * ordinary ones), and weft_dump's description of a task in each wait
+ * state.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+/* ------------------------------------------------------------- counters */
+
+static void *busy_task(void *arg) {
+  uintptr_t i = (uintptr_t)arg;
+  for (unsigned k = 0; k < i % 4; k++)
+    weft_yield();
+  if (i % 7 == 0)
+    weft_task_fail(WEFT_EINVAL);
+  if (i % 11 == 0)
+    weft_sleep(10000); /* cancelled below */
+  return NULL;
+}
+
+#define NLOAD 3000
+
+static void stats_add_up(void **state) {
+  weft_pool_t *pool = wt_pool_of(3);
+  weft_stats_t before, after, per[3];
+  assert_int_equal(weft_pool_stats(pool, &before, NULL), 0);
+  static weft_task_t *t[NLOAD];
+  for (uintptr_t i = 0; i < NLOAD; i++)
+    assert_int_equal(weft_spawn(weft_pool_next(pool), busy_task, (void *)i, &t[i]), 0);
+  for (uintptr_t i = 0; i < NLOAD; i += 11)
+    weft_task_cancel(t[i]);
+  /* Snapshots while the work goes on: each is consistent on its own. */
+  for (int k = 0; k < 5; k++) {
+    weft_stats_t mid;
+    assert_int_equal(weft_pool_stats(pool, &mid, per), 0);
+    assert_true(mid.finished + mid.failed + mid.cancelled + mid.live == mid.spawned);
+    for (int i = 0; i < 3; i++)
+      assert_true(per[i].finished + per[i].failed + per[i].cancelled + per[i].live ==
+                  per[i].spawned);
+  }
+  weft_gather(t, NLOAD, NULL, NULL);
+  size_t ok = 0, failed = 0, cancelled = 0;
+  for (int i = 0; i < NLOAD; i++) {
+    int st = weft_task_status(t[i]);
+    ok += st == 0;
+    failed += st == WEFT_EINVAL;
+    cancelled += st == WEFT_ECANCELED;
+    weft_task_release(t[i]);
+  }
+  assert_int_equal(weft_pool_stats(pool, &after, per), 0);
+  assert_int_equal(after.spawned - before.spawned, NLOAD);
+  assert_int_equal(after.finished - before.finished, ok);
+  assert_int_equal(after.failed - before.failed, failed);
+  assert_int_equal(after.cancelled - before.cancelled, cancelled);
+  assert_int_equal(after.live, 0);
+  /* The sum is the sum of the loops; every loop got a third. */
+  uint64_t spawned = 0, switches = 0;
+  for (int i = 0; i < 3; i++) {
+    spawned += per[i].spawned;
+    switches += per[i].switches;
+    assert_true(per[i].spawned >= NLOAD / 3);
+    assert_true(per[i].busy_ns > 0);
+  }
+  assert_int_equal(spawned, after.spawned);
+  assert_int_equal(switches, after.switches);
+  assert_true(after.inbox_in >= NLOAD);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+/* Parked time grows while a loop waits, busy time while it runs. */
+static void *spin_ms(void *arg) {
+  double until = wt_now_ms() + (double)(uintptr_t)arg;
+  while (wt_now_ms() < until)
+    ;
+  return NULL;
+}
+
+static void stats_busy_and_parked(void **state) {
+  weft_pool_t *pool = wt_pool_of(1);
+  weft_loop_t *loop = weft_pool_loop(pool, 0);
+  weft_stats_t a, b, c;
+  assert_int_equal(weft_loop_stats(loop, &a), 0);
+  uv_sleep(200);
+  assert_int_equal(weft_loop_stats(loop, &b), 0);
+  assert_true(b.parked_ns - a.parked_ns >= 150 * 1000000ull);
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(loop, spin_ms, (void *)200, &t), 0);
+  assert_int_equal(weft_await(t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(weft_loop_stats(loop, &c), 0);
+  assert_true(c.busy_ns - b.busy_ns >= 150 * 1000000ull);
+  assert_true(c.longest_step_ns >= 150 * 1000000ull);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+/* ---------------------------------------------------------------- names */
+
+static void *name_task(void *arg) {
+  const char **out = arg;
+  out[0] = weft_loop_name(weft_loop_current());
+  out[1] = weft_task_name(weft_task_current());
+  return NULL;
+}
+
+static void names(void **state) {
+  weft_loop_t *a, *b;
+  weft_loop_opts_t o = {.name = "frontend"};
+  assert_int_equal(weft_loop_new(&a, NULL), 0);
+  assert_int_equal(weft_loop_new(&b, &o), 0);
+  assert_true(strncmp(weft_loop_name(a), "loop-", 5) == 0);
+  assert_string_equal(weft_loop_name(b), "frontend");
+  assert_string_equal(weft_loop_name(NULL), "(null)");
+  weft_loop_close(a);
+  weft_loop_close(b);
+
+  weft_pool_t *pool = wt_pool_of(2);
+  const char *seen[2];
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), name_task, seen, &t), 0);
+  assert_int_equal(weft_await(t, NULL), 0);
+  assert_string_equal(seen[0], "weft-1");
+  char want[32];
+  snprintf(want, sizeof want, "task-");
+  assert_true(strncmp(seen[1], want, 5) == 0);
+  assert_string_equal(weft_task_name(t), seen[1]);
+  weft_task_release(t);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+/* ------------------------------------------------------------ slow steps */
+
+typedef struct log_capture {
+  pthread_mutex_t lock;
+  int lines;
+  char last[512];
+} log_capture_t;
+
+static void capture(const char *line, void *arg) {
+  log_capture_t *c = arg;
+  pthread_mutex_lock(&c->lock);
+  c->lines++;
+  snprintf(c->last, sizeof c->last, "%s", line);
+  pthread_mutex_unlock(&c->lock);
+}
+
+static void *many_short_steps(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 2000; i++)
+    weft_yield();
+  weft_sleep(20);
+  return NULL;
+}
+
+static void slow_step_warning(void **state) {
+  log_capture_t c = {.lock = PTHREAD_MUTEX_INITIALIZER};
+  weft_log_set(capture, &c);
+  weft_loop_t *loop;
+  weft_loop_opts_t o = {.name = "watched", .slow_step_ms = 100};
+  assert_int_equal(weft_loop_new(&loop, &o), 0);
+  weft_task_t *t;
+  /* Ordinary steps: no line. */
+  assert_int_equal(weft_spawn(loop, many_short_steps, NULL, &t), 0);
+  assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(c.lines, 0);
+  /* One 200 ms step: exactly one line, naming the task, the loop and the
+   * time. */
+  assert_int_equal(weft_spawn(loop, spin_ms, (void *)200, &t), 0);
+  assert_int_equal(weft_task_set_name(t, "spinner"), 0);
+  assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(c.lines, 1);
+  assert_non_null(strstr(c.last, "spinner"));
+  assert_non_null(strstr(c.last, "watched"));
+  assert_non_null(strstr(c.last, " ms"));
+  weft_stats_t st;
+  assert_int_equal(weft_loop_stats(loop, &st), 0);
+  assert_int_equal(st.slow_steps, 1);
+  assert_int_equal(weft_loop_close(loop), 0);
+  weft_log_set(NULL, NULL);
+}
+
+/* ------------------------------------------------------------------ dump */
+
+typedef struct dump_fixture {
+  weft_chan_t *ch;
+  weft_listener_t *l;
+  weft_stream_t *client, *server;
+  char *text;
+  size_t len;
+} dump_fixture_t;
+
+static void *sleeper(void *arg) {
+  (void)arg;
+  weft_sleep(60000);
+  return NULL;
+}
+
+static void *joiner(void *arg) {
+  weft_await(arg, NULL);
+  return NULL;
+}
+
+static void *chan_waiter(void *arg) {
+  dump_fixture_t *f = arg;
+  void *m;
+  weft_chan_recv(f->ch, &m);
+  return NULL;
+}
+
+static void *stream_reader(void *arg) {
+  dump_fixture_t *f = arg;
+  char b;
+  weft_stream_read(f->server, &b, 1);
+  return NULL;
+}
+
+static void *accept_one(void *arg) {
+  dump_fixture_t *f = arg;
+  weft_tcp_accept(f->l, &f->server);
+  return NULL;
+}
+
+static void *dump_main(void *arg) {
+  dump_fixture_t *f = arg;
+  assert_int_equal(weft_chan_new(&f->ch, 1), 0);
+  assert_int_equal(weft_tcp_listen(&f->l, "127.0.0.1", 0, NULL), 0);
+  weft_task_t *acc;
+  assert_int_equal(weft_spawn(NULL, accept_one, f, &acc), 0);
+  assert_int_equal(weft_tcp_connect(&f->client, "127.0.0.1", weft_listener_port(f->l)), 0);
+  assert_int_equal(weft_await(acc, NULL), 0);
+  weft_task_release(acc);
+
+  weft_task_t *t[5];
+  assert_int_equal(weft_spawn(NULL, sleeper, NULL, &t[0]), 0);
+  weft_task_set_name(t[0], "the-sleeper");
+  assert_int_equal(weft_spawn(NULL, joiner, t[0], &t[1]), 0);
+  weft_task_set_name(t[1], "the-joiner");
+  assert_int_equal(weft_spawn(NULL, chan_waiter, f, &t[2]), 0);
+  weft_task_set_name(t[2], "the-chan-waiter");
+  assert_int_equal(weft_spawn(NULL, stream_reader, f, &t[3]), 0);
+  weft_task_set_name(t[3], "the-reader");
+  assert_int_equal(weft_spawn(NULL, sleeper, NULL, &t[4]), 0);
+  weft_task_set_name(t[4], "not-started");
+  for (int i = 0; i < 3; i++)
+    weft_yield();
+  /* t[4] was spawned last and ran too; a new one stays unstarted. */
+  weft_task_t *fresh;
+  assert_int_equal(weft_spawn(NULL, sleeper, NULL, &fresh), 0);
+  weft_task_set_name(fresh, "fresh-one");
+  weft_task_set_name(weft_task_current(), "the-dumper");
+  FILE *mem = open_memstream(&f->text, &f->len);
+  weft_dump(mem);
+  fclose(mem);
+  weft_task_cancel(fresh);
+  weft_task_release(fresh);
+  for (int i = 0; i < 5; i++) {
+    weft_task_cancel(t[i]);
+    weft_await(t[i], NULL);
+    weft_task_release(t[i]);
+  }
+  weft_stream_close(f->client);
+  weft_stream_close(f->server);
+  weft_listener_close(f->l);
+  weft_chan_release(f->ch);
+  return NULL;
+}
+
+static bool line_has(const char *text, const char *task, const char *what) {
+  for (const char *p = strstr(text, task); p; p = strstr(p + 1, task)) {
+    const char *eol = strchr(p, '\n');
+    const char *w = strstr(p, what);
+    if (w && (!eol || w < eol))
+      return true;
+  }
+  return false;
+}
+
+static void dump_wait_states(void **state) {
+  dump_fixture_t f = {0};
+  assert_int_equal(weft_run(dump_main, &f, NULL), 0);
+  assert_non_null(f.text);
+  const char *x = f.text;
+  if (!(line_has(x, "the-sleeper", "waiting on sleep until +") &&
+        line_has(x, "the-joiner", "waiting on join of task the-sleeper") &&
+        line_has(x, "the-chan-waiter", "waiting on channel recv") &&
+        line_has(x, "the-reader", "waiting on stream read") &&
+        line_has(x, "fresh-one", "ready, not started") &&
+        line_has(x, "the-dumper", "running") && line_has(x, "the-sleeper", "stack ") &&
+        line_has(x, "the-sleeper", "age ")))
+    fail_msg("dump lacks a state:\n%s", x);
+  assert_non_null(strstr(x, "live tasks"));
+  free(f.text);
+}
+
+/* From a plain thread, over a pool: every loop answers. */
+static void dump_from_plain_thread(void **state) {
+  weft_pool_t *pool = wt_pool_of(2);
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), sleeper, NULL, &t), 0);
+  uv_sleep(50);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&text, &len);
+  weft_dump(mem);
+  fclose(mem);
+  assert_non_null(strstr(text, "loop weft-0:"));
+  assert_non_null(strstr(text, "loop weft-1: 1 live tasks"));
+  assert_non_null(strstr(text, "waiting on sleep until"));
+  free(text);
+  weft_task_cancel(t);
+  weft_await(t, NULL);
+  weft_task_release(t);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(stats_add_up),
+    cmocka_unit_test(stats_busy_and_parked),
+    cmocka_unit_test(names),
+    cmocka_unit_test(slow_step_warning),
+    cmocka_unit_test(dump_wait_states),
+    cmocka_unit_test(dump_from_plain_thread),
+};
+
+WT_MAIN("observe", tests)
