@@ -15,11 +15,13 @@
  * the producers early if --duration passes, then closes the channels so the
  * consumers drain them and end, shuts the pool down with WEFT_DRAIN and
  * prints the conservation report. The exit status is 1 if anything was
- * lost, duplicated, out of order or otherwise wrong.
+ * lost, duplicated, out of order or otherwise wrong. SIGUSR1 prints a
+ * weft_dump of every loop and task.
  */
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <signal.h>
 #include <inttypes.h>
 #include <stddef.h>
 #include <stdatomic.h>
@@ -64,6 +66,7 @@ typedef struct producer {
 } producer_t;
 
 typedef struct consumer {
+  unsigned id;
   weft_chan_t *ch;
   uint64_t *next_seq;     /* per sender: the lowest sequence number still allowed */
   atomic_uint_fast64_t received;
@@ -144,6 +147,10 @@ static void *producer_main(void *arg) {
   producer_t *p = arg;
   weft_task_t *sleeper = NULL;
   int err = 0;
+  char name[32];
+
+  snprintf(name, sizeof name, "producer-%u", p->id);
+  weft_task_set_name(weft_task_current(), name);
 
   for (uint64_t seq = 0; seq < p->count; seq++) {
     weft_chan_t *ch = g_chans[(p->id + seq) % g_nchans];
@@ -209,6 +216,10 @@ static void *consumer_main(void *arg) {
   uint64_t n = 0;
   void *msg;
   int err;
+  char name[32];
+
+  snprintf(name, sizeof name, "consumer-%u", c->id);
+  weft_task_set_name(weft_task_current(), name);
 
   while ((err = weft_chan_recv(c->ch, &msg)) == 0) {
     uint64_t v = (uint64_t)(uintptr_t)msg;
@@ -278,6 +289,15 @@ static unsigned still_running(const void *array, size_t stride, size_t off, unsi
  * about once a second and setting the stop flag when --duration has
  * passed. Returns 0, or -1 if nothing moved for STALL_S seconds (a lost
  * wake-up or a deadlock: the report then says who was still running). */
+/* SIGUSR1 asks for a weft_dump: the handler only raises this flag, and
+ * the main thread's watch loop prints the dump. */
+static volatile sig_atomic_t g_dump_asked;
+
+static void on_sigusr1(int sig) {
+  (void)sig;
+  g_dump_asked = 1;
+}
+
 static int watch(uint64_t t0, double *next_report, const void *array, size_t stride, size_t off,
                  unsigned n, const char *who) {
   uint64_t last_moved = uv_hrtime(), last_count = 0;
@@ -287,6 +307,10 @@ static int watch(uint64_t t0, double *next_report, const void *array, size_t str
     double t;
 
     sleep_ms(TICK_MS);
+    if (g_dump_asked) {
+      g_dump_asked = 0;
+      weft_dump(stdout);
+    }
     t = now_s(t0);
     sent = total_sent();
     received = total_received();
@@ -433,6 +457,7 @@ int main(int argc, char **argv) {
 
   memset(&opts, 0, sizeof opts);
   opts.workers = g_opt.loops;
+  signal(SIGUSR1, on_sigusr1);
   if ((err = weft_pool_new(&g_pool, &opts)) != 0) {
     fprintf(stderr, "stress: weft_pool_new: %s\n", weft_strerror(err));
     return 1;
@@ -470,6 +495,7 @@ int main(int argc, char **argv) {
   t0 = uv_hrtime();
   for (i = 0; i < g_ncons; i++) {
     consumer_t *c = &g_cons[i];
+    c->id = i;
     c->ch = g_chans[i % g_nchans];
     c->next_seq = calloc(g_nprod, sizeof *c->next_seq);
     atomic_init(&c->received, 0);
