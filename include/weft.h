@@ -643,6 +643,28 @@ WEFT_API unsigned weft_pool_size(const weft_pool_t *pool);
  * Any thread; valid until weft_pool_shutdown returns. */
 WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
 
+/** Starts recording a trace of every loop (each in a bounded ring of its
+ * own, the last 65536 events per loop) for weft_trace_write to save to path
+ * in the Chrome trace-event JSON format: open it in Perfetto
+ * (ui.perfetto.dev) or chrome://tracing. One track per loop; a slice per
+ * task step, named after the task, saying what it stopped at; wake-ups;
+ * arrows for spawns that cross loops. Loops made before the call are not
+ * traced. WEFT_TRACE=path in the environment does the same when the first
+ * loop is made, and writes the file at exit. Any thread. Errors:
+ * WEFT_EINVAL (NULL or empty path), WEFT_ENOMEM. With tracing off nothing
+ * is recorded; with it on an event costs tens of nanoseconds. */
+WEFT_API int weft_trace_start(const char *path);
+
+/** Stops recording (what was recorded stays, for weft_trace_write). Any
+ * thread. */
+WEFT_API void weft_trace_stop(void);
+
+/** Writes what the loops recorded so far to the path weft_trace_start got,
+ * replacing the file; the loops go on meanwhile. Any thread. Errors:
+ * WEFT_EINVAL (tracing was never started), UV_EIO (the file could not be
+ * written). */
+WEFT_API int weft_trace_write(void);
+
 /** Counters of the whole pool: *sum adds up every loop's (ready, waiting
  * and live included), and per_loop, if not NULL, gets weft_pool_size(pool)
  * snapshots, one per loop. Any thread but the pool's own workers (it

@@ -240,6 +240,7 @@ struct weft_task {
   weft_group_t *group;       /* set for group children */
   uint64_t id;
   uint64_t born_ns;          /* coarse clock at spawn, for weft_dump */
+  bool traced_out;           /* its remote spawn began a trace arrow */
   uint64_t end_seq;          /* order in which tasks ended, process-wide;
                                 written before the status is published */
   unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */
@@ -272,6 +273,8 @@ enum weft__goal {
   WEFT__GOAL_STOP,   /* run_forever: weft_loop_stop was called */
   WEFT__GOAL_EMPTY,  /* close: every task has ended */
 };
+
+typedef struct weft__trace weft__trace_t;
 
 struct weft_loop {
   uv_loop_t uv;
@@ -315,6 +318,7 @@ struct weft_loop {
   atomic_uint_fast64_t wakeups_sent;
   uint64_t wakeups_received;
   char name[32];
+  weft__trace_t *trace;      /* its trace ring while tracing (trace.c) */
   weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
@@ -352,7 +356,13 @@ static inline uint64_t weft__now(weft_loop_t *loop) {
 void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
                 weft_wait_kind_t wait, int detail, int status);
 #define WEFT__EMIT(loop, ...) \
-  do { if ((loop)->on_event) weft__emit((loop), __VA_ARGS__); } while (0)
+  do { if ((loop)->on_event || (loop)->trace) weft__emit((loop), __VA_ARGS__); } while (0)
+
+/* trace.c */
+void weft__trace_loop_new(weft_loop_t *loop);
+void weft__trace_record(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
+                        weft_wait_kind_t wait, int detail);
+bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id);
 
 void weft__ready(weft_loop_t *loop, weft_task_t *t);
 int weft__loop_close(weft_loop_t *loop, bool free_it);

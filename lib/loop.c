@@ -75,6 +75,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   /* Time blocked in the poll, for busy_ns and parked_ns. */
   uv_loop_configure(&loop->uv, UV_METRICS_IDLE_TIME);
   weft__loops_add(loop, opts->name);
+  weft__trace_loop_new(loop);
   atomic_init(&loop->stop, 0);
   *out = loop;
   return 0;
@@ -121,7 +122,10 @@ void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
     .status = status,
     .count = loop->nready,
   };
-  loop->on_event(&ev, loop->event_arg);
+  if (loop->on_event)
+    loop->on_event(&ev, loop->event_arg);
+  if (loop->trace)
+    weft__trace_record(loop, kind, t, wait, detail);
 }
 
 /* ------------------------------------------------------- park and wake */

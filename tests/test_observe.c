@@ -6,7 +6,9 @@
  */
 #include "testutil.h"
 
+#include <ctype.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -319,6 +321,147 @@ static void dump_from_plain_thread(void **state) {
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
 }
 
+/* ----------------------------------------------------------------- trace */
+
+/* A strict little JSON checker: returns the end of one value, or NULL. */
+static const char *json_ws(const char *p) {
+  while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+    p++;
+  return p;
+}
+
+static const char *json_value(const char *p, int depth);
+
+static const char *json_string_end(const char *p) {
+  if (*p++ != '"')
+    return NULL;
+  for (; *p != '"'; p++) {
+    if (!*p || (unsigned char)*p < 0x20)
+      return NULL;
+    if (*p == '\\') {
+      p++;
+      if (*p == 'u') {
+        for (int i = 1; i <= 4; i++)
+          if (!isxdigit((unsigned char)p[i]))
+            return NULL;
+        p += 4;
+      } else if (!strchr("\"\\/bfnrt", *p)) {
+        return NULL;
+      }
+    }
+  }
+  return p + 1;
+}
+
+static const char *json_value(const char *p, int depth) {
+  p = json_ws(p);
+  if (depth > 32)
+    return NULL;
+  if (*p == '{' || *p == '[') {
+    char close = *p == '{' ? '}' : ']';
+    bool obj = *p == '{';
+    p = json_ws(p + 1);
+    if (*p == close)
+      return p + 1;
+    for (;;) {
+      if (obj) {
+        if (!(p = json_string_end(json_ws(p))))
+          return NULL;
+        p = json_ws(p);
+        if (*p++ != ':')
+          return NULL;
+      }
+      if (!(p = json_value(p, depth + 1)))
+        return NULL;
+      p = json_ws(p);
+      if (*p == close)
+        return p + 1;
+      if (*p++ != ',')
+        return NULL;
+    }
+  }
+  if (*p == '"')
+    return json_string_end(p);
+  if (!strncmp(p, "true", 4) || !strncmp(p, "null", 4))
+    return p + 4;
+  if (!strncmp(p, "false", 5))
+    return p + 5;
+  char *end;
+  strtod(p, &end);
+  return end == p ? NULL : end;
+}
+
+static size_t count(const char *text, const char *needle) {
+  size_t n = 0;
+  for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle))
+    n++;
+  return n;
+}
+
+static void *traced_child(void *arg) {
+  (void)arg;
+  weft_sleep(1);
+  return NULL;
+}
+
+static void *traced_parent(void *arg) {
+  weft_pool_t *pool = arg;
+  weft_task_set_name(weft_task_current(), "parent");
+  weft_task_t *t[4];
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(weft_spawn(weft_pool_loop(pool, (unsigned)i % 2), traced_child, NULL, &t[i]),
+                     0);
+  weft_gather(t, 4, NULL, NULL);
+  for (int i = 0; i < 4; i++)
+    weft_task_release(t[i]);
+  return NULL;
+}
+
+static void trace_json(void **state) {
+  char path[] = "/tmp/weft-trace-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  assert_int_equal(weft_trace_write(), WEFT_EINVAL); /* never started */
+  assert_int_equal(weft_trace_start(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_trace_start(path), 0);
+  weft_pool_t *pool = wt_pool_of(2);
+  weft_task_t *p;
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), traced_parent, pool, &p), 0);
+  assert_int_equal(weft_await(p, NULL), 0);
+  weft_task_release(p);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+  weft_trace_stop();
+  assert_int_equal(weft_trace_write(), 0);
+
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  static char text[1 << 22];
+  size_t len = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  if (!getenv("KEEP_TRACE")) unlink(path);
+  text[len] = 0;
+  const char *end = json_value(text, 0);
+  if (!end || *json_ws(end))
+    fail_msg("not valid JSON near byte %td", end ? end - text : (ptrdiff_t)-1);
+  /* A track per loop, steps of the named tasks, what they stopped at, and
+   * an arrow per spawn that crossed loops: each leaves one loop and
+   * arrives at the other. */
+  assert_int_equal(count(text, "\"thread_name\""), 2);
+  assert_non_null(strstr(text, "\"weft-0\""));
+  assert_non_null(strstr(text, "\"weft-1\""));
+  assert_true(count(text, "\"ph\":\"X\"") >= 5);
+  assert_non_null(strstr(text, "\"name\":\"parent\""));
+  assert_non_null(strstr(text, "\"then\":\"join\""));
+  assert_non_null(strstr(text, "\"then\":\"sleep\""));
+  assert_non_null(strstr(text, "\"then\":\"end\""));
+  size_t out = count(text, "\"ph\":\"s\""), in = count(text, "\"ph\":\"f\"");
+  assert_true(out >= 2);
+  assert_int_equal(out, in);
+  /* Every step slice has a duration that is not negative. */
+  assert_null(strstr(text, "\"dur\":-"));
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(stats_add_up),
     cmocka_unit_test(stats_busy_and_parked),
@@ -326,6 +469,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(slow_step_warning),
     cmocka_unit_test(dump_wait_states),
     cmocka_unit_test(dump_from_plain_thread),
+    cmocka_unit_test(trace_json),
 };
 
 WT_MAIN("observe", tests)

@@ -1,0 +1,263 @@
+/* Trace export: what each loop did, as a Chrome trace-event JSON file that
+ * Perfetto or chrome://tracing opens as a picture, one track per loop.
+ *
+ * While tracing is on, every loop records into a ring of its own (bounded:
+ * the oldest events give way): each task step (from the switch in to the
+ * await or the end that stops it), each wake-up, and each spawn that
+ * crosses loops, whose two ends become a flow arrow from the spawning
+ * task's step to the loop that takes the task. The recording happens where
+ * the event hook already is (WEFT__EMIT), so with tracing off it costs the
+ * same untaken branch as before. A ring has a mutex of its own, uncontended
+ * but for a writer, so the file can be written while the loops run. A ring
+ * outlives its loop, so a trace written at exit still shows loops that
+ * closed before.
+ *
+ * WEFT_TRACE=path in the environment turns tracing on when the first loop
+ * is made and writes the file at exit. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RING_EVENTS 65536
+
+enum trace_kind { EV_STEP, EV_STOP, EV_WAKE, EV_FLOW_OUT, EV_FLOW_IN };
+
+typedef struct trace_ev {
+  uint64_t ts;              /* uv_hrtime() */
+  uint64_t id;              /* task id, or the flow's id */
+  uint16_t kind;
+  uint16_t wait;            /* EV_STOP: what the step stopped at (0: ended) */
+  int32_t detail;
+  char name[24];            /* EV_STEP: the task's name */
+} trace_ev_t;
+
+struct weft__trace {
+  pthread_mutex_t lock;
+  trace_ev_t *ev;
+  uint64_t n;               /* events recorded in all; the ring holds the last */
+  unsigned tid;
+  char loop_name[32];
+  struct weft__trace *next;
+};
+
+static pthread_mutex_t traces_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft__trace_t *traces;
+static unsigned ntraces;
+static char *trace_path;
+static atomic_bool tracing;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+static void write_at_exit(void) {
+  weft_trace_write();
+}
+
+static void read_env(void) {
+  const char *p = getenv("WEFT_TRACE");
+  if (p && p[0] && weft_trace_start(p) == 0)
+    atexit(write_at_exit);
+}
+
+int weft_trace_start(const char *path) {
+  if (!path || !path[0])
+    return WEFT_EINVAL;
+  char *copy = strdup(path);
+  if (!copy)
+    return WEFT_ENOMEM;
+  pthread_mutex_lock(&traces_lock);
+  free(trace_path);
+  trace_path = copy;
+  atomic_store(&tracing, true);
+  pthread_mutex_unlock(&traces_lock);
+  return 0;
+}
+
+void weft_trace_stop(void) {
+  atomic_store(&tracing, false);
+}
+
+/* A new loop: a ring, if tracing is on. */
+void weft__trace_loop_new(weft_loop_t *loop) {
+  pthread_once(&env_once, read_env);
+  if (!atomic_load(&tracing))
+    return;
+  weft__trace_t *tr = calloc(1, sizeof *tr);
+  if (tr)
+    tr->ev = malloc(RING_EVENTS * sizeof *tr->ev);
+  if (!tr || !tr->ev) {
+    free(tr);
+    return; /* no trace for this loop; it runs all the same */
+  }
+  pthread_mutex_init(&tr->lock, NULL);
+  snprintf(tr->loop_name, sizeof tr->loop_name, "%s", loop->name);
+  pthread_mutex_lock(&traces_lock);
+  tr->tid = ++ntraces;
+  tr->next = traces;
+  traces = tr;
+  pthread_mutex_unlock(&traces_lock);
+  loop->trace = tr;
+}
+
+static trace_ev_t *slot(weft__trace_t *tr, uint16_t kind, uint64_t id) {
+  trace_ev_t *e = &tr->ev[tr->n++ % RING_EVENTS];
+  e->ts = uv_hrtime();
+  e->kind = kind;
+  e->id = id;
+  e->wait = 0;
+  e->detail = 0;
+  return e;
+}
+
+/* From weft__emit, on the loop's thread. */
+void weft__trace_record(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
+                        weft_wait_kind_t wait, int detail) {
+  weft__trace_t *tr = loop->trace;
+  if (!atomic_load_explicit(&tracing, memory_order_relaxed))
+    return;
+  pthread_mutex_lock(&tr->lock);
+  trace_ev_t *e;
+  switch (kind) {
+  case WEFT_EV_STEP:
+    e = slot(tr, EV_STEP, t->id);
+    snprintf(e->name, sizeof e->name, "%s", weft_task_name(t));
+    break;
+  case WEFT_EV_PARK:
+  case WEFT_EV_DONE:
+    e = slot(tr, EV_STOP, t->id);
+    e->wait = kind == WEFT_EV_DONE ? 0 : (uint16_t)wait;
+    break;
+  case WEFT_EV_WAKE:
+    e = slot(tr, EV_WAKE, t->id);
+    e->wait = (uint16_t)wait;
+    e->detail = detail;
+    break;
+  default:
+    break;
+  }
+  pthread_mutex_unlock(&tr->lock);
+}
+
+/* A spawn onto another loop leaves this thread's loop (id: the task's
+ * address, unique while it lives) and arrives at the target. */
+bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id) {
+  weft__trace_t *tr = loop ? loop->trace : NULL;
+  if (!tr || !atomic_load_explicit(&tracing, memory_order_relaxed))
+    return false;
+  pthread_mutex_lock(&tr->lock);
+  slot(tr, out ? EV_FLOW_OUT : EV_FLOW_IN, id);
+  pthread_mutex_unlock(&tr->lock);
+  return true;
+}
+
+/* ------------------------------------------------------------- writing */
+
+static const char *wait_name(unsigned w) {
+  switch (w) {
+  case WEFT_WAIT_YIELD: return "yield";
+  case WEFT_WAIT_SLEEP: return "sleep";
+  case WEFT_WAIT_JOIN: return "join";
+  case WEFT_WAIT_THREAD: return "to_thread";
+  case WEFT_WAIT_CHAN: return "channel";
+  case WEFT_WAIT_ACCEPT: return "accept";
+  case WEFT_WAIT_CONNECT: return "connect";
+  case WEFT_WAIT_READ: return "read";
+  case WEFT_WAIT_WRITE: return "write";
+  case 0: return "end";
+  default: return "other";
+  }
+}
+
+static void json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+/* One loop's events, oldest first. A step whose start fell out of the ring
+ * is left out; one still open at the end is closed at the last event. */
+static void write_ring(FILE *f, weft__trace_t *tr, uint64_t t0, bool *first) {
+  pthread_mutex_lock(&tr->lock);
+  uint64_t n = tr->n, begin = n > RING_EVENTS ? n - RING_EVENTS : 0;
+  fprintf(f, "%s{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%u,\"args\":{\"name\":",
+          *first ? "" : ",\n", tr->tid);
+  json_string(f, tr->loop_name);
+  fputs("}}", f);
+  *first = false;
+  const trace_ev_t *open = NULL;
+  for (uint64_t i = begin; i < n; i++) {
+    const trace_ev_t *e = &tr->ev[i % RING_EVENTS];
+    double ts = (double)(e->ts - t0) / 1e3;
+    switch (e->kind) {
+    case EV_STEP:
+      open = e;
+      break;
+    case EV_STOP:
+      if (open && open->id == e->id) {
+        fprintf(f, ",\n{\"name\":");
+        json_string(f, open->name);
+        fprintf(f, ",\"cat\":\"step\",\"ph\":\"X\",\"pid\":1,\"tid\":%u,\"ts\":%.3f,"
+                   "\"dur\":%.3f,\"args\":{\"task\":%llu,\"then\":\"%s\"}}",
+                tr->tid, (double)(open->ts - t0) / 1e3, (double)(e->ts - open->ts) / 1e3,
+                (unsigned long long)e->id, wait_name(e->wait));
+      }
+      open = NULL;
+      break;
+    case EV_WAKE:
+      fprintf(f, ",\n{\"name\":\"wake\",\"cat\":\"wake\",\"ph\":\"i\",\"s\":\"t\",\"pid\":1,"
+                 "\"tid\":%u,\"ts\":%.3f,\"args\":{\"task\":%llu,\"from\":\"%s\"}}",
+              tr->tid, ts, (unsigned long long)e->id, wait_name(e->wait));
+      break;
+    case EV_FLOW_OUT:
+    case EV_FLOW_IN:
+      fprintf(f, ",\n{\"name\":\"spawn\",\"cat\":\"handoff\",\"ph\":\"%s\",%s\"id\":%llu,"
+                 "\"pid\":1,\"tid\":%u,\"ts\":%.3f}",
+              e->kind == EV_FLOW_OUT ? "s" : "f", e->kind == EV_FLOW_IN ? "\"bp\":\"e\"," : "",
+              (unsigned long long)e->id, tr->tid, ts);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&tr->lock);
+}
+
+int weft_trace_write(void) {
+  pthread_mutex_lock(&traces_lock);
+  if (!trace_path) {
+    pthread_mutex_unlock(&traces_lock);
+    return WEFT_EINVAL;
+  }
+  FILE *f = fopen(trace_path, "w");
+  if (!f) {
+    pthread_mutex_unlock(&traces_lock);
+    return UV_EIO;
+  }
+  /* Times from the earliest event kept. */
+  uint64_t t0 = UINT64_MAX;
+  for (weft__trace_t *tr = traces; tr; tr = tr->next) {
+    pthread_mutex_lock(&tr->lock);
+    uint64_t begin = tr->n > RING_EVENTS ? tr->n - RING_EVENTS : 0;
+    if (tr->n > begin && tr->ev[begin % RING_EVENTS].ts < t0)
+      t0 = tr->ev[begin % RING_EVENTS].ts;
+    pthread_mutex_unlock(&tr->lock);
+  }
+  if (t0 == UINT64_MAX)
+    t0 = 0;
+  fputs("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n", f);
+  bool first = true;
+  for (weft__trace_t *tr = traces; tr; tr = tr->next)
+    write_ring(f, tr, t0, &first);
+  fputs("\n]}\n", f);
+  int err = ferror(f) ? UV_EIO : 0;
+  if (fclose(f) != 0)
+    err = UV_EIO;
+  pthread_mutex_unlock(&traces_lock);
+  return err;
+}
