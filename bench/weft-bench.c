@@ -9,6 +9,9 @@
  *                       the same way, and switch_vs_floor, their ratio
  *   coro_switch_ns      the same through weft__coro_switch, the wrapper tasks
  *                       really switch through (sanitizer hooks compiled out)
+ *   trace_event_ns      what recording one trace event costs: the same
+ *                       yields on a loop that traces, less yield_ns, per
+ *                       event (two a yield)
  *   yield_ns            one weft_yield of the only task on a loop: two
  *                       switches plus a scheduling round and a libuv poll
  *   spawn_ns            spawn, run and end of an empty detached task with a
@@ -147,6 +150,7 @@ static struct {
   double ctx_ns, ctx_med;
   double coro_ns, coro_med;
   double yield_ns, yield_med, yield_switches, yield_rounds;
+  double yield_traced_ns, yield_traced_med;
   double spawn_ns, spawn_med;
   double gather_ms, gather_med;
   double rss_per_task;
@@ -314,6 +318,23 @@ static void *yield_main(void *arg) {
   R.yield_ns = min_median(v, RUNS, &R.yield_med);
   R.yield_switches = (double)(s1.switches - s0.switches) / ((double)YIELDS * RUNS);
   R.yield_rounds = (double)(s1.rounds - s0.rounds) / ((double)YIELDS * RUNS);
+  return NULL;
+}
+
+/* The same yields on a loop made while tracing is on (weft_trace_start):
+ * each yield records two events, the step and the park. */
+static void *yield_traced_main(void *arg) {
+  double v[RUNS];
+  (void)arg;
+  for (unsigned i = 0; i < YIELDS / 10; i++)
+    weft_yield();
+  for (int r = 0; r < RUNS; r++) {
+    uint64_t t0 = uv_hrtime();
+    for (unsigned i = 0; i < YIELDS; i++)
+      weft_yield();
+    v[r] = (double)(uv_hrtime() - t0) / YIELDS;
+  }
+  R.yield_traced_ns = min_median(v, RUNS, &R.yield_traced_med);
   return NULL;
 }
 
@@ -913,6 +934,10 @@ static void print_single_thread(void) {
          "rounds (each polls libuv)\n",
          RUNS, YIELDS, R.yield_med, R.yield_switches, R.yield_rounds);
   printf("yield_ns %.1f ns\n", R.yield_ns);
+  printf("# trace_event_ns: (yield on a traced loop %.1f ns - yield_ns) / 2 events;\n"
+         "#   with tracing off the hook is the untaken branch yield_ns already pays\n",
+         R.yield_traced_ns);
+  printf("trace_event_ns %.1f ns\n", (R.yield_traced_ns - R.yield_ns) / 2);
 
   printf("# spawn_ns: spawn + run + end of an empty detached task, batches of %u,\n"
          "#   min of %d runs of %u tasks (median %.1f), warm stack pool\n",
@@ -970,6 +995,11 @@ int main(int argc, char **argv) {
     bench_gather();
     bench_switches();
     run_task_bench(yield_main, "weft_run (yield)");
+    /* Tracing on for one loop only: the rest of the bench runs untraced. */
+    if (weft_trace_start("/dev/null") == 0) {
+      run_task_bench(yield_traced_main, "weft_run (traced yield)");
+      weft_trace_stop();
+    }
     run_task_bench(spawn_main, "weft_run (spawn)");
   }
   bench_across_loops();

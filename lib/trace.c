@@ -113,14 +113,18 @@ static trace_ev_t *slot(weft__trace_t *tr, uint16_t kind, uint64_t id) {
 void weft__trace_record(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
                         weft_wait_kind_t wait, int detail) {
   weft__trace_t *tr = loop->trace;
-  if (!atomic_load_explicit(&tracing, memory_order_relaxed))
+  if (kind == WEFT_EV_ROUND || kind == WEFT_EV_SPAWN ||
+      !atomic_load_explicit(&tracing, memory_order_relaxed))
     return;
   pthread_mutex_lock(&tr->lock);
   trace_ev_t *e;
   switch (kind) {
   case WEFT_EV_STEP:
     e = slot(tr, EV_STEP, t->id);
-    snprintf(e->name, sizeof e->name, "%s", weft_task_name(t));
+    /* The name lives in the task's 32-byte array: a fixed copy is cheaper
+     * than a formatted one, and cut to fit. */
+    memcpy(e->name, weft_task_name(t), sizeof e->name - 1);
+    e->name[sizeof e->name - 1] = '\0';
     break;
   case WEFT_EV_PARK:
   case WEFT_EV_DONE:
