@@ -403,6 +403,10 @@ void weft__ignore_sigpipe(void);
 /* tcp.c: parses host and port into a socket address. */
 int weft__tcp_addr(const char *host, int port, struct sockaddr_storage *ss);
 
+/* stack.c: the SIGSEGV report of a guarded stack's overflow, for this
+ * thread. */
+void weft__stack_overflow_watch(void);
+
 /* ----------------------------------------------------------- stats.c */
 
 void weft__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -159,8 +159,6 @@ int weft__park(weft__wait_t *w) {
   }
   t->wait = w;
   WEFT__EMIT(loop, WEFT_EV_PARK, t, w->kind, w->arg, 0);
-  if (*t->stack->canary != WEFT__STACK_CANARY)
-    weft__fatal("task stack overflow in %s (its canary was overwritten)", t->name[0] ? t->name : "a task");
   weft__coro_switch(&t->coro, &loop->sched);
   weft__timer_stop(loop, &t->deadline_timer);
   t->wait = NULL;
@@ -254,6 +252,11 @@ static void run_task(weft_loop_t *loop, weft_task_t *t, uint64_t *clock) {
   loop->counters.switches++;
   WEFT__EMIT(loop, WEFT_EV_STEP, t, WEFT_WAIT_NONE, 0, 0);
   weft__coro_switch(&loop->sched, &t->coro);
+  /* Checked here, back on the loop's own stack: reporting from the task's
+   * would need more of the very stack that ran out. */
+  if (*t->stack->canary != WEFT__STACK_CANARY)
+    weft__fatal("task stack overflow in %s on %s (its canary was overwritten)", weft_task_name(t),
+                loop->name);
   uint64_t now = weft__coarse_ns();
   weft__step_timed(loop, t, now - *clock);
   *clock = now;
@@ -359,6 +362,7 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
   loop->goal = goal;
   weft__tls.running = loop;
   weft__coro_init_thread(&loop->sched);
+  weft__stack_overflow_watch();
   uv_update_time(&loop->uv);
   return 0;
 }

@@ -181,8 +181,6 @@ void weft__task_entry(void) {
   weft__coro_started(&t->coro, &loop->sched);
   t->result = t->fn(t->arg);
   int status = t->fail ? t->fail : t->cancelled ? WEFT_ECANCELED : 0;
-  if (*t->stack->canary != WEFT__STACK_CANARY)
-    weft__fatal("task stack overflow in %s (its canary was overwritten)", weft_task_name(t));
   weft__task_complete(t, status);
   weft__coro_exit(&t->coro, &loop->sched);
 }
