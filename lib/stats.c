@@ -54,7 +54,25 @@ static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
 static weft__queue_t loops = {&loops, &loops};
 static atomic_uint loops_made;
 
+/* A fork while another thread holds one of these locks would leave the
+ * child's copy locked for good: the fork waits for them instead. */
+static void fork_prepare(void) {
+  pthread_mutex_lock(&loops_lock);
+  pthread_mutex_lock(&log_lock);
+}
+
+static void fork_done(void) {
+  pthread_mutex_unlock(&log_lock);
+  pthread_mutex_unlock(&loops_lock);
+}
+
+static void fork_guard(void) {
+  pthread_atfork(fork_prepare, fork_done, fork_done);
+}
+
 void weft__loops_add(weft_loop_t *loop, const char *name) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, fork_guard);
   if (name)
     snprintf(loop->name, sizeof loop->name, "%s", name);
   else
