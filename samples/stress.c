@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <weft.h>
 
@@ -289,6 +290,23 @@ static unsigned still_running(const void *array, size_t stride, size_t off, unsi
  * about once a second and setting the stop flag when --duration has
  * passed. Returns 0, or -1 if nothing moved for STALL_S seconds (a lost
  * wake-up or a deadlock: the report then says who was still running). */
+/* Resident memory for --rss-check, less the pages of the message bitmap
+ * the consumers have touched (it grows with the messages, by design). */
+static int g_rss_check;
+static double g_rss_warm = -1, g_rss_end;
+
+static double rss_mib(uint64_t received) {
+  long pages = 0, resident = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (!f)
+    return 0;
+  if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+    resident = 0;
+  fclose(f);
+  double bytes = (double)resident * (double)sysconf(_SC_PAGESIZE) - (double)received / 8;
+  return bytes / 1048576.0;
+}
+
 /* SIGUSR1 asks for a weft_dump: the handler only raises this flag, and
  * the main thread's watch loop prints the dump. */
 static volatile sig_atomic_t g_dump_asked;
@@ -315,8 +333,13 @@ static int watch(uint64_t t0, double *next_report, const void *array, size_t str
     sent = total_sent();
     received = total_received();
     if (t >= *next_report) {
-      printf("%6.1f s: %" PRIu64 " sent, %" PRIu64 " received, %.0f msgs/s so far\n", t, sent,
-             received, t > 0 ? (double)received / t : 0.0);
+      double rss = rss_mib(received);
+      double warm = g_opt.duration_s / 3 < 10 ? g_opt.duration_s / 3 : 10;
+      if (g_rss_warm < 0 && t >= warm)
+        g_rss_warm = rss;
+      g_rss_end = rss;
+      printf("%6.1f s: %" PRIu64 " sent, %" PRIu64 " received, %.0f msgs/s so far, rss %.1f MiB\n",
+             t, sent, received, t > 0 ? (double)received / t : 0.0, rss);
       fflush(stdout);
       *next_report += 1.0;
     }
@@ -365,6 +388,9 @@ static void usage(FILE *out) {
           "  --messages N   messages in all (default 1e6)\n"
           "  --duration S   stop the producers after S seconds (default 30)\n"
           "  --capacity N   capacity of each channel (default 64)\n"
+          "  --rss-check    fail if resident memory grows after the warm-up (a\n"
+          "                 third of --duration, at most 10 s) by more than a\n"
+          "                 quarter or 8 MiB (the message bitmap not counted)\n"
           "  --help         this text\n"
           "\n"
           "Ends with `sent=N received=N lost=N duplicated=N` and the count of\n"
@@ -381,6 +407,10 @@ static int parse_args(int argc, char **argv) {
     if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
       usage(stdout);
       exit(0);
+    }
+    if (strcmp(arg, "--rss-check") == 0) {
+      g_rss_check = 1;
+      continue;
     }
     eq = strchr(arg, '=');
     if (eq != NULL && (size_t)(eq - arg) < sizeof flag) {
@@ -593,6 +623,18 @@ int main(int argc, char **argv) {
 
   if (lost != 0 || dups != 0 || fifo != 0)
     failed = 1;
+  if (g_rss_check) {
+    if (g_rss_warm < 0) {
+      printf("rss: the run ended before its warm-up did\n");
+      failed = 1;
+    } else {
+      double limit = g_rss_warm * 1.25 > g_rss_warm + 8 ? g_rss_warm * 1.25 : g_rss_warm + 8;
+      printf("rss after warm-up %.1f MiB, at the end %.1f MiB (limit %.1f)\n", g_rss_warm,
+             g_rss_end, limit);
+      if (g_rss_end > limit)
+        failed = 1;
+    }
+  }
   printf("%s\n", failed ? "FAILED" : "OK");
   return failed;
 }
