@@ -82,11 +82,11 @@ int weft_chan_new(weft_chan_t **out, size_t capacity) {
     return WEFT_EINVAL;
   }
   size_t size = (sizeof(weft_chan_t) + LINE - 1) / LINE * LINE;
-  weft_chan_t *ch = aligned_alloc(LINE, size);
+  weft_chan_t *ch = weft__aligned_alloc(LINE, size);
   if (!ch)
     return WEFT_ENOMEM;
   memset(ch, 0, sizeof *ch);
-  ch->cells = malloc(capacity * sizeof *ch->cells);
+  ch->cells = weft__malloc(capacity * sizeof *ch->cells);
   if (!ch->cells) {
     free(ch);
     return WEFT_ENOMEM;

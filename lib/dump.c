@@ -154,13 +154,13 @@ static weft__msg_t *ask(weft_loop_t *loop, void *arg) {
   }
   if (d->n == d->cap) {
     size_t cap = d->cap ? 2 * d->cap : 16;
-    dump_req_t **reqs = realloc(d->reqs, cap * sizeof *reqs);
+    dump_req_t **reqs = weft__realloc(d->reqs, cap * sizeof *reqs);
     if (!reqs)
       return NULL;
     d->reqs = reqs;
     d->cap = cap;
   }
-  dump_req_t *r = calloc(1, sizeof *r);
+  dump_req_t *r = weft__calloc(1, sizeof *r);
   if (!r)
     return NULL;
   r->msg.run = dump_run;

@@ -20,7 +20,7 @@ struct weft_group {
 int weft_group_new(weft_group_t **out) {
   if (!out)
     return WEFT_EINVAL;
-  weft_group_t *g = calloc(1, sizeof *g);
+  weft_group_t *g = weft__calloc(1, sizeof *g);
   if (!g)
     return WEFT_ENOMEM;
   weft__queue_init(&g->children);

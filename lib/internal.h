@@ -418,6 +418,16 @@ uint64_t weft__slow_default_ns(uint64_t opt_ms);
 void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns);
 void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);
 
+/* --------------------------------------------------------------- alloc.c */
+
+/* Every allocation in lib/ goes through these (the nth from now fails after
+ * weft__alloc_fail_nth(n), for tests). */
+void *weft__malloc(size_t n);
+void *weft__calloc(size_t n, size_t size);
+void *weft__realloc(void *p, size_t n);
+void *weft__aligned_alloc(size_t align, size_t n);
+void weft__alloc_fail_nth(long n);
+
 /* ------------------------------------------------------------- debugging */
 
 bool weft__debug_enabled(void);

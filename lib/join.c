@@ -215,7 +215,7 @@ static int check_handles(weft_task_t **tasks, size_t n, const char *fn) {
 #define SMALL_JOIN 8
 
 static join_node_t *nodes_get(join_node_t *small, size_t n) {
-  return n > SMALL_JOIN ? malloc(n * sizeof(join_node_t)) : small;
+  return n > SMALL_JOIN ? weft__malloc(n * sizeof(join_node_t)) : small;
 }
 
 static void nodes_put(join_node_t *nodes, join_node_t *small) {

@@ -38,7 +38,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
     weft__misuse("weft_loop_new", "stack_size %zu is over the 1 GiB limit", opts->stack_size);
     return WEFT_EINVAL;
   }
-  weft_loop_t *loop = calloc(1, sizeof *loop);
+  weft_loop_t *loop = weft__calloc(1, sizeof *loop);
   if (!loop)
     return WEFT_ENOMEM;
   err = uv_loop_init(&loop->uv);
@@ -430,7 +430,7 @@ static void call_run(weft__msg_t *m, weft_loop_t *loop) {
 int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void *arg) {
   if (!loop || !cb)
     return WEFT_EINVAL;
-  call_msg_t *c = malloc(sizeof *c);
+  call_msg_t *c = weft__malloc(sizeof *c);
   if (!c)
     return WEFT_ENOMEM;
   c->msg.run = call_run;

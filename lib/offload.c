@@ -49,7 +49,7 @@ int weft_to_thread(weft_fn fn, void *arg, void **result) {
     weft__misuse("weft_to_thread", "fn is NULL");
     return WEFT_EINVAL;
   }
-  offload_t *o = malloc(sizeof *o);
+  offload_t *o = weft__malloc(sizeof *o);
   if (!o)
     return WEFT_ENOMEM;
   o->fn = fn;

@@ -110,7 +110,7 @@ static void pool_end(weft_pool_t *pool, int how) {
     weft_loop_t *loop = pool->workers[i].loop;
     if (!loop)
       continue;
-    shutdown_msg_t *sm = malloc(sizeof *sm);
+    shutdown_msg_t *sm = weft__malloc(sizeof *sm);
     if (sm) {
       sm->msg.run = shutdown_run;
       sm->how = how;
@@ -151,10 +151,10 @@ int weft_pool_new(weft_pool_t **out, const weft_pool_opts_t *opts) {
     weft__misuse("weft_pool_new", "%u workers is over the limit of %d", n, WEFT__POOL_MAX);
     return WEFT_EINVAL;
   }
-  weft_pool_t *pool = calloc(1, sizeof *pool);
+  weft_pool_t *pool = weft__calloc(1, sizeof *pool);
   if (!pool)
     return WEFT_ENOMEM;
-  pool->workers = calloc(n, sizeof *pool->workers);
+  pool->workers = weft__calloc(n, sizeof *pool->workers);
   if (!pool->workers) {
     free(pool);
     return WEFT_ENOMEM;

@@ -101,7 +101,7 @@ static weft__stack_t *stack_new_guarded(weft__stack_pool_t *p) {
     atomic_fetch_sub(&guarded_total, 1);
     return NULL;
   }
-  weft__stack_t *s = malloc(sizeof *s);
+  weft__stack_t *s = weft__malloc(sizeof *s);
   if (!s)
     goto error1;
   size_t len = p->stack_size + page_size;
@@ -134,7 +134,7 @@ error1:
 static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
   weft__slab_t *slab = p->carving;
   if (!slab || slab->carved == SLAB_STACKS) {
-    slab = malloc(sizeof *slab);
+    slab = weft__malloc(sizeof *slab);
     if (!slab)
       return NULL;
     /* One page below the first slot holds its canary. */

@@ -116,8 +116,8 @@ static void ignore_sigpipe(void) {
 /* A stream for loop with a fresh handle (not yet on a socket). */
 static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
   ignore_sigpipe();
-  weft_stream_t *s = calloc(1, sizeof *s);
-  uv_tcp_t *h = malloc(sizeof *h);
+  weft_stream_t *s = weft__calloc(1, sizeof *s);
+  uv_tcp_t *h = weft__malloc(sizeof *h);
   if (!s || !h) {
     free(s);
     free(h);
@@ -201,7 +201,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     *buf = uv_buf_init(r->buf, r->len > UINT32_MAX ? UINT32_MAX : (unsigned)r->len);
     return;
   }
-  if (!s->rbuf && !(s->rbuf = malloc(RBUF_SIZE))) {
+  if (!s->rbuf && !(s->rbuf = weft__malloc(RBUF_SIZE))) {
     *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
     return;
   }
@@ -348,7 +348,7 @@ static int wait_queue(weft_stream_t *s, weft_task_t *t, size_t limit) {
 }
 
 static int queue_write(weft_stream_t *s, const char *p, size_t len) {
-  write_req_t *wr = malloc(sizeof *wr + len);
+  write_req_t *wr = weft__malloc(sizeof *wr + len);
   if (!wr)
     return WEFT_ENOMEM;
   memcpy(wr->data, p, len);
@@ -508,7 +508,7 @@ int weft_stream_attach(weft_stream_t *s) {
     weft__misuse("weft_stream_attach", "no loop runs on this thread");
     return WEFT_ENOTASK;
   }
-  uv_tcp_t *h = malloc(sizeof *h);
+  uv_tcp_t *h = weft__malloc(sizeof *h);
   if (!h)
     return WEFT_ENOMEM;
   int err = uv_tcp_init(&loop->uv, h);

@@ -17,7 +17,7 @@ atomic_uint_fast64_t weft__end_seq;
 /* Makes a task that belongs to loop but is not on its books yet: any
  * thread may call this, only the loop's thread adopts the task. */
 static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool handle) {
-  weft_task_t *t = malloc(sizeof *t);
+  weft_task_t *t = weft__malloc(sizeof *t);
   if (!t)
     return NULL;
   weft__queue_init(&t->node);
@@ -200,7 +200,7 @@ static void cancel_run(weft__msg_t *m, weft_loop_t *loop) {
 /* From another thread: the request travels through the loop's inbox, with a
  * reference that keeps the task alive until it is delivered. */
 static int cancel_remote(weft_task_t *t) {
-  cancel_msg_t *c = malloc(sizeof *c);
+  cancel_msg_t *c = weft__malloc(sizeof *c);
   if (!c)
     return WEFT_ENOMEM;
   c->msg.run = cancel_run;

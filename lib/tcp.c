@@ -191,7 +191,7 @@ static bool accept_interrupt(weft__wait_t *base, int err) {
 static int wait_readable(slot_t *sl, weft_task_t *t) {
   weft_loop_t *loop = t->loop;
   if (!sl->poll) {
-    uv_poll_t *p = malloc(sizeof *p);
+    uv_poll_t *p = weft__malloc(sizeof *p);
     if (!p)
       return WEFT_ENOMEM;
     int err = uv_poll_init(&loop->uv, p, sl->fd);
@@ -339,7 +339,7 @@ int weft_tcp_listen(weft_listener_t **out, const char *host, int port,
   if (err)
     return err;
 
-  weft_listener_t *l = calloc(1, sizeof *l);
+  weft_listener_t *l = weft__calloc(1, sizeof *l);
   if (!l)
     return WEFT_ENOMEM;
   l->mode = opts->mode;
@@ -348,7 +348,7 @@ int weft_tcp_listen(weft_listener_t **out, const char *host, int port,
   atomic_init(&l->refs, 1);
   atomic_init(&l->closed, false);
   slot_init(&l->acc, l);
-  l->slots = calloc(l->nslots, sizeof *l->slots);
+  l->slots = weft__calloc(l->nslots, sizeof *l->slots);
   if (!l->slots) {
     free(l);
     return WEFT_ENOMEM;

@@ -51,7 +51,7 @@ int weft__timers_reserve(weft_loop_t *loop, size_t n) {
   size_t cap = loop->heap_cap ? loop->heap_cap : 64;
   while (cap < n)
     cap *= 2;
-  weft__timer_t **heap = realloc(loop->heap, cap * sizeof *heap);
+  weft__timer_t **heap = weft__realloc(loop->heap, cap * sizeof *heap);
   if (!heap)
     return WEFT_ENOMEM;
   loop->heap = heap;

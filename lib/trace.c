@@ -82,9 +82,9 @@ void weft__trace_loop_new(weft_loop_t *loop) {
   pthread_once(&env_once, read_env);
   if (!atomic_load(&tracing))
     return;
-  weft__trace_t *tr = calloc(1, sizeof *tr);
+  weft__trace_t *tr = weft__calloc(1, sizeof *tr);
   if (tr)
-    tr->ev = malloc(RING_EVENTS * sizeof *tr->ev);
+    tr->ev = weft__malloc(RING_EVENTS * sizeof *tr->ev);
   if (!tr || !tr->ev) {
     free(tr);
     return; /* no trace for this loop; it runs all the same */

@@ -1,0 +1,35 @@
+/* Memory: every allocation weft makes goes through these, so that a test
+ * can make the nth one from now fail (weft__alloc_fail_nth) and check that
+ * each caller turns it into WEFT_ENOMEM and leaves nothing half made. The
+ * countdown costs one relaxed load when no failure is asked for. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+static atomic_long fail_countdown; /* 0: off; n: the nth allocation fails */
+
+void weft__alloc_fail_nth(long n) {
+  atomic_store(&fail_countdown, n > 0 ? n : 0);
+}
+
+static bool fail_now(void) {
+  if (atomic_load_explicit(&fail_countdown, memory_order_relaxed) == 0)
+    return false;
+  return atomic_fetch_sub(&fail_countdown, 1) == 1;
+}
+
+void *weft__malloc(size_t n) {
+  return fail_now() ? NULL : malloc(n);
+}
+
+void *weft__calloc(size_t n, size_t size) {
+  return fail_now() ? NULL : calloc(n, size);
+}
+
+void *weft__realloc(void *p, size_t n) {
+  return fail_now() ? NULL : realloc(p, n);
+}
+
+void *weft__aligned_alloc(size_t align, size_t n) {
+  return fail_now() ? NULL : aligned_alloc(align, n);
+}
