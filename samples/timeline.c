@@ -1130,7 +1130,7 @@ close:
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: timeline [--scale S]\n"
+          "usage: timeline [--scale S] [--trace FILE]\n"
           "\n"
           "Runs the seed's three execution models (tasks A = 2 s, B = 1 s, C = 3 s)\n"
           "on weft, and a fourth in which the tasks compute, on one loop and then on\n"
@@ -1139,11 +1139,14 @@ static void usage(FILE *out) {
           "\n"
           "  --scale S   real seconds per seed second, 0.001 to 10 (default 0.1:\n"
           "              A, B, C wait, or compute, 200, 100, 300 ms)\n"
+          "  --trace F   also record every loop with weft_trace_start and write\n"
+          "              the Chrome trace-event JSON to F, for Perfetto\n"
           "  --help      this text\n");
 }
 
 int main(int argc, char **argv) {
   static model_t models[5];
+  const char *trace = NULL;
   int i, err;
 
   for (i = 1; i < argc; i++) {
@@ -1151,6 +1154,9 @@ int main(int argc, char **argv) {
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
       return 0;
+    } else if (strcmp(argv[i], "--trace") == 0 && i + 1 < argc) {
+      trace = argv[++i];
+      continue;
     } else if (strcmp(argv[i], "--scale") == 0 && i + 1 < argc) {
       val = argv[++i];
     } else if (strncmp(argv[i], "--scale=", 8) == 0) {
@@ -1171,6 +1177,10 @@ int main(int argc, char **argv) {
     }
   }
 
+  if (trace && (err = weft_trace_start(trace)) != 0) {
+    fprintf(stderr, "timeline: --trace: %s\n", weft_strerror(err));
+    return 2;
+  }
   for (i = 0; i < NTASKS; i++) {
     g_task_ms[i] = (uint64_t)(task_seed_s[i] * 1000 * g_scale + 0.5);
     if (g_task_ms[i] == 0)
@@ -1236,5 +1246,13 @@ int main(int argc, char **argv) {
 
   printf("\nOne loop: one thread, many tasks, cooperative scheduling; whoever waits\n"
          "gives up the loop. A pool of loops adds what one loop cannot: cores.\n");
+  if (trace) {
+    if ((err = weft_trace_write()) != 0) {
+      fprintf(stderr, "timeline: writing %s: %s\n", trace, weft_strerror(err));
+      return 1;
+    }
+    printf("\nThe trace of every loop above is in %s: open it in ui.perfetto.dev\n"
+           "or chrome://tracing (a track per loop, a slice per task step).\n", trace);
+  }
   return 0;
 }
