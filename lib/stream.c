@@ -113,6 +113,15 @@ static void ignore_sigpipe(void) {
   pthread_once(&once, weft__ignore_sigpipe);
 }
 
+/* s takes h, a handle initialised on loop, and is bound to loop. */
+static void bind_handle(weft_stream_t *s, weft_loop_t *loop, uv_tcp_t *h) {
+  h->data = s;
+  s->h = h;
+  s->loop = loop;
+  s->fd = -1;
+  weft__io_add(loop, &s->io, (uv_handle_t *)h, force_close);
+}
+
 /* A stream for loop with a fresh handle (not yet on a socket). */
 static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
   ignore_sigpipe();
@@ -129,11 +138,7 @@ static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
     free(h);
     return err;
   }
-  h->data = s;
-  s->h = h;
-  s->loop = loop;
-  s->fd = -1;
-  weft__io_add(loop, &s->io, (uv_handle_t *)h, force_close);
+  bind_handle(s, loop, h);
   *out = s;
   return 0;
 }
@@ -520,11 +525,7 @@ int weft_stream_attach(weft_stream_t *s) {
     uv_close((uv_handle_t *)h, free_handle_cb);
     return err;
   }
-  h->data = s;
-  s->h = h;
-  s->loop = loop;
-  s->fd = -1;
-  weft__io_add(loop, &s->io, (uv_handle_t *)h, force_close);
+  bind_handle(s, loop, h);
   return 0;
 }
 

@@ -16,25 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int count_fds(void) {
-  static bool warm;
-  if (!warm) {
-    /* libuv's first loop opens two descriptors for good. */
-    uv_loop_t l;
-    uv_loop_init(&l);
-    uv_loop_close(&l);
-    warm = true;
-  }
-  int n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  if (!d)
-    return -1;
-  while (readdir(d))
-    n++;
-  closedir(d);
-  return n;
-}
-
 /* A small, reproducible random sequence (xorshift). */
 static uint32_t rnd(uint32_t *s) {
   *s ^= *s << 13;
@@ -179,13 +160,13 @@ static void *cancel_main(void *arg) {
 }
 
 static void cancel_at_random_awaits(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   cancel_fix_t f;
   memset(&f, 0, sizeof f);
   assert_int_equal(weft_run(cancel_main, &f, NULL), 0);
   /* Most were cancelled in their wait; the others ended first. */
   assert_true(atomic_load(&f.cancelled) > NCANCEL / 2);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 /* ---------------------------------------- shutdown with messages in flight */

@@ -16,17 +16,6 @@ void weft__alloc_fail_nth(long n);
 
 #define SWEEP 12 /* more allocations than any one call below makes */
 
-static int count_fds(void) {
-  int n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  if (!d)
-    return -1;
-  while (readdir(d))
-    n++;
-  closedir(d);
-  return n;
-}
-
 static void *child(void *arg) {
   return arg;
 }
@@ -91,7 +80,7 @@ static void oom_loop_and_pool(void **state) {
   weft_loop_t *loop;
   assert_int_equal(weft_loop_new(&loop, NULL), 0);
   assert_int_equal(weft_loop_close(loop), 0);
-  int fds = count_fds();
+  int fds = wt_count_fds();
   int made = 0;
   for (long n = 1; n <= SWEEP; n++) {
     loop = NULL;
@@ -105,7 +94,7 @@ static void oom_loop_and_pool(void **state) {
       assert_int_equal(rc, WEFT_ENOMEM);
       assert_null(loop);
     }
-    assert_int_equal(count_fds(), fds);
+    assert_int_equal(wt_count_fds(), fds);
   }
   assert_true(made > 0);
   for (long n = 1; n <= 3 * SWEEP; n++) {
@@ -118,7 +107,7 @@ static void oom_loop_and_pool(void **state) {
       assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
     else
       assert_int_equal(rc, WEFT_ENOMEM);
-    assert_int_equal(count_fds(), fds);
+    assert_int_equal(wt_count_fds(), fds);
   }
 }
 
@@ -202,9 +191,9 @@ static void oom_tcp(void **state) {
   weft_loop_t *loop;
   assert_int_equal(weft_loop_new(&loop, NULL), 0);
   assert_int_equal(weft_loop_close(loop), 0);
-  int fds = count_fds();
+  int fds = wt_count_fds();
   assert_int_equal(weft_run(tcp_sweep, NULL, NULL), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 static const struct CMUnitTest tests[] = {

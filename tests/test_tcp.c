@@ -25,27 +25,6 @@
 
 #define HOST "127.0.0.1"
 
-/* Open descriptors of the process. The first libuv loop of a process
- * opens two that stay (libuv's signal lock pipe), so a baseline is taken
- * after one loop has come and gone. */
-static int count_fds(void) {
-  static bool warm;
-  if (!warm) {
-    uv_loop_t l;
-    uv_loop_init(&l);
-    uv_loop_close(&l);
-    warm = true;
-  }
-  int n = 0;
-  DIR *d = opendir("/proc/self/fd");
-  if (!d)
-    return -1;
-  while (readdir(d))
-    n++;
-  closedir(d);
-  return n;
-}
-
 /* Reads exactly len bytes (or fails the test). */
 static void read_exactly(weft_stream_t *s, char *buf, size_t len) {
   size_t got = 0;
@@ -120,9 +99,9 @@ static void *echo_main(void *arg) {
 }
 
 static void tcp_echo_one_loop(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   assert_int_equal(weft_run(echo_main, NULL, NULL), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 /* Reads see what is buffered, a little at a time; the peer's close is end
@@ -187,9 +166,9 @@ static void *bulk_main(void *arg) {
 }
 
 static void tcp_bulk_and_end_of_stream(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   assert_int_equal(weft_run(bulk_main, NULL, NULL), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 /* ------------------------------------------- cancel, deadline, close */
@@ -298,9 +277,9 @@ static void *waits_main(void *arg) {
 }
 
 static void tcp_cancel_deadline_close(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   assert_int_equal(weft_run(waits_main, NULL, NULL), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 typedef struct conn_try {
@@ -350,10 +329,10 @@ static void *connect_main(void *arg) {
 }
 
 static void tcp_connect_refused_and_cancelled(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   assert_int_equal(weft_run(connect_main, NULL, NULL), 0);
   /* Sockets of abandoned connects close with their handles. */
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 /* ------------------------------------------------- handing to a loop */
@@ -400,7 +379,7 @@ static void *second_half(void *arg) {
 }
 
 static void tcp_stream_changes_loop(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   weft_pool_t *pool = wt_pool_of(2);
   handoff_t h = {0};
   h.rc_first = h.rc_second = 1;
@@ -434,7 +413,7 @@ static void tcp_stream_changes_loop(void **state) {
   weft_listener_close(h.l);
   weft_chan_release(h.ch);
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 /* --------------------------------------------------- accept modes */
@@ -501,7 +480,7 @@ static int mode_client(int port, int *fd) {
 }
 
 static void run_mode(weft_listen_mode_t mode) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   weft_pool_t *pool = wt_pool_of(MODE_LOOPS);
   mode_srv_t m;
   memset(&m, 0, sizeof m);
@@ -550,7 +529,7 @@ static void run_mode(weft_listen_mode_t mode) {
     weft_task_release(t[i]);
   }
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 static void tcp_mode_reuseport(void **state) {
@@ -638,7 +617,7 @@ static void tcp_out_of_fds(void **state) {
   struct rlimit old, lim;
   getrlimit(RLIMIT_NOFILE, &old);
   lim = old;
-  lim.rlim_cur = (rlim_t)count_fds() + 4;
+  lim.rlim_cur = (rlim_t)wt_count_fds() + 4;
   assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
 
   weft_task_t *acc, *rel;
@@ -725,9 +704,9 @@ static void *misuse_main(void *arg) {
 }
 
 static void tcp_misuse(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   assert_int_equal(weft_run(misuse_main, NULL, NULL), 0);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
   /* Await points outside a task. */
   weft_stream_t *s;
   weft_listener_t *l;
@@ -798,7 +777,7 @@ static void *leaky(void *arg) {
 }
 
 static void tcp_loop_close_frees_streams(void **state) {
-  int fds = count_fds();
+  int fds = wt_count_fds();
   weft_loop_t *loop;
   assert_int_equal(weft_loop_new(&loop, NULL), 0);
   weft_stream_t *keep[1] = {NULL};
@@ -815,7 +794,7 @@ static void tcp_loop_close_frees_streams(void **state) {
   assert_int_equal(weft_loop_close(loop), 0);
   assert_int_equal(weft_task_status(t), WEFT_ECANCELED);
   weft_task_release(t);
-  assert_int_equal(count_fds(), fds);
+  assert_int_equal(wt_count_fds(), fds);
 }
 
 static const struct CMUnitTest tests[] = {
