@@ -85,8 +85,8 @@ static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
 
 /* The loop's part of the dump. Loop thread. */
 static void describe(weft_loop_t *loop, FILE *f) {
-  uint64_t now = weft__coarse_ns();
   uv_update_time(&loop->uv);
+  uint64_t now_ms = weft__now(loop);
   fprintf(f, "loop %s: %zu live tasks (%zu ready, %zu waiting), round %llu\n", loop->name,
           loop->nlive, loop->nready, loop->nwaiting, (unsigned long long)loop->round);
   size_t shown = 0, more = 0;
@@ -112,7 +112,7 @@ static void describe(weft_loop_t *loop, FILE *f) {
     }
     if (t->cancelled)
       fprintf(f, " (cancelled)");
-    fprintf(f, ", age %.3f s", (double)(now - t->born_ns) / 1e9);
+    fprintf(f, ", age %.3f s", (double)(now_ms - t->born_ms) / 1e3);
     if (t->stack)
       fprintf(f, ", stack %zu of %zu KiB used", stack_used(t->stack) / 1024, t->stack->size / 1024);
     fputc('\n', f);

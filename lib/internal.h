@@ -239,7 +239,7 @@ struct weft_task {
   weft__timer_t deadline_timer;
   weft_group_t *group;       /* set for group children */
   uint64_t id;
-  uint64_t born_ns;          /* coarse clock at spawn, for weft_dump */
+  uint64_t born_ms;          /* loop time when it joined its loop, for weft_dump */
   bool traced_out;           /* its remote spawn began a trace arrow */
   uint64_t end_seq;          /* order in which tasks ended, process-wide;
                                 written before the status is published */
@@ -322,6 +322,8 @@ struct weft_loop {
   weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
+  uint64_t parked_ns;        /* time in the blocking poll */
+  uint64_t step_clock;       /* coarse ns the next task step starts from */
   uint64_t slow_ns;          /* slow-step threshold; 0 = off */
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   unsigned pool_index;       /* its place in the pool */

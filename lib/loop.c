@@ -72,8 +72,11 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   loop->on_event = opts->on_event;
   loop->event_arg = opts->event_arg;
   loop->slow_ns = weft__slow_default_ns(opts->slow_step_ms);
-  /* Time blocked in the poll, for busy_ns and parked_ns. */
-  uv_loop_configure(&loop->uv, UV_METRICS_IDLE_TIME);
+  /* Watching for slow callbacks needs the time the poll blocked, which
+   * libuv measures only on request, at the cost of an extra epoll_wait per
+   * poll: so only then. */
+  if (loop->slow_ns)
+    uv_loop_configure(&loop->uv, UV_METRICS_IDLE_TIME);
   weft__loops_add(loop, opts->name);
   weft__trace_loop_new(loop);
   atomic_init(&loop->stop, 0);
@@ -230,9 +233,10 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
 /* Gives one task the thread until its next await, then cleans up after it
  * if that step was its last. A task cancelled before it ever ran ends here
  * without running. */
-/* *clock: the coarse time the step may start from (the end of the one
- * before, in the same round); updated to this step's end. */
-static void run_task(weft_loop_t *loop, weft_task_t *t, uint64_t *clock) {
+/* loop->step_clock: the coarse time the step may start from (the end of
+ * the step before, or of the last poll); updated to this step's end. One
+ * clock read a step: a step's time includes the inbox drain before it. */
+static void run_task(weft_loop_t *loop, weft_task_t *t) {
   if (t->state == WEFT__NEW) {
     if (t->cancelled || atomic_load_explicit(&loop->cancel_new, memory_order_relaxed)) {
       weft__task_complete(t, WEFT_ECANCELED);
@@ -258,8 +262,8 @@ static void run_task(weft_loop_t *loop, weft_task_t *t, uint64_t *clock) {
     weft__fatal("task stack overflow in %s on %s (its canary was overwritten)", weft_task_name(t),
                 loop->name);
   uint64_t now = weft__coarse_ns();
-  weft__step_timed(loop, t, now - *clock);
-  *clock = now;
+  weft__step_timed(loop, t, now - loop->step_clock);
+  loop->step_clock = now;
   loop->current = NULL;
   if (t->state == WEFT__DONE) {
     /* The safe point: we are off the task's stack for good. */
@@ -312,12 +316,11 @@ static void loop_round(weft_loop_t *loop) {
   loop->round++;
   loop->counters.rounds++;
   WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);
-  uint64_t clock = weft__coarse_ns();
   for (size_t n = loop->nready; n > 0; n--) {
     weft__queue_t *q = weft__queue_head(&loop->ready);
     weft__queue_remove(q);
     loop->nready--;
-    run_task(loop, weft__container_of(q, weft_task_t, node), &clock);
+    run_task(loop, weft__container_of(q, weft_task_t, node));
   }
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
@@ -330,16 +333,19 @@ static void loop_round(weft_loop_t *loop) {
   }
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
-  uint64_t t0 = weft__coarse_ns();
+  uint64_t t0 = loop->slow_ns ? weft__coarse_ns() : 0;
   uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(&loop->uv) : 0;
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
     uv_run(&loop->uv, UV_RUN_NOWAIT);
   } else {
+    uint64_t p0 = uv_hrtime();
     uv_run(&loop->uv, UV_RUN_ONCE);
+    loop->parked_ns += uv_hrtime() - p0;
     weft__inbox_unpark(loop);
   }
+  loop->step_clock = weft__coarse_ns();
   if (loop->slow_ns) {
-    uint64_t held = weft__coarse_ns() - t0, idle = uv_metrics_idle_time(&loop->uv) - idle0;
+    uint64_t held = loop->step_clock - t0, idle = uv_metrics_idle_time(&loop->uv) - idle0;
     weft__callbacks_timed(loop, held > idle ? held - idle : 0);
   }
 }
@@ -359,6 +365,7 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
     return WEFT_EINVAL;
   loop->running = true;
   loop->run_since = uv_hrtime();
+  loop->step_clock = weft__coarse_ns();
   loop->goal = goal;
   weft__tls.running = loop;
   weft__coro_init_thread(&loop->sched);

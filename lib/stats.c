@@ -159,7 +159,7 @@ static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
   uint64_t run = loop->run_ns;
   if (loop->running)
     run += uv_hrtime() - loop->run_since;
-  out->parked_ns = uv_metrics_idle_time(&loop->uv);
+  out->parked_ns = loop->parked_ns;
   out->busy_ns = run > out->parked_ns ? run - out->parked_ns : 0;
 }
 

@@ -42,7 +42,6 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   weft__timer_init(&t->deadline_timer, NULL);
   t->group = NULL;
   t->id = atomic_fetch_add_explicit(&loop->next_id, 1, memory_order_relaxed);
-  t->born_ns = weft__coarse_ns();
   t->traced_out = false;
   t->end_seq = 0;
   t->magic = WEFT__TASK_MAGIC;
@@ -55,6 +54,7 @@ static void task_adopt(weft_loop_t *loop, weft_task_t *t) {
   weft__queue_insert_tail(&loop->tasks, &t->all);
   loop->nlive++;
   loop->counters.spawned++;
+  t->born_ms = weft__now(loop);
   weft__ready(loop, t);
   WEFT__EMIT(loop, WEFT_EV_SPAWN, t, WEFT_WAIT_NONE, 0, 0);
 }
