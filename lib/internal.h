@@ -322,7 +322,8 @@ struct weft_loop {
   weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
-  uint64_t parked_ns;        /* time in the blocking poll */
+  uint64_t parked_ns;        /* time in the blocking poll, polls ended so far */
+  uint64_t park_since;       /* uv_hrtime() the poll began, while in it; or 0 */
   uint64_t step_clock;       /* coarse ns the next task step starts from */
   uint64_t slow_ns;          /* slow-step threshold; 0 = off */
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */

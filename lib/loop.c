@@ -338,9 +338,10 @@ static void loop_round(weft_loop_t *loop) {
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
     uv_run(&loop->uv, UV_RUN_NOWAIT);
   } else {
-    uint64_t p0 = uv_hrtime();
+    loop->park_since = uv_hrtime();
     uv_run(&loop->uv, UV_RUN_ONCE);
-    loop->parked_ns += uv_hrtime() - p0;
+    loop->parked_ns += uv_hrtime() - loop->park_since;
+    loop->park_since = 0;
     weft__inbox_unpark(loop);
   }
   loop->step_clock = weft__coarse_ns();

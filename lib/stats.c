@@ -156,10 +156,12 @@ static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
   out->stacks_canary = loop->stacks.ncanary;
   out->wakeups_sent = atomic_load_explicit(&loop->wakeups_sent, memory_order_relaxed);
   out->wakeups_received = loop->wakeups_received;
-  uint64_t run = loop->run_ns;
+  uint64_t now = uv_hrtime(), run = loop->run_ns;
   if (loop->running)
-    run += uv_hrtime() - loop->run_since;
-  out->parked_ns = loop->parked_ns;
+    run += now - loop->run_since;
+  /* Taken from a callback of the poll itself, for another thread: the
+   * poll so far counts. */
+  out->parked_ns = loop->parked_ns + (loop->park_since ? now - loop->park_since : 0);
   out->busy_ns = run > out->parked_ns ? run - out->parked_ns : 0;
 }
 
