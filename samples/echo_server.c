@@ -1,0 +1,369 @@
+/* echo_server: an HTTP/1.1 echo server on a pool of weft loops, one task per
+ * connection.
+ *
+ *   echo_server [--host H] [--port P] [--workers N]
+ *               [--mode reuseport|handoff|least-loaded] [limits...]
+ *
+ * Every request gets 200 OK with its body echoed back (or its target, when
+ * the body is empty); samples/echo_http.c does the HTTP, this file the
+ * loops, the sockets and the deadlines. See --help for the limits.
+ *
+ * SIGINT or SIGTERM: stop accepting, let requests in flight finish (idle
+ * keep-alive connections are closed at once), exit 0 within 2 s, printing
+ * one line per loop with the connections and requests it served. Signals
+ * are taken by the main thread with sigwait; the pool's workers block them.
+ * SIGUSR1 prints weft_dump's picture of every loop and task on stderr.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <weft.h>
+
+#include "echo_http.h"
+
+#define READ_SIZE 16384
+#define MAX_LOOPS 256
+
+typedef struct config {
+  const char *host;
+  int port;
+  unsigned workers;
+  weft_listen_mode_t mode;
+  echo_limits_t limits;
+  uint64_t header_timeout_ms;
+  uint64_t idle_timeout_ms;
+} config_t;
+
+/* One per loop: its acceptor and the connections it serves. */
+typedef struct loop_state {
+  unsigned index;
+  weft_loop_t *loop;
+  weft_listener_t *l;
+  const config_t *cfg;
+  atomic_ullong connections, requests;
+  atomic_int live;
+  /* Connections of this loop (touched only on the loop's thread). */
+  struct conn *conns;
+} loop_state_t;
+
+typedef struct conn {
+  struct conn *prev, *next;
+  loop_state_t *ls;
+  weft_stream_t *s;
+  weft_task_t *task;
+  bool idle;                /* waiting for the first byte of a request */
+} conn_t;
+
+static atomic_int g_stopping;
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Writes what the HTTP side has queued, in one write: the responses of a
+ * pipelined batch go out together. */
+static int flush(conn_t *c, echo_conn_t *h) {
+  size_t n;
+  const char *out = echo_conn_output(h, &n);
+  if (n == 0)
+    return 0;
+  int err = weft_stream_write(c->s, out, n);
+  if (err == 0)
+    echo_conn_consume(h, n);
+  return err;
+}
+
+static void serve(conn_t *c, echo_conn_t *h, char *buf) {
+  const config_t *cfg = c->ls->cfg;
+  uint64_t request_start = 0;
+  uint64_t answered = 0;
+  for (;;) {
+    weft_deadline_set(cfg->idle_timeout_ms);
+    if (flush(c, h) != 0 || echo_conn_should_close(h))
+      break;
+    uint64_t n = echo_conn_requests(h);
+    atomic_fetch_add_explicit(&c->ls->requests, n - answered, memory_order_relaxed);
+    answered = n;
+    if (atomic_load_explicit(&g_stopping, memory_order_relaxed) && !echo_conn_in_request(h))
+      break;
+    if (!echo_conn_want_input(h)) {
+      /* Held off by the pipeline limit: the output just went out, so the
+       * requests already read can go on. */
+      if (echo_conn_feed(h, NULL, 0) != 0) {
+        flush(c, h);
+        break;
+      }
+      continue;
+    }
+    /* The header deadline runs from a request's first byte; between
+     * requests, the idle one. */
+    uint64_t t = now_ms();
+    if (echo_conn_in_request(h)) {
+      uint64_t end = request_start + cfg->header_timeout_ms;
+      if (end <= t)
+        break;
+      weft_deadline_set(end - t);
+    } else {
+      request_start = 0;
+    }
+    c->idle = !echo_conn_in_request(h);
+    ssize_t got = weft_stream_read(c->s, buf, READ_SIZE);
+    c->idle = false;
+    if (got <= 0)
+      break;
+    if (request_start == 0)
+      request_start = t;
+    if (echo_conn_feed(h, buf, (size_t)got) != 0) {
+      weft_deadline_set(cfg->idle_timeout_ms);
+      flush(c, h); /* the error response, then close */
+      break;
+    }
+    if (!echo_conn_in_request(h))
+      request_start = 0;
+  }
+  uint64_t n = echo_conn_requests(h);
+  atomic_fetch_add_explicit(&c->ls->requests, n - answered, memory_order_relaxed);
+}
+
+static void *conn_main(void *arg) {
+  conn_t *c = arg;
+  loop_state_t *ls = c->ls;
+  echo_conn_t *h = NULL;
+  char *buf = malloc(READ_SIZE);
+  if (buf && echo_conn_new(&h, &ls->cfg->limits) == 0)
+    serve(c, h, buf);
+  echo_conn_free(h);
+  free(buf);
+  weft_deadline_clear();
+  weft_stream_close(c->s);
+  /* Off the loop's list. */
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    ls->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  weft_task_release(c->task);
+  free(c);
+  atomic_fetch_sub(&ls->live, 1);
+  return NULL;
+}
+
+static void *acceptor_main(void *arg) {
+  loop_state_t *ls = arg;
+  weft_stream_t *s;
+  int err;
+  while ((err = weft_tcp_accept(ls->l, &s)) == 0) {
+    conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+      weft_stream_close(s);
+      continue;
+    }
+    c->ls = ls;
+    c->s = s;
+    atomic_fetch_add(&ls->live, 1);
+    atomic_fetch_add_explicit(&ls->connections, 1, memory_order_relaxed);
+    if (weft_spawn(NULL, conn_main, c, &c->task) != 0) {
+      atomic_fetch_sub(&ls->live, 1);
+      weft_stream_close(s);
+      free(c);
+      continue;
+    }
+    c->next = ls->conns;
+    if (ls->conns)
+      ls->conns->prev = c;
+    ls->conns = c;
+  }
+  if (err != WEFT_ECLOSED)
+    fprintf(stderr, "echo_server: accept on loop %u: %s\n", ls->index, weft_strerror(err));
+  return NULL;
+}
+
+/* On the loop's thread, at shutdown: idle keep-alive connections end now. */
+static void close_idle(void *arg) {
+  loop_state_t *ls = arg;
+  for (conn_t *c = ls->conns; c; c = c->next)
+    if (c->idle)
+      weft_task_cancel(c->task);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: echo_server [options]\n"
+          "  --host H             address to listen on (default 127.0.0.1)\n"
+          "  --port P             port (default 8080; 0 = any, printed)\n"
+          "  --workers N          loops, one thread each (default: one per CPU)\n"
+          "  --mode M             reuseport (default), handoff or least-loaded\n"
+          "  --max-line BYTES     request line limit, 414 beyond (default 8192)\n"
+          "  --max-header BYTES   header block limit, 431 beyond (default 16384)\n"
+          "  --max-headers N      header fields limit, 431 beyond (default 100)\n"
+          "  --max-body BYTES     body limit, 413 beyond (default 1048576)\n"
+          "  --max-pipeline N     requests answered but not yet sent (default 16)\n"
+          "  --header-timeout MS  from a request's first byte (default 10000)\n"
+          "  --idle-timeout MS    keep-alive idle limit (default 5000)\n");
+}
+
+static unsigned long long number(const char *s, const char *what) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || *end || end == s) {
+    fprintf(stderr, "echo_server: %s: not a number: %s\n", what, s);
+    exit(2);
+  }
+  return v;
+}
+
+static void parse(int argc, char **argv, config_t *cfg) {
+  static const struct option opts[] = {
+      {"host", required_argument, 0, 'h'},        {"port", required_argument, 0, 'p'},
+      {"workers", required_argument, 0, 'w'},     {"mode", required_argument, 0, 'm'},
+      {"max-line", required_argument, 0, 'L'},    {"max-header", required_argument, 0, 'H'},
+      {"max-headers", required_argument, 0, 'F'}, {"max-body", required_argument, 0, 'B'},
+      {"max-pipeline", required_argument, 0, 'P'}, {"header-timeout", required_argument, 0, 'T'},
+      {"idle-timeout", required_argument, 0, 'I'}, {"help", no_argument, 0, '?'},
+      {0, 0, 0, 0}};
+  int ch;
+  while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'h': cfg->host = optarg; break;
+    case 'p': cfg->port = (int)number(optarg, "--port"); break;
+    case 'w': cfg->workers = (unsigned)number(optarg, "--workers"); break;
+    case 'm':
+      if (strcmp(optarg, "reuseport") == 0)
+        cfg->mode = WEFT_LISTEN_REUSEPORT;
+      else if (strcmp(optarg, "handoff") == 0)
+        cfg->mode = WEFT_LISTEN_HANDOFF;
+      else if (strcmp(optarg, "least-loaded") == 0)
+        cfg->mode = WEFT_LISTEN_LEAST_LOADED;
+      else {
+        fprintf(stderr, "echo_server: --mode: reuseport, handoff or least-loaded\n");
+        exit(2);
+      }
+      break;
+    case 'L': cfg->limits.max_request_line = number(optarg, "--max-line"); break;
+    case 'H': cfg->limits.max_header_bytes = number(optarg, "--max-header"); break;
+    case 'F': cfg->limits.max_headers = number(optarg, "--max-headers"); break;
+    case 'B': cfg->limits.max_body = number(optarg, "--max-body"); break;
+    case 'P': cfg->limits.max_pipeline = number(optarg, "--max-pipeline"); break;
+    case 'T': cfg->header_timeout_ms = number(optarg, "--header-timeout"); break;
+    case 'I': cfg->idle_timeout_ms = number(optarg, "--idle-timeout"); break;
+    default:
+      usage(ch == '?' && strcmp(argv[optind - 1], "--help") == 0 ? stdout : stderr);
+      exit(ch == '?' && strcmp(argv[optind - 1], "--help") == 0 ? 0 : 2);
+    }
+  }
+  if (optind < argc || cfg->port < 0 || cfg->port > 65535 || cfg->workers > MAX_LOOPS) {
+    usage(stderr);
+    exit(2);
+  }
+}
+
+int main(int argc, char **argv) {
+  config_t cfg = {.host = "127.0.0.1", .port = 8080, .mode = WEFT_LISTEN_REUSEPORT,
+                  .header_timeout_ms = 10000, .idle_timeout_ms = 5000};
+  echo_limits_default(&cfg.limits);
+  parse(argc, argv, &cfg);
+
+  /* Block the signals before any thread starts, so only sigwait sees them. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  weft_pool_t *pool;
+  weft_pool_opts_t popts = {.workers = cfg.workers};
+  int err = weft_pool_new(&pool, &popts);
+  if (err) {
+    fprintf(stderr, "echo_server: weft_pool_new: %s\n", weft_strerror(err));
+    return 1;
+  }
+  unsigned n = weft_pool_size(pool);
+  weft_listener_t *l;
+  weft_listen_opts_t lopts = {.mode = cfg.mode, .pool = pool};
+  if ((err = weft_tcp_listen(&l, cfg.host, cfg.port, &lopts)) != 0) {
+    fprintf(stderr, "echo_server: listen on %s:%d: %s\n", cfg.host, cfg.port, weft_strerror(err));
+    weft_pool_shutdown(pool, WEFT_CANCEL);
+    return 1;
+  }
+  loop_state_t *loops = calloc(n, sizeof *loops);
+  weft_task_t **acceptors = calloc(n, sizeof *acceptors);
+  if (!loops || !acceptors) {
+    fprintf(stderr, "echo_server: out of memory\n");
+    return 1;
+  }
+  for (unsigned i = 0; i < n; i++) {
+    loops[i].index = i;
+    loops[i].loop = weft_pool_loop(pool, i);
+    loops[i].l = l;
+    loops[i].cfg = &cfg;
+    if ((err = weft_spawn(loops[i].loop, acceptor_main, &loops[i], &acceptors[i])) != 0) {
+      fprintf(stderr, "echo_server: spawn: %s\n", weft_strerror(err));
+      return 1;
+    }
+  }
+  printf("echo_server: listening on %s:%d, %u loops, mode %s\n", cfg.host, weft_listener_port(l),
+         n, cfg.mode == WEFT_LISTEN_HANDOFF        ? "handoff"
+            : cfg.mode == WEFT_LISTEN_LEAST_LOADED ? "least-loaded"
+                                                   : "reuseport");
+  fflush(stdout);
+
+  /* SIGUSR1: a dump of every loop and task, on stderr. */
+  int sig;
+  while (sigwait(&sigs, &sig) == 0 && sig == SIGUSR1)
+    weft_dump(stderr);
+
+  /* Stop accepting; idle connections end now, the others after the
+   * request in hand. Whatever is still busy after 1.5 s is cancelled. */
+  atomic_store(&g_stopping, 1);
+  weft_listener_close(l);
+  for (unsigned i = 0; i < n; i++)
+    weft_loop_call_soon(loops[i].loop, close_idle, &loops[i]);
+  uint64_t give_up = now_ms() + 1500;
+  for (;;) {
+    int live = 0;
+    for (unsigned i = 0; i < n; i++)
+      live += atomic_load(&loops[i].live);
+    if (live == 0 || now_ms() >= give_up)
+      break;
+    struct timespec ts = {0, 10 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  weft_gather(acceptors, n, NULL, NULL);
+  for (unsigned i = 0; i < n; i++)
+    weft_task_release(acceptors[i]);
+  weft_pool_shutdown(pool, WEFT_CANCEL);
+  /* Connections accepted so late that their task never started: the
+   * loops closed their streams; what is left is ours. */
+  for (unsigned i = 0; i < n; i++)
+    while (loops[i].conns) {
+      conn_t *c = loops[i].conns;
+      loops[i].conns = c->next;
+      weft_task_release(c->task);
+      free(c);
+    }
+  for (unsigned i = 0; i < n; i++)
+    printf("loop weft-%u: %llu connections, %llu requests\n", i,
+           (unsigned long long)atomic_load(&loops[i].connections),
+           (unsigned long long)atomic_load(&loops[i].requests));
+  free(loops);
+  free(acceptors);
+  return 0;
+}
