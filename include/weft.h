@@ -649,7 +649,8 @@ WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
  * in the Chrome trace-event JSON format: open it in Perfetto
  * (ui.perfetto.dev) or chrome://tracing. One track per loop; a slice per
  * task step, named after the task, saying what it stopped at; wake-ups;
- * arrows for spawns that cross loops. Loops made before the call are not
+ * arrows for the messages loops send each other (spawns, channel wake-ups,
+ * joins, cancels, calls). Loops made before the call are not
  * traced. WEFT_TRACE=path in the environment does the same when the first
  * loop is made, and writes the file at exit. Any thread. Errors:
  * WEFT_EINVAL (NULL or empty path), WEFT_ENOMEM. With tracing off nothing

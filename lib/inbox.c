@@ -73,6 +73,10 @@ void weft__loop_ring(weft_loop_t *loop) {
 
 int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn) {
   m->next = NULL;
+  /* A message from a task or callback of a traced loop: an arrow starts
+   * there, and ends where the target runs it. */
+  weft_loop_t *from = weft__tls.running;
+  m->traced = from && from->trace && weft__trace_flow(from, true, (uintptr_t)m);
   pthread_mutex_lock(&loop->inbox_lock);
   if (loop->inbox_closed || (is_spawn && loop->refuse_spawns)) {
     pthread_mutex_unlock(&loop->inbox_lock);
@@ -131,6 +135,8 @@ size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
     weft__msg_t *next = m->next;
     atomic_fetch_sub_explicit(&loop->inbox_len, 1, memory_order_relaxed);
     n++;
+    if (m->traced)
+      weft__trace_flow(loop, false, (uintptr_t)m);
     m->run(m, loop);
     m = next;
   }

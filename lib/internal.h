@@ -174,6 +174,7 @@ typedef struct weft__msg weft__msg_t;
 struct weft__msg {
   weft__msg_t *next;
   void (*run)(weft__msg_t *m, weft_loop_t *loop);
+  bool traced;      /* its sending loop's trace has the start of its arrow */
 };
 
 /* Messages drained per round at most (the rest wait for the next round). */
@@ -240,7 +241,6 @@ struct weft_task {
   weft_group_t *group;       /* set for group children */
   uint64_t id;
   uint64_t born_ms;          /* loop time when it joined its loop, for weft_dump */
-  bool traced_out;           /* its remote spawn began a trace arrow */
   uint64_t end_seq;          /* order in which tasks ended, process-wide;
                                 written before the status is published */
   unsigned magic;            /* WEFT__TASK_MAGIC while the struct is valid */

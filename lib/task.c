@@ -42,7 +42,6 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   weft__timer_init(&t->deadline_timer, NULL);
   t->group = NULL;
   t->id = atomic_fetch_add_explicit(&loop->next_id, 1, memory_order_relaxed);
-  t->traced_out = false;
   t->end_seq = 0;
   t->magic = WEFT__TASK_MAGIC;
   t->name[0] = '\0';
@@ -85,8 +84,6 @@ int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_t
  * reads WEFT_ECANCELED or WEFT_ENOMEM rather than waiting forever. */
 static void remote_spawn_run(weft__msg_t *m, weft_loop_t *loop) {
   weft_task_t *t = weft__container_of(m, weft_task_t, spawn_msg);
-  if (t->traced_out)
-    weft__trace_flow(loop, false, (uintptr_t)t);
   int err = loop->closing ? WEFT_ECANCELED : reserve_timers(loop);
   task_adopt(loop, t);
   if (err) {
@@ -102,7 +99,6 @@ static int remote_spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, w
   if (!t)
     return WEFT_ENOMEM;
   t->spawn_msg.run = remote_spawn_run;
-  t->traced_out = weft__trace_flow(weft__tls.running, true, (uintptr_t)t);
   int err = weft__inbox_push(loop, &t->spawn_msg, true);
   if (err) {
     free(t);

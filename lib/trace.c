@@ -3,9 +3,10 @@
  *
  * While tracing is on, every loop records into a ring of its own (bounded:
  * the oldest events give way): each task step (from the switch in to the
- * await or the end that stops it), each wake-up, and each spawn that
- * crosses loops, whose two ends become a flow arrow from the spawning
- * task's step to the loop that takes the task. The recording happens where
+ * await or the end that stops it), each wake-up, and each message one loop
+ * sends another through its inbox (a spawn, a channel's wake-up, a join's
+ * registration or completion, a cancel, a call), whose two ends become a
+ * flow arrow from the sending step to the moment the target runs it. The recording happens where
  * the event hook already is (WEFT__EMIT), so with tracing off it costs the
  * same untaken branch as before. A ring has a mutex of its own, uncontended
  * but for a writer, so the file can be written while the loops run. A ring
@@ -142,8 +143,8 @@ void weft__trace_record(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *
   pthread_mutex_unlock(&tr->lock);
 }
 
-/* A spawn onto another loop leaves this thread's loop (id: the task's
- * address, unique while it lives) and arrives at the target. */
+/* A message leaves this thread's loop (id: its address, unique while it
+ * is on its way) or arrives at the target. */
 bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id) {
   weft__trace_t *tr = loop ? loop->trace : NULL;
   if (!tr || !atomic_load_explicit(&tracing, memory_order_relaxed))
@@ -222,7 +223,7 @@ static void write_ring(FILE *f, weft__trace_t *tr, uint64_t t0, bool *first) {
       break;
     case EV_FLOW_OUT:
     case EV_FLOW_IN:
-      fprintf(f, ",\n{\"name\":\"spawn\",\"cat\":\"handoff\",\"ph\":\"%s\",%s\"id\":%llu,"
+      fprintf(f, ",\n{\"name\":\"message\",\"cat\":\"handoff\",\"ph\":\"%s\",%s\"id\":%llu,"
                  "\"pid\":1,\"tid\":%u,\"ts\":%.3f}",
               e->kind == EV_FLOW_OUT ? "s" : "f", e->kind == EV_FLOW_IN ? "\"bp\":\"e\"," : "",
               (unsigned long long)e->id, tr->tid, ts);

@@ -445,7 +445,8 @@ static void trace_json(void **state) {
   if (!end || *json_ws(end))
     fail_msg("not valid JSON near byte %td", end ? end - text : (ptrdiff_t)-1);
   /* A track per loop, steps of the named tasks, what they stopped at, and
-   * an arrow per spawn that crossed loops: each leaves one loop and
+   * an arrow per message that crossed loops (here the spawns and the
+   * joins): each leaves one loop and
    * arrives at the other. */
   assert_int_equal(count(text, "\"thread_name\""), 2);
   assert_non_null(strstr(text, "\"weft-0\""));
