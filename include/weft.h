@@ -645,17 +645,38 @@ WEFT_API unsigned weft_pool_size(const weft_pool_t *pool);
 WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
 
 /** Starts recording a trace of every loop (each in a bounded ring of its
- * own, the last 65536 events per loop) for weft_trace_write to save to path
- * in the Chrome trace-event JSON format: open it in Perfetto
+ * own, the last 65536 events per loop) for weft_trace_read to hand over,
+ * and for weft_trace_write to save to path (NULL: no file) in the Chrome
+ * trace-event JSON format: open it in Perfetto
  * (ui.perfetto.dev) or chrome://tracing. One track per loop; a slice per
- * task step, named after the task, saying what it stopped at; wake-ups;
+ * task step, named after the task, saying what it stopped at; wake-ups; a
+ * counter of the ready queue;
  * arrows for the messages loops send each other (spawns, channel wake-ups,
  * joins, cancels, calls). Loops made before the call are not
  * traced. WEFT_TRACE=path in the environment does the same when the first
  * loop is made, and writes the file at exit. Any thread. Errors:
- * WEFT_EINVAL (NULL or empty path), WEFT_ENOMEM. With tracing off nothing
+ * WEFT_EINVAL (an empty path), WEFT_ENOMEM. With tracing off nothing
  * is recorded; with it on an event costs tens of nanoseconds. */
 WEFT_API int weft_trace_start(const char *path);
+
+/** One recorded event, as weft_trace_read hands it over: the event as the
+ * event hook saw it (ev.task is the task's address at the time, an
+ * identity to compare, not a handle: the task may be gone), the loop's
+ * name, and the task's name then ("" for WEFT_EV_ROUND). */
+typedef struct weft_trace_record {
+  const char *loop;
+  weft_event_t ev;
+  const char *task_name;
+} weft_trace_record_t;
+
+typedef void (*weft_trace_fn)(const weft_trace_record_t *r, void *arg);
+
+/** Hands every event recorded so far to fn, loop by loop in the order the
+ * loops were made, each loop's oldest first (the ring keeps the last 65536
+ * per loop). fn must not call weft's trace functions. Any thread; the loops
+ * go on meanwhile (an event recorded during the call may be left out).
+ * Errors: WEFT_EINVAL (fn NULL). */
+WEFT_API int weft_trace_read(weft_trace_fn fn, void *arg);
 
 /** Stops recording (what was recorded stays, for weft_trace_write). Any
  * thread. */
@@ -663,8 +684,8 @@ WEFT_API void weft_trace_stop(void);
 
 /** Writes what the loops recorded so far to the path weft_trace_start got,
  * replacing the file; the loops go on meanwhile. Any thread. Errors:
- * WEFT_EINVAL (tracing was never started), UV_EIO (the file could not be
- * written). */
+ * WEFT_EINVAL (no path: tracing never started, or started with NULL),
+ * UV_EIO (the file could not be written). */
 WEFT_API int weft_trace_write(void);
 
 /** Counters of the whole pool: *sum adds up every loop's (ready, waiting

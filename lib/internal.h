@@ -363,8 +363,7 @@ void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
 
 /* trace.c */
 void weft__trace_loop_new(weft_loop_t *loop);
-void weft__trace_record(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
-                        weft_wait_kind_t wait, int detail);
+void weft__trace_record(weft_loop_t *loop, const weft_event_t *ev);
 bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id);
 
 void weft__ready(weft_loop_t *loop, weft_task_t *t);

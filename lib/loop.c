@@ -128,7 +128,7 @@ void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
   if (loop->on_event)
     loop->on_event(&ev, loop->event_arg);
   if (loop->trace)
-    weft__trace_record(loop, kind, t, wait, detail);
+    weft__trace_record(loop, &ev);
 }
 
 /* ------------------------------------------------------- park and wake */

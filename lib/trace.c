@@ -23,15 +23,13 @@
 
 #define RING_EVENTS 65536
 
-enum trace_kind { EV_STEP, EV_STOP, EV_WAKE, EV_FLOW_OUT, EV_FLOW_IN };
+/* Arrow ends, beside weft's own event kinds. */
+enum { EV_FLOW_OUT = 100, EV_FLOW_IN };
 
 typedef struct trace_ev {
-  uint64_t ts;              /* uv_hrtime() */
-  uint64_t id;              /* task id, or the flow's id */
-  uint16_t kind;
-  uint16_t wait;            /* EV_STOP: what the step stopped at (0: ended) */
-  int32_t detail;
-  char name[24];            /* EV_STEP: the task's name */
+  weft_event_t ev;          /* as the event hook saw it; .task an identity only */
+  uint64_t id;              /* the task's id, or the arrow's */
+  char name[24];            /* the task's name then */
 } trace_ev_t;
 
 struct weft__trace {
@@ -61,10 +59,10 @@ static void read_env(void) {
 }
 
 int weft_trace_start(const char *path) {
-  if (!path || !path[0])
+  if (path && !path[0])
     return WEFT_EINVAL;
-  char *copy = strdup(path);
-  if (!copy)
+  char *copy = path ? strdup(path) : NULL;
+  if (path && !copy)
     return WEFT_ENOMEM;
   pthread_mutex_lock(&traces_lock);
   free(trace_path);
@@ -100,45 +98,23 @@ void weft__trace_loop_new(weft_loop_t *loop) {
   loop->trace = tr;
 }
 
-static trace_ev_t *slot(weft__trace_t *tr, uint16_t kind, uint64_t id) {
-  trace_ev_t *e = &tr->ev[tr->n++ % RING_EVENTS];
-  e->ts = uv_hrtime();
-  e->kind = kind;
-  e->id = id;
-  e->wait = 0;
-  e->detail = 0;
-  return e;
-}
-
 /* From weft__emit, on the loop's thread. */
-void weft__trace_record(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
-                        weft_wait_kind_t wait, int detail) {
+void weft__trace_record(weft_loop_t *loop, const weft_event_t *ev) {
   weft__trace_t *tr = loop->trace;
-  if (kind == WEFT_EV_ROUND || kind == WEFT_EV_SPAWN ||
-      !atomic_load_explicit(&tracing, memory_order_relaxed))
+  if (!atomic_load_explicit(&tracing, memory_order_relaxed))
     return;
   pthread_mutex_lock(&tr->lock);
-  trace_ev_t *e;
-  switch (kind) {
-  case WEFT_EV_STEP:
-    e = slot(tr, EV_STEP, t->id);
+  trace_ev_t *e = &tr->ev[tr->n++ % RING_EVENTS];
+  e->ev = *ev;
+  if (ev->task) {
+    e->id = ev->task->id;
     /* The name lives in the task's 32-byte array: a fixed copy is cheaper
      * than a formatted one, and cut to fit. */
-    memcpy(e->name, weft_task_name(t), sizeof e->name - 1);
+    memcpy(e->name, weft_task_name(ev->task), sizeof e->name - 1);
     e->name[sizeof e->name - 1] = '\0';
-    break;
-  case WEFT_EV_PARK:
-  case WEFT_EV_DONE:
-    e = slot(tr, EV_STOP, t->id);
-    e->wait = kind == WEFT_EV_DONE ? 0 : (uint16_t)wait;
-    break;
-  case WEFT_EV_WAKE:
-    e = slot(tr, EV_WAKE, t->id);
-    e->wait = (uint16_t)wait;
-    e->detail = detail;
-    break;
-  default:
-    break;
+  } else {
+    e->id = 0;
+    e->name[0] = '\0';
   }
   pthread_mutex_unlock(&tr->lock);
 }
@@ -150,7 +126,12 @@ bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id) {
   if (!tr || !atomic_load_explicit(&tracing, memory_order_relaxed))
     return false;
   pthread_mutex_lock(&tr->lock);
-  slot(tr, out ? EV_FLOW_OUT : EV_FLOW_IN, id);
+  trace_ev_t *e = &tr->ev[tr->n++ % RING_EVENTS];
+  memset(e, 0, sizeof *e);
+  e->ev.kind = (weft_event_kind_t)(out ? EV_FLOW_OUT : EV_FLOW_IN);
+  e->ev.time_ns = uv_hrtime();
+  e->ev.round = loop->round;
+  e->id = id;
   pthread_mutex_unlock(&tr->lock);
   return true;
 }
@@ -168,7 +149,6 @@ static const char *wait_name(unsigned w) {
   case WEFT_WAIT_CONNECT: return "connect";
   case WEFT_WAIT_READ: return "read";
   case WEFT_WAIT_WRITE: return "write";
-  case 0: return "end";
   default: return "other";
   }
 }
@@ -200,33 +180,46 @@ static void write_ring(FILE *f, weft__trace_t *tr, uint64_t t0, bool *first) {
   const trace_ev_t *open = NULL;
   for (uint64_t i = begin; i < n; i++) {
     const trace_ev_t *e = &tr->ev[i % RING_EVENTS];
-    double ts = (double)(e->ts - t0) / 1e3;
-    switch (e->kind) {
-    case EV_STEP:
+    double ts = (double)(e->ev.time_ns - t0) / 1e3;
+    switch ((int)e->ev.kind) {
+    case WEFT_EV_STEP:
       open = e;
       break;
-    case EV_STOP:
+    case WEFT_EV_PARK:
+    case WEFT_EV_DONE:
       if (open && open->id == e->id) {
         fprintf(f, ",\n{\"name\":");
         json_string(f, open->name);
         fprintf(f, ",\"cat\":\"step\",\"ph\":\"X\",\"pid\":1,\"tid\":%u,\"ts\":%.3f,"
                    "\"dur\":%.3f,\"args\":{\"task\":%llu,\"then\":\"%s\"}}",
-                tr->tid, (double)(open->ts - t0) / 1e3, (double)(e->ts - open->ts) / 1e3,
-                (unsigned long long)e->id, wait_name(e->wait));
+                tr->tid, (double)(open->ev.time_ns - t0) / 1e3,
+                (double)(e->ev.time_ns - open->ev.time_ns) / 1e3, (unsigned long long)e->id,
+                e->ev.kind == WEFT_EV_DONE ? "end" : wait_name(e->ev.wait));
       }
       open = NULL;
       break;
-    case EV_WAKE:
+    case WEFT_EV_WAKE:
       fprintf(f, ",\n{\"name\":\"wake\",\"cat\":\"wake\",\"ph\":\"i\",\"s\":\"t\",\"pid\":1,"
-                 "\"tid\":%u,\"ts\":%.3f,\"args\":{\"task\":%llu,\"from\":\"%s\"}}",
-              tr->tid, ts, (unsigned long long)e->id, wait_name(e->wait));
+                 "\"tid\":%u,\"ts\":%.3f,\"args\":{\"task\":",
+              tr->tid, ts);
+      json_string(f, e->name);
+      fprintf(f, ",\"from\":\"%s\"}}", wait_name(e->ev.wait));
+      break;
+    case WEFT_EV_ROUND:
+      /* A counter track: the ready queue at the start of each round. */
+      fprintf(f, ",\n{\"name\":\"ready\",\"ph\":\"C\",\"pid\":1,\"tid\":%u,\"ts\":%.3f,"
+                 "\"args\":{\"%s\":%zu}}",
+              tr->tid, ts, tr->loop_name, e->ev.count);
       break;
     case EV_FLOW_OUT:
     case EV_FLOW_IN:
       fprintf(f, ",\n{\"name\":\"message\",\"cat\":\"handoff\",\"ph\":\"%s\",%s\"id\":%llu,"
                  "\"pid\":1,\"tid\":%u,\"ts\":%.3f}",
-              e->kind == EV_FLOW_OUT ? "s" : "f", e->kind == EV_FLOW_IN ? "\"bp\":\"e\"," : "",
+              e->ev.kind == (weft_event_kind_t)EV_FLOW_OUT ? "s" : "f",
+              e->ev.kind == (weft_event_kind_t)EV_FLOW_IN ? "\"bp\":\"e\"," : "",
               (unsigned long long)e->id, tr->tid, ts);
+      break;
+    default:
       break;
     }
   }
@@ -249,8 +242,8 @@ int weft_trace_write(void) {
   for (weft__trace_t *tr = traces; tr; tr = tr->next) {
     pthread_mutex_lock(&tr->lock);
     uint64_t begin = tr->n > RING_EVENTS ? tr->n - RING_EVENTS : 0;
-    if (tr->n > begin && tr->ev[begin % RING_EVENTS].ts < t0)
-      t0 = tr->ev[begin % RING_EVENTS].ts;
+    if (tr->n > begin && tr->ev[begin % RING_EVENTS].ev.time_ns < t0)
+      t0 = tr->ev[begin % RING_EVENTS].ev.time_ns;
     pthread_mutex_unlock(&tr->lock);
   }
   if (t0 == UINT64_MAX)
@@ -265,4 +258,30 @@ int weft_trace_write(void) {
     err = UV_EIO;
   pthread_mutex_unlock(&traces_lock);
   return err;
+}
+
+int weft_trace_read(weft_trace_fn fn, void *arg) {
+  if (!fn)
+    return WEFT_EINVAL;
+  pthread_mutex_lock(&traces_lock);
+  /* The list is newest first; loops are read in the order they were made. */
+  weft__trace_t *order[1024];
+  size_t k = 0;
+  for (weft__trace_t *tr = traces; tr && k < 1024; tr = tr->next)
+    order[k++] = tr;
+  while (k-- > 0) {
+    weft__trace_t *tr = order[k];
+    pthread_mutex_lock(&tr->lock);
+    uint64_t n = tr->n, begin = n > RING_EVENTS ? n - RING_EVENTS : 0;
+    for (uint64_t i = begin; i < n; i++) {
+      const trace_ev_t *e = &tr->ev[i % RING_EVENTS];
+      if ((int)e->ev.kind >= EV_FLOW_OUT)
+        continue;
+      weft_trace_record_t r = {.loop = tr->loop_name, .ev = e->ev, .task_name = e->name};
+      fn(&r, arg);
+    }
+    pthread_mutex_unlock(&tr->lock);
+  }
+  pthread_mutex_unlock(&traces_lock);
+  return 0;
 }

@@ -417,13 +417,54 @@ static void *traced_parent(void *arg) {
   return NULL;
 }
 
+typedef struct trace_tally {
+  int parent_steps, child_steps[2], rounds, unbalanced, out_of_order;
+  const void *stepping;      /* the task of the open step, per loop */
+  const char *loop;
+  uint64_t last_ns;
+} trace_tally_t;
+
+static void tally_event(const weft_trace_record_t *r, void *arg) {
+  trace_tally_t *t = arg;
+  if (!t->loop || strcmp(t->loop, r->loop) != 0) {
+    t->loop = r->loop;
+    t->stepping = NULL;
+    t->last_ns = 0;
+  }
+  if (r->ev.time_ns < t->last_ns)
+    t->out_of_order++;
+  t->last_ns = r->ev.time_ns;
+  int loop = strcmp(r->loop, "weft-1") == 0;
+  switch (r->ev.kind) {
+  case WEFT_EV_ROUND:
+    t->rounds++;
+    break;
+  case WEFT_EV_STEP:
+    if (strcmp(r->task_name, "parent") == 0)
+      t->parent_steps++;
+    else
+      t->child_steps[loop]++;
+    t->stepping = r->ev.task;
+    break;
+  case WEFT_EV_PARK:
+  case WEFT_EV_DONE:
+    if (t->stepping != r->ev.task)
+      t->unbalanced++;
+    t->stepping = NULL;
+    break;
+  default:
+    break;
+  }
+}
+
 static void trace_json(void **state) {
   char path[] = "/tmp/weft-trace-XXXXXX";
   int fd = mkstemp(path);
   assert_true(fd >= 0);
   close(fd);
   assert_int_equal(weft_trace_write(), WEFT_EINVAL); /* never started */
-  assert_int_equal(weft_trace_start(NULL), WEFT_EINVAL);
+  assert_int_equal(weft_trace_start(""), WEFT_EINVAL);
+  assert_int_equal(weft_trace_read(NULL, NULL), WEFT_EINVAL);
   assert_int_equal(weft_trace_start(path), 0);
   weft_pool_t *pool = wt_pool_of(2);
   weft_task_t *p;
@@ -433,6 +474,17 @@ static void trace_json(void **state) {
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
   weft_trace_stop();
   assert_int_equal(weft_trace_write(), 0);
+
+  /* Read back in the process: each loop's events in order, the parent's
+   * steps on weft-0, its children's on both loops, every park balanced by
+   * a step before it. */
+  trace_tally_t tally = {0};
+  assert_int_equal(weft_trace_read(tally_event, &tally), 0);
+  assert_true(tally.parent_steps >= 1); /* named in its first step: the later ones */
+  assert_true(tally.child_steps[0] >= 2 && tally.child_steps[1] >= 2);
+  assert_true(tally.rounds > 0);
+  assert_int_equal(tally.unbalanced, 0);
+  assert_int_equal(tally.out_of_order, 0);
 
   FILE *f = fopen(path, "r");
   assert_non_null(f);
