@@ -4,9 +4,12 @@
  * Tasks A, B and C wait 2, 1 and 3 "seed seconds", scaled by --scale (0.1 by
  * default, so 200, 100 and 300 ms). They run three ways: as blocking calls
  * one after another, awaited one after another, and gathered. The real start
- * and end of every task is measured with uv_hrtime and the seed's ASCII
- * timelines are drawn from those measurements, so a slow or loaded machine
- * shows up in the drawing and in a note instead of being hidden.
+ * and end of every task come from weft's trace of the loops (weft_trace_start
+ * at the beginning, weft_trace_read after each run: a task's first step and
+ * its end), and the seed's ASCII timelines are drawn from them, so a slow or
+ * loaded machine shows up in the drawing and in a note instead of being
+ * hidden. The blocking calls of model 1 are not tasks, so they are timed
+ * where they run.
  *
  * The three models go through the high-level API (weft_run, like
  * asyncio.run). The fourth model makes A, B and C compute for their 2, 1
@@ -20,15 +23,17 @@
  *
  * A last part runs the gathered model again on a loop built with the
  * low-level API (weft_loop_new, weft_spawn, weft_loop_run_until_complete,
- * weft_loop_close) and prints, from the loop's event hook, what the loop did
- * round by round: its ready queue, where each task stopped, what sat in the
- * waiting set and which timer woke whom.
+ * weft_loop_close) and prints, from the same trace replayed, what the loop
+ * did round by round: its ready queue, where each task stopped, what sat in
+ * the waiting set and which timer woke whom. --trace FILE keeps the trace
+ * as Chrome trace-event JSON for Perfetto.
  */
 #define _GNU_SOURCE
 
 #include <errno.h>
 #include <sched.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +124,7 @@ typedef struct model {
   size_t beats;
   int nested;               /* what weft_run returned inside main (model 1) */
   work_bins_t *work;        /* the CPU model's record, else NULL */
+  const void *task[NTASKS]; /* the tasks, to find them in the trace by */
 } model_t;
 
 typedef struct job {
@@ -281,6 +287,8 @@ static int run_pool_model(model_t *m) {
     job[i].m = m;
     job[i].i = i;
     err = weft_spawn(weft_pool_loop(pool, (unsigned)i), cpu_task, &job[i], &t[i]);
+    if (err == 0)
+      m->task[i] = t[i];
     if (err != 0)
       break;
   }
@@ -344,8 +352,10 @@ static double fair_share_s(long cores) {
 static int spawn_job(job_t *j, weft_task_t **t) {
   weft_fn body = j->m->kind == MODEL_CPU_LOOP ? cpu_task : async_task;
   int err = weft_spawn(NULL, body, j, t);
-  if (err == 0)
+  if (err == 0) {
     name_task(*t, task_label[j->i]);
+    j->m->task[j->i] = *t;
+  }
   return err;
 }
 
@@ -667,6 +677,51 @@ static void judge_cpu(const model_t *m) {
   }
 }
 
+/* The trace's account of one model run: a task's start is its first step,
+ * its end the event that ended it, within the run's window (a task is known
+ * by its address: they are all alive until the run is drawn, and names
+ * given from another thread than a pool loop's cannot be). */
+typedef struct span_search {
+  model_t *m;
+  int found_start[NTASKS], found_end[NTASKS];
+} span_search_t;
+
+static void find_spans(const weft_trace_record_t *r, void *arg) {
+  span_search_t *s = arg;
+  if (r->ev.time_ns < s->m->t0 || r->ev.time_ns > s->m->t_end)
+    return;
+  for (int i = 0; i < NTASKS; i++) {
+    if (r->ev.task == NULL || r->ev.task != s->m->task[i])
+      continue;
+    /* A task that ended may be freed and its address reused by the next
+     * one (model 2): the name tells them apart where it could be set. */
+    bool other = false;
+    for (int k = 0; k < NTASKS; k++)
+      other |= k != i && strcmp(r->task_name, task_label[k]) == 0;
+    if (other)
+      continue;
+    if (r->ev.kind == WEFT_EV_STEP && !s->found_start[i]) {
+      s->m->start[i] = r->ev.time_ns;
+      s->found_start[i] = 1;
+    } else if (r->ev.kind == WEFT_EV_DONE && s->found_start[i] && !s->found_end[i]) {
+      s->m->end[i] = r->ev.time_ns;
+      s->found_end[i] = 1;
+    }
+  }
+}
+
+/* Models 2 to 4 are drawn from weft's trace of the loops (the tasks' own
+ * stamps stand in only for a task the trace lost, which it says). */
+static void spans_from_trace(model_t *m) {
+  span_search_t s;
+  memset(&s, 0, sizeof s);
+  s.m = m;
+  weft_trace_read(find_spans, &s);
+  for (int i = 0; i < NTASKS; i++)
+    if (!s.found_start[i] || !s.found_end[i])
+      printf("   (the trace lost task %s; drawn from its own timing)\n", task_label[i]);
+}
+
 static int run_model(model_t *m, const char *number) {
   int err;
 
@@ -677,6 +732,8 @@ static int run_model(model_t *m, const char *number) {
     fprintf(stderr, "timeline: model %s failed: %s\n", number, weft_strerror(err));
     return err;
   }
+  if (m->kind != MODEL_BLOCKING)
+    spans_from_trace(m);
   draw(m);
   if (m->work != NULL)
     judge_cpu(m);
@@ -737,8 +794,10 @@ typedef struct record {
   char name[32]; /* the task's name when the event happened */
 } record_t;
 
+#define INSIDE_LOOP "inside"
+
 typedef struct trace {
-  int recording;
+  uint64_t from, to;       /* the run's window on the loop's trace */
   size_t n;
   size_t dropped;
   record_t rec[MAX_EVENTS];
@@ -748,20 +807,22 @@ typedef struct trace {
   int gather_status;
 } trace_t;
 
-/* The event hook: it runs inside the scheduler, so it only copies. */
-static void record_event(const weft_event_t *ev, void *arg) {
+/* One event of weft's trace of the loop, replayed by weft_trace_read once
+ * the run is over: the run's events, on the loop built for it, are kept. */
+static void record_event(const weft_trace_record_t *rec, void *arg) {
   trace_t *tr = arg;
   record_t *r;
 
-  if (!tr->recording)
+  if (strcmp(rec->loop, INSIDE_LOOP) != 0 || rec->ev.time_ns < tr->from ||
+      rec->ev.time_ns > tr->to)
     return;
   if (tr->n == MAX_EVENTS) {
     tr->dropped++;
     return;
   }
   r = &tr->rec[tr->n++];
-  r->ev = *ev;
-  snprintf(r->name, sizeof r->name, "%s", ev->task != NULL ? weft_task_name(ev->task) : "");
+  r->ev = rec->ev;
+  snprintf(r->name, sizeof r->name, "%s", rec->task_name);
 }
 
 /* main() of the traced run: model 3, spawned and gathered. */
@@ -1066,17 +1127,17 @@ static int run_inside(void) {
   g_nnamed = 0;
   printf("\n5. Inside the loop, for model 3: low-level API (the loop is yours)\n");
   printf("   The gathered model once more, on a loop built by hand, as with\n"
-         "   new_event_loop(); its event hook records what the scheduler does.\n\n");
+         "   new_event_loop(); weft's trace (weft_trace_start) records what the\n"
+         "   scheduler does, and weft_trace_read replays it afterwards.\n\n");
 
   memset(&opts, 0, sizeof opts);
-  opts.on_event = record_event;
-  opts.event_arg = &tr;
+  opts.name = INSIDE_LOOP;
   err = weft_loop_new(&loop, &opts);
-  api_step(1, "weft_loop_new(&loop, {.on_event = recorder})", err);
+  api_step(1, "weft_loop_new(&loop, {.name = \"inside\"})", err);
   if (err != 0)
     return err;
 
-  tr.recording = 1;
+  tr.from = uv_hrtime();
   err = weft_spawn(loop, trace_main, &tr, &main_task);
   api_step(2, "weft_spawn(loop, main, ...): main gathers A, B, C", err);
   if (err != 0)
@@ -1086,7 +1147,7 @@ static int run_inside(void) {
   t0 = uv_hrtime();
   err = weft_loop_run_until_complete(loop, main_task, NULL);
   t0 = uv_hrtime() - t0;
-  tr.recording = 0;
+  tr.to = uv_hrtime();
   api_step(3, "weft_loop_run_until_complete(loop, main)", err);
   printf("      it returned after %.2f s (%.3f s real)\n", seed_s(t0), (double)t0 / 1e9);
   if (err != 0)
@@ -1112,6 +1173,7 @@ close:
       err = cerr;
   }
 
+  weft_trace_read(record_event, &tr);
   if (tr.n != 0) {
     printf("\n  What the loop did, round by round (t in seed seconds):\n\n");
     print_trace(&tr);
@@ -1177,9 +1239,11 @@ int main(int argc, char **argv) {
     }
   }
 
-  if (trace && (err = weft_trace_start(trace)) != 0) {
-    fprintf(stderr, "timeline: --trace: %s\n", weft_strerror(err));
-    return 2;
+  /* The drawings come from weft's trace of the loops; --trace also keeps
+   * it in a file. */
+  if ((err = weft_trace_start(trace)) != 0) {
+    fprintf(stderr, "timeline: weft_trace_start: %s\n", weft_strerror(err));
+    return 1;
   }
   for (i = 0; i < NTASKS; i++) {
     g_task_ms[i] = (uint64_t)(task_seed_s[i] * 1000 * g_scale + 0.5);
