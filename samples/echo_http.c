@@ -310,16 +310,29 @@ static bool respond(echo_conn_t *c) {
   const char *conn = !c->keep_alive      ? "Connection: close\r\n"
                      : c->say_keep_alive ? "Connection: keep-alive\r\n"
                                          : "";
-  char head[OK_HEAD_MAX];
-  int hlen = snprintf(head, sizeof head,
-                      "HTTP/1.1 200 OK\r\n"
-                      "Content-Type: text/plain\r\n"
-                      "Content-Length: %zu\r\n"
-                      "%s"
-                      "\r\n",
-                      clen, conn);
-  if (!CHECK(hlen > 0 && (size_t)hlen < sizeof head))
+  /* Built by hand: this runs once a request, and snprintf was a tenth of
+   * the server's own CPU time under pipelined load. */
+  static const char start[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ";
+  char head[OK_HEAD_MAX], digits[24];
+  size_t nd = 0, conn_len = strlen(conn);
+  size_t v = clen;
+  do
+    digits[nd++] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  if (!CHECK(sizeof start - 1 + nd + 2 + conn_len + 2 < sizeof head))
     return false;
+  char *p = head;
+  memcpy(p, start, sizeof start - 1);
+  p += sizeof start - 1;
+  while (nd > 0)
+    *p++ = digits[--nd];
+  memcpy(p, "\r\n", 2);
+  p += 2;
+  memcpy(p, conn, conn_len);
+  p += conn_len;
+  memcpy(p, "\r\n", 2);
+  p += 2;
+  int hlen = (int)(p - head);
   size_t sent = c->is_head ? 0 : clen;
   if (c->is_head)
     c->out_tail = c->out_done;
