@@ -246,11 +246,13 @@ WEFT_API int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void 
  * WEFT_ENOTASK; weft_spawn works). Loop-bound use only. */
 WEFT_API uv_loop_t *weft_loop_uv(weft_loop_t *loop);
 
-/** A consistent snapshot of loop's counters. Any thread: on the loop's own
- * thread it is taken at once; from another thread the loop takes it between
+/** A consistent snapshot of loop's counters. On the loop's own thread it is
+ * taken at once; from a thread that runs no loop, the loop takes it between
  * two steps (through its inbox) while the caller blocks, so it may wait for
- * a long step to end. Never suspends a task. Errors: WEFT_EINVAL (NULL),
- * WEFT_ESHUTDOWN (the loop is closing), WEFT_ENOMEM. */
+ * a long step to end, and the loop must be running or run later (a pool's
+ * loops always are). Never suspends a task. Errors: WEFT_EINVAL (NULL),
+ * WEFT_EBUSY (called from a thread that runs another loop: it cannot block
+ * there), WEFT_ESHUTDOWN (the loop is closing), WEFT_ENOMEM. */
 WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
 
 /** The loop's name (see weft_loop_opts_t.name). Any thread; valid while the
@@ -673,9 +675,10 @@ typedef void (*weft_trace_fn)(const weft_trace_record_t *r, void *arg);
 
 /** Hands every event recorded so far to fn, loop by loop in the order the
  * loops were made, each loop's oldest first (the ring keeps the last 65536
- * per loop). fn must not call weft's trace functions. Any thread; the loops
- * go on meanwhile (an event recorded during the call may be left out).
- * Errors: WEFT_EINVAL (fn NULL). */
+ * per loop). fn runs with no lock of weft's held, so it may call anything
+ * the calling thread may. Any thread; the loops go on meanwhile (an event
+ * recorded during the call may be left out). Errors: WEFT_EINVAL (fn NULL),
+ * WEFT_ENOMEM. */
 WEFT_API int weft_trace_read(weft_trace_fn fn, void *arg);
 
 /** Stops recording (what was recorded stays, for weft_trace_write). Any

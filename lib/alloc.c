@@ -13,9 +13,11 @@ void weft__alloc_fail_nth(long n) {
 }
 
 static bool fail_now(void) {
-  if (atomic_load_explicit(&fail_countdown, memory_order_relaxed) == 0)
-    return false;
-  return atomic_fetch_sub(&fail_countdown, 1) == 1;
+  long n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
+  while (n > 0)
+    if (atomic_compare_exchange_weak(&fail_countdown, &n, n - 1))
+      return n == 1;
+  return false;
 }
 
 void *weft__malloc(size_t n) {

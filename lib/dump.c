@@ -68,8 +68,15 @@ static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
     break;
   }
   case WEFT_WAIT_JOIN:
-    if (w->what)
-      fprintf(f, "join of task %s", weft_task_name(w->what));
+    if (w->what) {
+      /* The awaited task may be another loop's: read its name, never
+       * write it (weft_task_name fills in a default). */
+      const weft_task_t *target = w->what;
+      if (target->name[0])
+        fprintf(f, "join of task %.32s", target->name);
+      else
+        fprintf(f, "join of task task-%llu", (unsigned long long)target->id);
+    }
     else
       fprintf(f, "join of several tasks (gather or group)");
     break;

@@ -292,7 +292,12 @@ static void segv_handler(int sig, siginfo_t *si, void *uc) {
     put("\n");
     abort();
   }
+  /* Not ours: the default action. A fault repeats when the handler
+   * returns; a SIGSEGV sent by kill or raise does not, so it is raised
+   * again. */
   signal(sig, SIG_DFL);
+  if (si->si_code <= 0)
+    raise(sig);
 }
 
 static void altstack_free(void *p) {
@@ -321,6 +326,10 @@ static void segv_install(void) {
 void weft__stack_overflow_watch(void) {
   pthread_once(&segv_once, segv_install);
   if (!segv_installed || pthread_getspecific(altstack_key))
+    return;
+  /* The application's own alternate stack, if it set one, serves. */
+  stack_t old;
+  if (sigaltstack(NULL, &old) == 0 && !(old.ss_flags & SS_DISABLE))
     return;
   void *p = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED)

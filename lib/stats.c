@@ -189,6 +189,12 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
     snapshot(loop, out);
     return 0;
   }
+  if (weft__tls.running) {
+    /* Blocking here would hold this loop too: two loops asking each
+     * other would wait for ever. */
+    weft__misuse("weft_loop_stats", "another loop's stats, from a thread that runs a loop");
+    return WEFT_EBUSY;
+  }
   /* The loop drains its inbox until it is closed, so the request is
    * answered (a closing loop drains what was queued before the close). */
   stats_req_t r = {.msg = {.run = stats_run}, .out = out};

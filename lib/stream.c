@@ -483,6 +483,11 @@ int weft_stream_detach(weft_stream_t *s) {
     return err;
   if (s->werr)
     return s->werr;
+  if (s->reader || s->writer) {
+    /* Another task came to the stream while the queue drained. */
+    weft__misuse("weft_stream_detach", "a task is waiting on the stream");
+    return WEFT_EBUSY;
+  }
   uv_os_fd_t fd;
   if ((err = uv_fileno((uv_handle_t *)s->h, &fd)) != 0)
     return err;

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define RING_EVENTS 65536
 
@@ -48,14 +49,35 @@ static char *trace_path;
 static atomic_bool tracing;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 
+static pid_t exit_writer; /* the process that asked for the write at exit */
+
 static void write_at_exit(void) {
-  weft_trace_write();
+  /* Not in a forked child: the file is its parent's. */
+  if (getpid() == exit_writer)
+    weft_trace_write();
+}
+
+/* A fork while a loop holds its ring's lock would leave the child's copy
+ * locked for good: the fork waits for every trace lock instead. */
+static void fork_prepare(void) {
+  pthread_mutex_lock(&traces_lock);
+  for (weft__trace_t *tr = traces; tr; tr = tr->next)
+    pthread_mutex_lock(&tr->lock);
+}
+
+static void fork_done(void) {
+  for (weft__trace_t *tr = traces; tr; tr = tr->next)
+    pthread_mutex_unlock(&tr->lock);
+  pthread_mutex_unlock(&traces_lock);
 }
 
 static void read_env(void) {
+  pthread_atfork(fork_prepare, fork_done, fork_done);
   const char *p = getenv("WEFT_TRACE");
-  if (p && p[0] && weft_trace_start(p) == 0)
+  if (p && p[0] && weft_trace_start(p) == 0) {
+    exit_writer = getpid();
     atexit(write_at_exit);
+  }
 }
 
 int weft_trace_start(const char *path) {
@@ -263,25 +285,42 @@ int weft_trace_write(void) {
 int weft_trace_read(weft_trace_fn fn, void *arg) {
   if (!fn)
     return WEFT_EINVAL;
+  /* Rings live as long as the process: take the list, then each ring's
+   * events, and call fn with no lock held (it may spawn, send, trace). */
   pthread_mutex_lock(&traces_lock);
-  /* The list is newest first; loops are read in the order they were made. */
-  weft__trace_t *order[1024];
   size_t k = 0;
-  for (weft__trace_t *tr = traces; tr && k < 1024; tr = tr->next)
-    order[k++] = tr;
+  for (weft__trace_t *tr = traces; tr; tr = tr->next)
+    k++;
+  weft__trace_t **order = weft__malloc((k ? k : 1) * sizeof *order);
+  if (!order) {
+    pthread_mutex_unlock(&traces_lock);
+    return WEFT_ENOMEM;
+  }
+  k = 0;
+  for (weft__trace_t *tr = traces; tr; tr = tr->next)
+    order[k++] = tr; /* newest first: read from the end */
+  pthread_mutex_unlock(&traces_lock);
+  trace_ev_t *copy = weft__malloc(RING_EVENTS * sizeof *copy);
+  if (!copy) {
+    free(order);
+    return WEFT_ENOMEM;
+  }
   while (k-- > 0) {
     weft__trace_t *tr = order[k];
     pthread_mutex_lock(&tr->lock);
     uint64_t n = tr->n, begin = n > RING_EVENTS ? n - RING_EVENTS : 0;
-    for (uint64_t i = begin; i < n; i++) {
-      const trace_ev_t *e = &tr->ev[i % RING_EVENTS];
-      if ((int)e->ev.kind >= EV_FLOW_OUT)
+    size_t m = 0;
+    for (uint64_t i = begin; i < n; i++)
+      copy[m++] = tr->ev[i % RING_EVENTS];
+    pthread_mutex_unlock(&tr->lock);
+    for (size_t i = 0; i < m; i++) {
+      if ((int)copy[i].ev.kind >= EV_FLOW_OUT)
         continue;
-      weft_trace_record_t r = {.loop = tr->loop_name, .ev = e->ev, .task_name = e->name};
+      weft_trace_record_t r = {.loop = tr->loop_name, .ev = copy[i].ev, .task_name = copy[i].name};
       fn(&r, arg);
     }
-    pthread_mutex_unlock(&tr->lock);
   }
-  pthread_mutex_unlock(&traces_lock);
+  free(copy);
+  free(order);
   return 0;
 }

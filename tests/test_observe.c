@@ -82,6 +82,29 @@ static void *spin_ms(void *arg) {
   return NULL;
 }
 
+static void *ask_other(void *arg) {
+  weft_stats_t st;
+  return (void *)(intptr_t)weft_loop_stats(arg, &st);
+}
+
+/* From a thread that runs a loop, another loop's stats are refused: the
+ * call would block that loop, and two loops asking each other would wait
+ * for ever. */
+static void stats_refused_from_another_loop(void **state) {
+  weft_pool_t *pool = wt_pool_of(2);
+  weft_task_t *t[2];
+  for (unsigned i = 0; i < 2; i++)
+    assert_int_equal(weft_spawn(weft_pool_loop(pool, i), ask_other, weft_pool_loop(pool, 1 - i),
+                                &t[i]), 0);
+  void *rc[2];
+  assert_int_equal(weft_gather(t, 2, rc, NULL), 0);
+  for (unsigned i = 0; i < 2; i++) {
+    assert_int_equal((intptr_t)rc[i], WEFT_EBUSY);
+    weft_task_release(t[i]);
+  }
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
 static void stats_busy_and_parked(void **state) {
   weft_pool_t *pool = wt_pool_of(1);
   weft_loop_t *loop = weft_pool_loop(pool, 0);
@@ -457,6 +480,21 @@ static void tally_event(const weft_trace_record_t *r, void *arg) {
   }
 }
 
+static void spawn_from_fn(const weft_trace_record_t *r, void *arg) {
+  int *n = arg;
+  (void)r;
+  if ((*n)++ == 0)
+    weft_spawn(NULL, traced_child, NULL, NULL);
+}
+
+static void *read_and_spawn(void *arg) {
+  (void)arg;
+  int n = 0;
+  assert_int_equal(weft_trace_read(spawn_from_fn, &n), 0);
+  assert_true(n > 0);
+  return NULL;
+}
+
 static void trace_json(void **state) {
   char path[] = "/tmp/weft-trace-XXXXXX";
   int fd = mkstemp(path);
@@ -485,6 +523,10 @@ static void trace_json(void **state) {
   assert_true(tally.rounds > 0);
   assert_int_equal(tally.unbalanced, 0);
   assert_int_equal(tally.out_of_order, 0);
+
+  /* fn may do what its thread may: here, spawn on the traced loop it runs
+   * on, whose ring the spawn records into. */
+  assert_int_equal(weft_run(read_and_spawn, NULL, NULL), 0);
 
   FILE *f = fopen(path, "r");
   assert_non_null(f);
@@ -518,6 +560,7 @@ static void trace_json(void **state) {
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(stats_add_up),
     cmocka_unit_test(stats_busy_and_parked),
+    cmocka_unit_test(stats_refused_from_another_loop),
     cmocka_unit_test(names),
     cmocka_unit_test(slow_step_warning),
     cmocka_unit_test(dump_wait_states),

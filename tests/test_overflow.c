@@ -97,9 +97,31 @@ static void canary(void **state) {
     fail_msg("no canary report; the child said: %s", err);
 }
 
+/* A SIGSEGV sent to the process (not a fault) is not weft's: it still
+ * kills, with weft's handler installed. */
+static void *nothing(void *arg) {
+  return arg;
+}
+
+static void sent_sigsegv_kills(void **state) {
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL);
+    weft_run(nothing, NULL, NULL); /* installs the handler */
+    raise(SIGSEGV);
+    _exit(0); /* survived: wrong */
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV))
+    fail_msg("a raised SIGSEGV did not kill the process (status %d)", status);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(guard_page),
     cmocka_unit_test(canary),
+    cmocka_unit_test(sent_sigsegv_kills),
 };
 
 WT_MAIN("overflow", tests)

@@ -378,6 +378,66 @@ static void *second_half(void *arg) {
   return NULL;
 }
 
+/* A reader that comes while detach waits for the write queue: detach
+ * refuses (the stream stays bound, the reader is not left parked on a
+ * stream that leaves its loop). */
+typedef struct flushing {
+  weft_stream_t *s;
+  ssize_t rc;
+} flushing_t;
+
+static void *late_reader(void *arg) {
+  flushing_t *f = arg;
+  char b;
+  f->rc = weft_stream_read(f->s, &b, 1);
+  return NULL;
+}
+
+static void *drain_all(void *arg) {
+  flushing_t *f = arg;
+  static char buf[65536];
+  size_t got = 0;
+  ssize_t n;
+  while (got < (4u << 20) && (n = weft_stream_read(f->s, buf, sizeof buf)) > 0)
+    got += (size_t)n;
+  f->rc = (ssize_t)got;
+  return NULL;
+}
+
+static void *detach_busy_main(void *arg) {
+  (void)arg;
+  weft_listener_t *l;
+  weft_stream_t *c, *srv;
+  pair(&l, &c, &srv);
+  char *big = calloc(1, 4u << 20);
+  assert_int_equal(weft_stream_write(srv, big, 4u << 20), 0); /* mostly queued */
+  free(big);
+  flushing_t rd = {.s = srv, .rc = 1}, dr = {.s = c};
+  weft_task_t *tr, *td;
+  assert_int_equal(weft_spawn(NULL, late_reader, &rd, &tr), 0);
+  assert_int_equal(weft_spawn(NULL, drain_all, &dr, &td), 0);
+  assert_int_equal(weft_stream_detach(srv), WEFT_EBUSY);
+  assert_ptr_equal(weft_stream_loop(srv), weft_loop_current());
+  assert_int_equal(weft_await(td, NULL), 0);
+  assert_int_equal(dr.rc, 4u << 20);
+  /* The reader is still a proper reader of a bound stream. */
+  assert_int_equal(weft_stream_write(c, "z", 1), 0);
+  assert_int_equal(weft_await(tr, NULL), 0);
+  assert_int_equal(rd.rc, 1);
+  weft_task_release(tr);
+  weft_task_release(td);
+  weft_stream_close(c);
+  weft_stream_close(srv);
+  weft_listener_close(l);
+  return NULL;
+}
+
+static void tcp_detach_refused_when_busy(void **state) {
+  int fds = wt_count_fds();
+  assert_int_equal(weft_run(detach_busy_main, NULL, NULL), 0);
+  assert_int_equal(wt_count_fds(), fds);
+}
+
 static void tcp_stream_changes_loop(void **state) {
   int fds = wt_count_fds();
   weft_pool_t *pool = wt_pool_of(2);
@@ -803,6 +863,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(tcp_cancel_deadline_close),
     cmocka_unit_test(tcp_connect_refused_and_cancelled),
     cmocka_unit_test(tcp_stream_changes_loop),
+    cmocka_unit_test(tcp_detach_refused_when_busy),
     cmocka_unit_test(tcp_mode_reuseport),
     cmocka_unit_test(tcp_mode_handoff),
     cmocka_unit_test(tcp_mode_least_loaded),
