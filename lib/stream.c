@@ -97,12 +97,7 @@ static void free_stream_cb(uv_handle_t *h) {
     stream_free(s);
 }
 
-static void force_close(weft__io_t *io) {
-  weft_stream_t *s = weft__container_of(io, weft_stream_t, io);
-  weft__io_remove(s->loop, &s->io);
-  told_closed(s);
-  uv_close((uv_handle_t *)s->h, free_stream_cb);
-}
+static void force_close(weft__io_t *io);
 
 /* Writing to a connection the peer has closed raises SIGPIPE, which kills
  * the process by default; a stream's write must fail with UV_EPIPE
@@ -147,6 +142,13 @@ static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
 static void stream_close_handle(weft_stream_t *s) {
   weft__io_remove(s->loop, &s->io);
   uv_close((uv_handle_t *)s->h, free_stream_cb);
+}
+
+/* At loop close, for a stream its owner left open. */
+static void force_close(weft__io_t *io) {
+  weft_stream_t *s = weft__container_of(io, weft_stream_t, io);
+  told_closed(s);
+  stream_close_handle(s);
 }
 
 static int adopt_fd(weft_stream_t *s, int fd) {

@@ -538,14 +538,19 @@ static int on_version_complete(llhttp_t *p) {
   return p->method == HTTP_PRI ? refuse(c, 400) : 0;
 }
 
+/* Appends a piece of a header's name or value to a fixed buffer, keeping
+ * what fits and counting all of it (a longer one matches nothing). */
+static void keep_piece(char *buf, size_t cap, size_t *len, const char *at, size_t n) {
+  if (n > 0 && *len < cap)
+    memcpy(buf + *len, at, n < cap - *len ? n : cap - *len);
+  *len = sat_add(*len, n);
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   echo_conn_t *c = p->data;
   if (c->phase != PHASE_HEAD)
     return 0; /* trailer fields are ignored */
-  if (len > 0 && c->name_len < sizeof c->name)
-    memcpy(c->name + c->name_len, at,
-           len < sizeof c->name - c->name_len ? len : sizeof c->name - c->name_len);
-  c->name_len = sat_add(c->name_len, len);
+  keep_piece(c->name, sizeof c->name, &c->name_len, at, len);
   return 0;
 }
 
@@ -567,10 +572,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   echo_conn_t *c = p->data;
   if (!c->in_te)
     return 0;
-  if (len > 0 && c->te_len < sizeof c->te)
-    memcpy(c->te + c->te_len, at,
-           len < sizeof c->te - c->te_len ? len : sizeof c->te - c->te_len);
-  c->te_len = sat_add(c->te_len, len);
+  keep_piece(c->te, sizeof c->te, &c->te_len, at, len);
   return 0;
 }
 
