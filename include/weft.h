@@ -243,7 +243,10 @@ WEFT_API int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void 
 
 /** The libuv loop underneath, so an application's own libuv handles share the
  * loop. Their callbacks run outside any task (await points there return
- * WEFT_ENOTASK; weft_spawn works). Loop-bound use only. */
+ * WEFT_ENOTASK; weft_spawn works). Loop-bound use only. A loop with no libuv
+ * work of its own parks on its wake-up fd alone, which wakes faster than
+ * libuv's poll; once this was called it always parks in libuv's poll, so
+ * that the application's handles, unreferenced ones too, get their events. */
 WEFT_API uv_loop_t *weft_loop_uv(weft_loop_t *loop);
 
 /** A consistent snapshot of loop's counters. On the loop's own thread it is

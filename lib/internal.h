@@ -203,6 +203,9 @@ int weft__wakefd_open(weft__wakefd_t *w);
 void weft__wakefd_signal(weft__wakefd_t *w);
 void weft__wakefd_drain(weft__wakefd_t *w);
 void weft__wakefd_close(weft__wakefd_t *w);
+/* Blocks until rfd is readable (1) or timeout_ms passed (0; -1 waits
+ * without limit), or a signal came (a negative error). lib/arch/wakefd_wait.c */
+int weft__wakefd_wait(const weft__wakefd_t *w, int timeout_ms);
 
 /* ----------------------------------------------------------------- tasks */
 
@@ -324,6 +327,8 @@ struct weft_loop {
   uint64_t run_since;        /* uv_hrtime() when the current run began */
   uint64_t parked_ns;        /* time in the blocking poll, polls ended so far */
   uint64_t park_since;       /* uv_hrtime() the poll began, while in it; or 0 */
+  bool in_uv_run;            /* inside a round's uv_run: a wake must stop it */
+  atomic_bool uv_lent;       /* weft_loop_uv gave the libuv loop away */
   uint64_t step_clock;       /* coarse ns the next task step starts from */
   uint64_t slow_ns;          /* slow-step threshold; 0 = off */
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */

@@ -11,19 +11,22 @@
 
 _Thread_local weft__tls_t weft__tls;
 
-static void wakeup_cb(uv_poll_t *h, int status, int events) {
-  /* A ring ends the poll. What it brought runs from here, in the poll,
-   * rather than after libuv has finished its iteration, and before the read
-   * that resets the fd: a wake-up then costs a bare eventfd's and little
-   * more. A message pushed after the drain is not lost to the read: the
-   * loop is not parked again before its round drains the inbox. The round
-   * looks at the stop flag itself. */
-  (void)status;
-  (void)events;
-  weft_loop_t *loop = weft__container_of(h, weft_loop_t, wakeup);
+/* A ring ended the loop's wait. What it brought runs from here, where the
+ * wait ended, rather than after libuv has finished its iteration, and before
+ * the read that resets the fd: a wake-up then costs a bare eventfd's and
+ * little more. A message pushed after the drain is not lost to the read: the
+ * loop is not parked again before its round drains the inbox. The round
+ * looks at the stop flag itself. */
+static void rung(weft_loop_t *loop) {
   loop->wakeups_received++;
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
   weft__wakefd_drain(&loop->wakefd);
+}
+
+static void wakeup_cb(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  rung(weft__container_of(h, weft_loop_t, wakeup));
 }
 
 int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
@@ -80,6 +83,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   weft__loops_add(loop, opts->name);
   weft__trace_loop_new(loop);
   atomic_init(&loop->stop, 0);
+  atomic_init(&loop->uv_lent, false);
   *out = loop;
   return 0;
 
@@ -110,7 +114,12 @@ weft_loop_t *weft_loop_current(void) {
 }
 
 uv_loop_t *weft_loop_uv(weft_loop_t *loop) {
-  return loop ? &loop->uv : NULL;
+  if (!loop)
+    return NULL;
+  /* The application may now open handles weft cannot see, unreferenced
+   * ones among them: from here on the loop always parks in libuv's poll. */
+  atomic_store_explicit(&loop->uv_lent, true, memory_order_relaxed);
+  return &loop->uv;
 }
 
 void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
@@ -191,8 +200,10 @@ void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause) {
   weft__ready(loop, t);
   /* Woken from a libuv callback: libuv 1.44's UV_RUN_ONCE runs due timers
    * before it polls, so without this the poll could block with the task
-   * ready. uv_stop makes that poll return at once. */
-  if (!loop->current)
+   * ready. uv_stop makes that poll return at once. Only from inside uv_run:
+   * a stop asked for outside it would make the next uv_run skip its poll
+   * and its timers altogether. */
+  if (loop->in_uv_run)
     uv_stop(&loop->uv);
   WEFT__EMIT(loop, WEFT_EV_WAKE, t, w->kind, (int)cause, 0);
 }
@@ -274,6 +285,39 @@ static void run_task(weft_loop_t *loop, weft_task_t *t) {
   }
 }
 
+/* Parks on the wake-up fd alone, when libuv has nothing of its own to wait
+ * for: the wake-up poll is the only handle keeping it alive, no request is
+ * in flight, nothing is pending or closing, and the application was never
+ * lent the libuv loop (where an unreferenced handle of its own could wait
+ * unseen). A loop that only runs tasks and messages, a pool's worker with no
+ * I/O, parks this way. One poll() on one fd wakes about as fast as a bare
+ * eventfd wait; libuv's iteration around its epoll_wait costs a fifth more
+ * (./run bench: wakeup_vs_eventfd). Timers still count: the wait ends when
+ * the earliest is due, and libuv then runs it. Returns false, having done
+ * nothing, where libuv must poll. *waited_ns: the time it blocked, measured
+ * only while slow steps are watched (libuv's idle time misses this wait). */
+static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
+  if (loop->uv.active_handles != 1 || loop->uv.active_reqs.count != 0 ||
+      atomic_load_explicit(&loop->uv_lent, memory_order_relaxed))
+    return false;
+  uv_update_time(&loop->uv);
+  int timeout = uv_backend_timeout(&loop->uv);
+  if (timeout == 0)
+    return false;
+  uint64_t t0 = loop->slow_ns ? uv_hrtime() : 0;
+  int r = weft__wakefd_wait(&loop->wakefd, timeout);
+  if (loop->slow_ns)
+    *waited_ns = uv_hrtime() - t0;
+  if (r > 0) {
+    rung(loop);
+  } else if (r == 0) {
+    loop->in_uv_run = true;
+    uv_run(&loop->uv, UV_RUN_NOWAIT);
+    loop->in_uv_run = false;
+  }
+  return true;
+}
+
 /* What the running run function waits for; once it holds, the round polls
  * without blocking and the run function returns. */
 static bool goal_met(weft_loop_t *loop) {
@@ -334,19 +378,26 @@ static void loop_round(weft_loop_t *loop) {
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
   uint64_t t0 = loop->slow_ns ? weft__coarse_ns() : 0;
-  uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(&loop->uv) : 0;
+  uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(&loop->uv) : 0, waited = 0;
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
+    loop->in_uv_run = true;
     uv_run(&loop->uv, UV_RUN_NOWAIT);
+    loop->in_uv_run = false;
   } else {
     loop->park_since = uv_hrtime();
-    uv_run(&loop->uv, UV_RUN_ONCE);
+    if (!park_on_wakefd(loop, &waited)) {
+      loop->in_uv_run = true;
+      uv_run(&loop->uv, UV_RUN_ONCE);
+      loop->in_uv_run = false;
+    }
     loop->parked_ns += uv_hrtime() - loop->park_since;
     loop->park_since = 0;
     weft__inbox_unpark(loop);
   }
   loop->step_clock = weft__coarse_ns();
   if (loop->slow_ns) {
-    uint64_t held = loop->step_clock - t0, idle = uv_metrics_idle_time(&loop->uv) - idle0;
+    uint64_t held = loop->step_clock - t0;
+    uint64_t idle = uv_metrics_idle_time(&loop->uv) - idle0 + waited;
     weft__callbacks_timed(loop, held > idle ? held - idle : 0);
   }
 }
