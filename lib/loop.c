@@ -148,9 +148,33 @@ void weft__ready(weft_loop_t *loop, weft_task_t *t) {
   loop->nready++;
 }
 
+/* A task's deadline timer stays in the heap from the first wait under the
+ * deadline until the task ends: a wake-up leaves it there, and a deadline
+ * moved later leaves it where it is (a server that pushes an idle deadline
+ * forward on every request then costs no heap operation a request). When it
+ * fires early it moves itself to the deadline; when it fires on time it
+ * cuts the task's wait, if the task waits. A task that runs past its
+ * deadline finds out at its next await point (weft__await_begin). */
 static void deadline_fire(weft__timer_t *timer) {
   weft_task_t *t = weft__container_of(timer, weft_task_t, deadline_timer);
+  if (!t->deadline)
+    return;
+  if (t->deadline > weft__now(t->loop)) {
+    weft__timer_start(t->loop, timer, t->deadline);
+    return;
+  }
   weft__interrupt(t, WEFT_ETIMEDOUT);
+}
+
+static void deadline_arm(weft_loop_t *loop, weft_task_t *t) {
+  weft__timer_t *dt = &t->deadline_timer;
+  if (weft__timer_active(dt)) {
+    if (dt->due <= t->deadline)
+      return;
+    weft__timer_stop(loop, dt);
+  }
+  weft__timer_init(dt, deadline_fire);
+  weft__timer_start(loop, dt, t->deadline);
 }
 
 int weft__park(weft__wait_t *w) {
@@ -164,15 +188,12 @@ int weft__park(weft__wait_t *w) {
   } else {
     t->state = WEFT__WAITING;
     loop->nwaiting++;
-    if (t->deadline && w->interrupt) {
-      weft__timer_init(&t->deadline_timer, deadline_fire);
-      weft__timer_start(loop, &t->deadline_timer, t->deadline);
-    }
+    if (t->deadline && w->interrupt)
+      deadline_arm(loop, t);
   }
   t->wait = w;
   WEFT__EMIT(loop, WEFT_EV_PARK, t, w->kind, w->arg, 0);
   weft__coro_switch(&t->coro, &loop->sched);
-  weft__timer_stop(loop, &t->deadline_timer);
   t->wait = NULL;
   int result = w->result;
   /* A cancel or deadline that reached the task after its yield or sleep was
@@ -181,10 +202,8 @@ int weft__park(weft__wait_t *w) {
   if (result == 0 && (w->kind == WEFT_WAIT_YIELD || w->kind == WEFT_WAIT_SLEEP)) {
     if (t->cancelled) {
       result = WEFT_ECANCELED;
-    } else if (t->deadline) {
-      uv_update_time(&loop->uv);
-      if (weft__now(loop) >= t->deadline)
-        result = WEFT_ETIMEDOUT;
+    } else if (t->deadline && weft__due_passed(loop, t->deadline)) {
+      result = WEFT_ETIMEDOUT;
     }
   }
   return result;
@@ -230,12 +249,9 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
   }
   if (t->cancelled)
     return WEFT_ECANCELED;
-  if (t->deadline) {
-    /* The cached loop time may be a long step old. */
-    uv_update_time(&t->loop->uv);
-    if (weft__now(t->loop) >= t->deadline)
-      return WEFT_ETIMEDOUT;
-  }
+  /* Not the cached loop time, which may be a long step old. */
+  if (t->deadline && weft__due_passed(t->loop, t->deadline))
+    return WEFT_ETIMEDOUT;
   return 0;
 }
 
@@ -370,8 +386,7 @@ static void loop_round(weft_loop_t *loop) {
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
-    uv_update_time(&loop->uv);
-    bool timer_due = loop->heap_len > 0 && loop->heap[0]->due <= weft__now(loop);
+    bool timer_due = loop->heap_len > 0 && weft__due_passed(loop, loop->heap[0]->due);
     if (!timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY)
       return;
   }
@@ -384,13 +399,13 @@ static void loop_round(weft_loop_t *loop) {
     uv_run(&loop->uv, UV_RUN_NOWAIT);
     loop->in_uv_run = false;
   } else {
-    loop->park_since = uv_hrtime();
+    loop->park_since = weft__coarse_ns();
     if (!park_on_wakefd(loop, &waited)) {
       loop->in_uv_run = true;
       uv_run(&loop->uv, UV_RUN_ONCE);
       loop->in_uv_run = false;
     }
-    loop->parked_ns += uv_hrtime() - loop->park_since;
+    loop->parked_ns += weft__coarse_ns() - loop->park_since;
     loop->park_since = 0;
     weft__inbox_unpark(loop);
   }

@@ -154,6 +154,7 @@ void weft__task_unref(weft_task_t *t) {
 void weft__task_complete(weft_task_t *t, int status) {
   weft_loop_t *loop = t->loop;
   t->state = WEFT__DONE;
+  weft__timer_stop(loop, &t->deadline_timer);
   t->end_seq = atomic_fetch_add_explicit(&weft__end_seq, 1, memory_order_relaxed) + 1;
   weft__queue_remove(&t->all);
   loop->nlive--;

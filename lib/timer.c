@@ -7,6 +7,7 @@
 #include "internal.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 static bool earlier(const weft__timer_t *a, const weft__timer_t *b) {
   return a->due < b->due || (a->due == b->due && a->seq < b->seq);
@@ -117,6 +118,34 @@ void weft__timers_arm(weft_loop_t *loop) {
   uint64_t now = weft__now(loop);
   uv_timer_start(&loop->timer, weft__timers_cb, due > now ? due - now : 0, 0);
   loop->armed_due = due;
+}
+
+/* The coarse clock's tick in ms, rounded up, plus one for the truncation of
+ * both times to whole ms. */
+static uint64_t coarse_slack_ms(void) {
+  static _Atomic uint64_t slack;
+  uint64_t s = atomic_load_explicit(&slack, memory_order_relaxed);
+  if (s == 0) {
+    struct timespec res;
+    uint64_t ns = clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0
+                      ? (uint64_t)res.tv_sec * 1000000000u + (uint64_t)res.tv_nsec
+                      : 1000000000u;
+    s = (ns + 999999) / 1000000 + 1;
+    atomic_store_explicit(&slack, s, memory_order_relaxed);
+  }
+  return s;
+}
+
+bool weft__due_passed(weft_loop_t *loop, uint64_t due) {
+  /* The coarse clock is the monotonic clock as of its last tick: never
+   * ahead of the time libuv reads, at most a tick behind. */
+  uint64_t coarse = weft__coarse_ns() / 1000000;
+  if (coarse >= due)
+    return true;
+  if (due - coarse > coarse_slack_ms())
+    return false;
+  uv_update_time(&loop->uv);
+  return weft__now(loop) >= due;
 }
 
 void weft__timers_free(weft_loop_t *loop) {

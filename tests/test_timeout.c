@@ -186,6 +186,54 @@ static void deadline_replace_and_clear(void **state) {
   run_main(deadline_replace_main, NULL);
 }
 
+/* A deadline's timer stays armed after a wait it bounded ended otherwise
+ * (weft__park): moved later, it must not cut the next wait at the old time;
+ * moved earlier, it must cut it in time; cleared, not at all; and a task
+ * that ends with it armed must not leave it behind. */
+static void *deadline_short_lived(void *arg) {
+  (void)arg;
+  assert_int_equal(weft_deadline_set(30), 0);
+  assert_int_equal(weft_sleep(1), 0);
+  return NULL;
+}
+
+static void *deadline_moves_main(void *arg) {
+  (void)arg;
+  assert_int_equal(weft_deadline_set(40), 0);
+  assert_int_equal(weft_sleep(5), 0);
+  assert_int_equal(weft_deadline_set(300), 0);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_sleep(10000), WEFT_ETIMEDOUT);
+  double took = wt_now_ms() - t0;
+  assert_true(took >= 250);
+  assert_true(took < 3000);
+
+  assert_int_equal(weft_deadline_set(5000), 0);
+  assert_int_equal(weft_sleep(5), 0);
+  assert_int_equal(weft_deadline_set(30), 0);
+  t0 = wt_now_ms();
+  assert_int_equal(weft_sleep(10000), WEFT_ETIMEDOUT);
+  assert_true(wt_now_ms() - t0 < 1000);
+
+  assert_int_equal(weft_deadline_set(30), 0);
+  assert_int_equal(weft_sleep(5), 0);
+  assert_int_equal(weft_deadline_clear(), 0);
+  assert_int_equal(weft_sleep(80), 0);
+
+  /* Its task freed, the timer would fire into freed memory (ASan and
+   * valgrind see that) during the sleep after. */
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(NULL, deadline_short_lived, NULL, &t), 0);
+  assert_int_equal(weft_await(t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(weft_sleep(60), 0);
+  return NULL;
+}
+
+static void deadline_moves_after_a_wait(void **state) {
+  run_main(deadline_moves_main, NULL);
+}
+
 static void *deadline_child_main(void *arg) {
   struct slow *s = arg;
   assert_int_equal(weft_spawn(NULL, wt_probe_task, &s->p, &s->t), 0);
@@ -336,6 +384,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(wait_for_bad_arguments),
     cmocka_unit_test(deadline_bounds_awaits),
     cmocka_unit_test(deadline_replace_and_clear),
+    cmocka_unit_test(deadline_moves_after_a_wait),
     cmocka_unit_test(deadline_cancels_awaited),
     cmocka_unit_test(deadline_cancels_gathered),
     cmocka_unit_test(deadline_cancels_group),
