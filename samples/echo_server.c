@@ -90,15 +90,11 @@ static int flush(conn_t *c, echo_conn_t *h) {
 static void serve(conn_t *c, echo_conn_t *h, char *buf) {
   const config_t *cfg = c->ls->cfg;
   uint64_t request_start = 0;
-  uint64_t answered = 0;
   /* Writes run under the deadline of the read before them. */
   weft_deadline_set(cfg->idle_timeout_ms);
   for (;;) {
     if (flush(c, h) != 0 || echo_conn_should_close(h))
       break;
-    uint64_t n = echo_conn_requests(h);
-    atomic_fetch_add_explicit(&c->ls->requests, n - answered, memory_order_relaxed);
-    answered = n;
     if (atomic_load_explicit(&g_stopping, memory_order_relaxed) && !echo_conn_in_request(h))
       break;
     if (!echo_conn_want_input(h)) {
@@ -137,8 +133,9 @@ static void serve(conn_t *c, echo_conn_t *h, char *buf) {
     if (!echo_conn_in_request(h))
       request_start = 0;
   }
-  uint64_t n = echo_conn_requests(h);
-  atomic_fetch_add_explicit(&c->ls->requests, n - answered, memory_order_relaxed);
+  /* Counted once, as the connection ends: the exit lines come after every
+   * connection ended. */
+  atomic_fetch_add_explicit(&c->ls->requests, echo_conn_requests(h), memory_order_relaxed);
 }
 
 static void *conn_main(void *arg) {
