@@ -167,9 +167,7 @@ typedef struct weft_stats {
   uint64_t busy_ns;        /**< time running (tasks, callbacks, the scheduler) */
   uint64_t parked_ns;      /**< time waiting (in libuv's poll, or on the
                                 wake-up fd alone) when the loop had nothing to
-                                run, the callbacks that woke it included;
-                                each wait timed with the coarse clock, so the
-                                sum is right over many waits, not each one */
+                                run, the callbacks that woke it included */
   uint64_t longest_step_ns; /**< the longest task step so far (timed with the
                                 coarse monotonic clock: a few ms resolution) */
   uint64_t slow_steps;     /**< steps and callback bursts over slow_step_ms */

@@ -142,10 +142,12 @@ void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due);
 void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t);
 void weft__timers_arm(weft_loop_t *loop);   /* point the uv_timer at the earliest */
 void weft__timers_free(weft_loop_t *loop);
-/* Whether the loop's time has reached due (loop ms). Reads the cheap coarse
- * clock, and the precise one (updating the loop's time) only when due is
- * within a tick of it. */
-bool weft__due_passed(weft_loop_t *loop, uint64_t due);
+/* Whether a timer due at due (loop ms) may be due: false when the cheap
+ * coarse clock says it is over a tick away, else the precise answer (which
+ * updates the loop's time). A hint, not a deadline check: the coarse clock
+ * can lag longer than a tick after an idle spell (tickless kernels), and a
+ * wrong "not yet" only defers the timer to the loop's next poll. */
+bool weft__timer_maybe_due(weft_loop_t *loop, uint64_t due);
 void weft__timers_cb(uv_timer_t *h);
 
 /* ----------------------------------------------------------------- waits */
@@ -330,7 +332,7 @@ struct weft_loop {
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
   uint64_t parked_ns;        /* time in the blocking poll, polls ended so far */
-  uint64_t park_since;       /* coarse ns the poll began, while in it; or 0 */
+  uint64_t park_since;       /* uv_hrtime() the poll began, while in it; or 0 */
   bool in_uv_run;            /* inside a round's uv_run: a wake must stop it */
   atomic_bool uv_lent;       /* weft_loop_uv gave the libuv loop away */
   uint64_t step_clock;       /* coarse ns the next task step starts from */

@@ -202,8 +202,10 @@ int weft__park(weft__wait_t *w) {
   if (result == 0 && (w->kind == WEFT_WAIT_YIELD || w->kind == WEFT_WAIT_SLEEP)) {
     if (t->cancelled) {
       result = WEFT_ECANCELED;
-    } else if (t->deadline && weft__due_passed(loop, t->deadline)) {
-      result = WEFT_ETIMEDOUT;
+    } else if (t->deadline) {
+      uv_update_time(&loop->uv);
+      if (weft__now(loop) >= t->deadline)
+        result = WEFT_ETIMEDOUT;
     }
   }
   return result;
@@ -249,9 +251,12 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
   }
   if (t->cancelled)
     return WEFT_ECANCELED;
-  /* Not the cached loop time, which may be a long step old. */
-  if (t->deadline && weft__due_passed(t->loop, t->deadline))
-    return WEFT_ETIMEDOUT;
+  if (t->deadline) {
+    /* The cached loop time may be a long step old. */
+    uv_update_time(&t->loop->uv);
+    if (weft__now(t->loop) >= t->deadline)
+      return WEFT_ETIMEDOUT;
+  }
   return 0;
 }
 
@@ -386,7 +391,7 @@ static void loop_round(weft_loop_t *loop) {
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
-    bool timer_due = loop->heap_len > 0 && weft__due_passed(loop, loop->heap[0]->due);
+    bool timer_due = loop->heap_len > 0 && weft__timer_maybe_due(loop, loop->heap[0]->due);
     if (!timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY)
       return;
   }
@@ -399,13 +404,13 @@ static void loop_round(weft_loop_t *loop) {
     uv_run(&loop->uv, UV_RUN_NOWAIT);
     loop->in_uv_run = false;
   } else {
-    loop->park_since = weft__coarse_ns();
+    loop->park_since = uv_hrtime();
     if (!park_on_wakefd(loop, &waited)) {
       loop->in_uv_run = true;
       uv_run(&loop->uv, UV_RUN_ONCE);
       loop->in_uv_run = false;
     }
-    loop->parked_ns += weft__coarse_ns() - loop->park_since;
+    loop->parked_ns += uv_hrtime() - loop->park_since;
     loop->park_since = 0;
     weft__inbox_unpark(loop);
   }

@@ -161,8 +161,7 @@ static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
     run += now - loop->run_since;
   /* Taken from a callback of the poll itself, for another thread: the
    * poll so far counts. */
-  out->parked_ns =
-      loop->parked_ns + (loop->park_since ? weft__coarse_ns() - loop->park_since : 0);
+  out->parked_ns = loop->parked_ns + (loop->park_since ? now - loop->park_since : 0);
   out->busy_ns = run > out->parked_ns ? run - out->parked_ns : 0;
 }
 

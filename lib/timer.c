@@ -136,9 +136,9 @@ static uint64_t coarse_slack_ms(void) {
   return s;
 }
 
-bool weft__due_passed(weft_loop_t *loop, uint64_t due) {
+bool weft__timer_maybe_due(weft_loop_t *loop, uint64_t due) {
   /* The coarse clock is the monotonic clock as of its last tick: never
-   * ahead of the time libuv reads, at most a tick behind. */
+   * ahead of the time libuv reads, usually at most a tick behind. */
   uint64_t coarse = weft__coarse_ns() / 1000000;
   if (coarse >= due)
     return true;
