@@ -142,12 +142,12 @@ void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due);
 void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t);
 void weft__timers_arm(weft_loop_t *loop);   /* point the uv_timer at the earliest */
 void weft__timers_free(weft_loop_t *loop);
-/* Whether a timer due at due (loop ms) may be due: false when the cheap
- * coarse clock says it is over a tick away, else the precise answer (which
- * updates the loop's time). A hint, not a deadline check: the coarse clock
- * can lag longer than a tick after an idle spell (tickless kernels), and a
- * wrong "not yet" only defers the timer to the loop's next poll. */
-bool weft__timer_maybe_due(weft_loop_t *loop, uint64_t due);
+/* Whether the earliest timer may be due: false when there is none or the
+ * cheap coarse clock says it is over a tick away, else the precise answer
+ * (which updates the loop's time). A hint, not a deadline check: the coarse
+ * clock can lag longer than a tick after an idle spell (tickless kernels),
+ * and a wrong "not yet" only defers the timer to the loop's next poll. */
+bool weft__timers_maybe_due(weft_loop_t *loop);
 void weft__timers_cb(uv_timer_t *h);
 
 /* ----------------------------------------------------------------- waits */

@@ -17,7 +17,7 @@ _Thread_local weft__tls_t weft__tls;
  * little more. A message pushed after the drain is not lost to the read: the
  * loop is not parked again before its round drains the inbox. The round
  * looks at the stop flag itself. */
-static void rung(weft_loop_t *loop) {
+static void answer_ring(weft_loop_t *loop) {
   loop->wakeups_received++;
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
   weft__wakefd_drain(&loop->wakefd);
@@ -26,7 +26,7 @@ static void rung(weft_loop_t *loop) {
 static void wakeup_cb(uv_poll_t *h, int status, int events) {
   (void)status;
   (void)events;
-  rung(weft__container_of(h, weft_loop_t, wakeup));
+  answer_ring(weft__container_of(h, weft_loop_t, wakeup));
 }
 
 int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
@@ -166,6 +166,15 @@ static void deadline_fire(weft__timer_t *timer) {
   weft__interrupt(t, WEFT_ETIMEDOUT);
 }
 
+/* Whether t has a deadline and it has passed, by the precise clock: the
+ * cached loop time may be a long step old. */
+static bool deadline_passed(weft_task_t *t) {
+  if (!t->deadline)
+    return false;
+  uv_update_time(&t->loop->uv);
+  return weft__now(t->loop) >= t->deadline;
+}
+
 static void deadline_arm(weft_loop_t *loop, weft_task_t *t) {
   weft__timer_t *dt = &t->deadline_timer;
   if (weft__timer_active(dt)) {
@@ -202,10 +211,8 @@ int weft__park(weft__wait_t *w) {
   if (result == 0 && (w->kind == WEFT_WAIT_YIELD || w->kind == WEFT_WAIT_SLEEP)) {
     if (t->cancelled) {
       result = WEFT_ECANCELED;
-    } else if (t->deadline) {
-      uv_update_time(&loop->uv);
-      if (weft__now(loop) >= t->deadline)
-        result = WEFT_ETIMEDOUT;
+    } else if (deadline_passed(t)) {
+      result = WEFT_ETIMEDOUT;
     }
   }
   return result;
@@ -251,12 +258,8 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
   }
   if (t->cancelled)
     return WEFT_ECANCELED;
-  if (t->deadline) {
-    /* The cached loop time may be a long step old. */
-    uv_update_time(&t->loop->uv);
-    if (weft__now(t->loop) >= t->deadline)
-      return WEFT_ETIMEDOUT;
-  }
+  if (deadline_passed(t))
+    return WEFT_ETIMEDOUT;
   return 0;
 }
 
@@ -306,6 +309,13 @@ static void run_task(weft_loop_t *loop, weft_task_t *t) {
   }
 }
 
+/* One libuv iteration from the round; wakes from its callbacks stop it. */
+static void run_uv(weft_loop_t *loop, uv_run_mode mode) {
+  loop->in_uv_run = true;
+  uv_run(&loop->uv, mode);
+  loop->in_uv_run = false;
+}
+
 /* Parks on the wake-up fd alone, when libuv has nothing of its own to wait
  * for: the wake-up poll is the only handle keeping it alive, no request is
  * in flight, nothing is pending or closing, and the application was never
@@ -329,13 +339,10 @@ static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
   int r = weft__wakefd_wait(&loop->wakefd, timeout);
   if (loop->slow_ns)
     *waited_ns = uv_hrtime() - t0;
-  if (r > 0) {
-    rung(loop);
-  } else if (r == 0) {
-    loop->in_uv_run = true;
-    uv_run(&loop->uv, UV_RUN_NOWAIT);
-    loop->in_uv_run = false;
-  }
+  if (r > 0)
+    answer_ring(loop);
+  else if (r == 0)
+    run_uv(loop, UV_RUN_NOWAIT);
   return true;
 }
 
@@ -391,7 +398,7 @@ static void loop_round(weft_loop_t *loop) {
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
-    bool timer_due = loop->heap_len > 0 && weft__timer_maybe_due(loop, loop->heap[0]->due);
+    bool timer_due = weft__timers_maybe_due(loop);
     if (!timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY)
       return;
   }
@@ -400,16 +407,11 @@ static void loop_round(weft_loop_t *loop) {
   uint64_t t0 = loop->slow_ns ? weft__coarse_ns() : 0;
   uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(&loop->uv) : 0, waited = 0;
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
-    loop->in_uv_run = true;
-    uv_run(&loop->uv, UV_RUN_NOWAIT);
-    loop->in_uv_run = false;
+    run_uv(loop, UV_RUN_NOWAIT);
   } else {
     loop->park_since = uv_hrtime();
-    if (!park_on_wakefd(loop, &waited)) {
-      loop->in_uv_run = true;
-      uv_run(&loop->uv, UV_RUN_ONCE);
-      loop->in_uv_run = false;
-    }
+    if (!park_on_wakefd(loop, &waited))
+      run_uv(loop, UV_RUN_ONCE);
     loop->parked_ns += uv_hrtime() - loop->park_since;
     loop->park_since = 0;
     weft__inbox_unpark(loop);

@@ -136,7 +136,10 @@ static uint64_t coarse_slack_ms(void) {
   return s;
 }
 
-bool weft__timer_maybe_due(weft_loop_t *loop, uint64_t due) {
+bool weft__timers_maybe_due(weft_loop_t *loop) {
+  if (loop->heap_len == 0)
+    return false;
+  uint64_t due = loop->heap[0]->due;
   /* The coarse clock is the monotonic clock as of its last tick: never
    * ahead of the time libuv reads, usually at most a tick behind. */
   uint64_t coarse = weft__coarse_ns() / 1000000;
