@@ -691,6 +691,7 @@ typedef struct busy_wakes {
   atomic_int slept;
   double sleep_ms;
   int calls;
+  int calls_while_asleep;
 } busy_wakes_t;
 
 static void busy_wakes_cb(void *arg) {
@@ -711,8 +712,10 @@ static void *busy_wakes_receiver(void *arg) {
 static void *busy_wakes_sleeper(void *arg) {
   busy_wakes_t *b = arg;
   double t0 = wt_now_ms();
+  int calls0 = b->calls;
   assert_int_equal(weft_sleep(10), 0);
   b->sleep_ms = wt_now_ms() - t0;
+  b->calls_while_asleep = b->calls - calls0;
   atomic_store(&b->slept, 1);
   return NULL;
 }
@@ -749,7 +752,9 @@ static void drained_wakes_keep_timers(void **state) {
   weft_task_release(t);
   assert_int_equal(weft_loop_close(loop), 0);
   weft_chan_release(b.ch);
-  assert_true(b.calls > 10);
+  /* The drained wakes did happen while the timer was pending (how many
+   * depends on the speed of a round: a few under valgrind). */
+  assert_true(b.calls_while_asleep >= 1);
   /* Generous: 10 ms asked, and without the fix it never fired before the
    * 2 s give-up. */
   assert_true(atomic_load(&b.slept));
