@@ -19,7 +19,14 @@
  *   Called outside a task it returns WEFT_ENOTASK. Every await point of a
  *   task that has been cancelled returns WEFT_ECANCELED at once (cancellation
  *   is sticky, so the task unwinds), and every await point of a task whose
- *   deadline has passed returns WEFT_ETIMEDOUT at once.
+ *   deadline has passed returns WEFT_ETIMEDOUT at once. "Passed" is by the
+ *   loop's clock: an await point reads the precise clock only where the
+ *   cached loop time (read at every poll, and by weft_deadline_set) could
+ *   be wrong by the coarse clock's measure. Where the kernel's tick was held
+ *   off (a virtual CPU the host did not run), that measure can miss a
+ *   deadline passed a few ms before: the await then goes on as if it were
+ *   still ahead (it may complete at once), and a wait it begins is cut at
+ *   the loop's next poll. Never early: no await sees a deadline before it.
  */
 #ifndef WEFT_H
 #define WEFT_H

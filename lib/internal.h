@@ -336,6 +336,7 @@ struct weft_loop {
   bool in_uv_run;            /* inside a round's uv_run: a wake must stop it */
   atomic_bool uv_lent;       /* weft_loop_uv gave the libuv loop away */
   uint64_t step_clock;       /* coarse ns the next task step starts from */
+  uint64_t clock_stamp;      /* a coarse ns from before weft last read the loop's time */
   uint64_t slow_ns;          /* slow-step threshold; 0 = off */
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   unsigned pool_index;       /* its place in the pool */
@@ -366,6 +367,18 @@ static inline bool weft__on_owner(const weft_loop_t *loop) {
 static inline uint64_t weft__now(weft_loop_t *loop) {
   return uv_now(&loop->uv);
 }
+
+/* ----------------------------------------------------------- clock.c */
+
+uint64_t weft__coarse_ns(void);
+uint64_t weft__coarse_tick_ms(void);
+/* Reads the precise clock into the loop's time (uv_update_time), and notes
+ * a coarse time from before it (the step clock). */
+void weft__clock_update(weft_loop_t *loop);
+/* Whether the loop's time has reached due: from the cached time when that
+ * cannot be wrong while the kernel's tick keeps time, else from a precise
+ * read. Never true early; may be false late where the tick was held off. */
+bool weft__clock_reached(weft_loop_t *loop, uint64_t due);
 
 void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
                 weft_wait_kind_t wait, int detail, int status);
@@ -426,7 +439,6 @@ void weft__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void weft__loops_add(weft_loop_t *loop, const char *name);
 void weft__loops_remove(weft_loop_t *loop);
 size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void *arg);
-uint64_t weft__coarse_ns(void);
 uint64_t weft__slow_default_ns(uint64_t opt_ms);
 void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns);
 void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);

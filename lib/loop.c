@@ -166,12 +166,17 @@ static void deadline_fire(weft__timer_t *timer) {
   weft__interrupt(t, WEFT_ETIMEDOUT);
 }
 
-/* Whether t has a deadline and it has passed, by the precise clock: the
- * cached loop time may be a long step old. */
-static bool deadline_passed(weft_task_t *t) {
+/* Whether t has a deadline and it has passed. At an await point the answer
+ * may come from the loop's cached time (weft__clock_reached): a deadline
+ * that passed unseen there still cuts the wait at the next poll, through
+ * the deadline's timer. After a yield or a sleep, which no such timer cuts,
+ * the precise clock decides (precise). */
+static bool deadline_passed(weft_task_t *t, bool precise) {
   if (!t->deadline)
     return false;
-  uv_update_time(&t->loop->uv);
+  if (!precise)
+    return weft__clock_reached(t->loop, t->deadline);
+  weft__clock_update(t->loop);
   return weft__now(t->loop) >= t->deadline;
 }
 
@@ -211,7 +216,7 @@ int weft__park(weft__wait_t *w) {
   if (result == 0 && (w->kind == WEFT_WAIT_YIELD || w->kind == WEFT_WAIT_SLEEP)) {
     if (t->cancelled) {
       result = WEFT_ECANCELED;
-    } else if (deadline_passed(t)) {
+    } else if (deadline_passed(t, true)) {
       result = WEFT_ETIMEDOUT;
     }
   }
@@ -258,7 +263,7 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
   }
   if (t->cancelled)
     return WEFT_ECANCELED;
-  if (deadline_passed(t))
+  if (deadline_passed(t, false))
     return WEFT_ETIMEDOUT;
   return 0;
 }
@@ -331,7 +336,7 @@ static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
   if (loop->uv.active_handles != 1 || loop->uv.active_reqs.count != 0 ||
       atomic_load_explicit(&loop->uv_lent, memory_order_relaxed))
     return false;
-  uv_update_time(&loop->uv);
+  weft__clock_update(loop);
   int timeout = uv_backend_timeout(&loop->uv);
   if (timeout == 0)
     return false;
@@ -444,7 +449,7 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
   weft__tls.running = loop;
   weft__coro_init_thread(&loop->sched);
   weft__stack_overflow_watch();
-  uv_update_time(&loop->uv);
+  weft__clock_update(loop);
   return 0;
 }
 

@@ -110,12 +110,6 @@ const char *weft_loop_name(const weft_loop_t *loop) {
 
 /* ------------------------------------------------------------ slow steps */
 
-uint64_t weft__coarse_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 uint64_t weft__slow_default_ns(uint64_t opt_ms) {
   if (opt_ms)
     return opt_ms * 1000000u;

@@ -120,22 +120,6 @@ void weft__timers_arm(weft_loop_t *loop) {
   loop->armed_due = due;
 }
 
-/* The coarse clock's tick in ms, rounded up, plus one for the truncation of
- * both times to whole ms. */
-static uint64_t coarse_slack_ms(void) {
-  static _Atomic uint64_t slack;
-  uint64_t s = atomic_load_explicit(&slack, memory_order_relaxed);
-  if (s == 0) {
-    struct timespec res;
-    uint64_t ns = clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0
-                      ? (uint64_t)res.tv_sec * 1000000000u + (uint64_t)res.tv_nsec
-                      : 1000000000u;
-    s = (ns + 999999) / 1000000 + 1;
-    atomic_store_explicit(&slack, s, memory_order_relaxed);
-  }
-  return s;
-}
-
 bool weft__timers_maybe_due(weft_loop_t *loop) {
   if (loop->heap_len == 0)
     return false;
@@ -145,9 +129,10 @@ bool weft__timers_maybe_due(weft_loop_t *loop) {
   uint64_t coarse = weft__coarse_ns() / 1000000;
   if (coarse >= due)
     return true;
-  if (due - coarse > coarse_slack_ms())
+  /* A tick, plus one for the truncation of both times to whole ms. */
+  if (due - coarse > weft__coarse_tick_ms() + 1)
     return false;
-  uv_update_time(&loop->uv);
+  weft__clock_update(loop);
   return weft__now(loop) >= due;
 }
 
