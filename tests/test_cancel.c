@@ -197,8 +197,9 @@ static void *chain_main(void *arg) {
   struct chain *c = arg;
   weft_task_t *t = NULL;
   assert_int_equal(weft_spawn(NULL, outer_awaits, c, &t), 0);
-  assert_int_equal(weft_sleep(20), 0);
-  assert_true(c->inner.started);
+  /* Wait until the inner task runs (the outer one awaits it by then). */
+  while (!c->inner.started)
+    assert_int_equal(weft_sleep(1), 0);
   double t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(t), 0);
   assert_int_equal(weft_await(t, NULL), WEFT_ECANCELED);
@@ -248,7 +249,10 @@ static void *fan_main(void *arg) {
   struct fan *f = arg;
   weft_task_t *t = NULL;
   assert_int_equal(weft_spawn(NULL, outer_gathers, f, &t), 0);
-  assert_int_equal(weft_sleep(20), 0);
+  /* Wait until every child runs (the outer task gathers them by then). */
+  for (int i = 0; i < NGATHER; i++)
+    while (!f->kids[i].started)
+      assert_int_equal(weft_sleep(1), 0);
   double t0 = wt_now_ms();
   assert_int_equal(weft_task_cancel(t), 0);
   assert_int_equal(weft_await(t, NULL), WEFT_ECANCELED);
@@ -312,7 +316,7 @@ static void shielded_await(void **state) {
   struct shield s;
   memset(&s, 0, sizeof s);
   s.rc = 1;
-  wt_probe_init(&s.inner, 300, 0, (void *)0x77);
+  wt_probe_init(&s.inner, 1000, 0, (void *)0x77);
   run_main(shield_main, &s);
   assert_int_equal(s.rc, WEFT_ECANCELED);
   /* The waiter was released at once, not when the inner task ended. */

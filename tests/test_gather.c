@@ -51,8 +51,14 @@ static void gather_waits_for_all(void **state) {
   run_main(waits_for_all_main, NULL);
 }
 
-static void *concurrent_main(void *arg) {
+struct concurrent {
   wt_probe_t p[3];
+  double elapsed;
+};
+
+static void *concurrent_main(void *arg) {
+  struct concurrent *c = arg;
+  wt_probe_t *p = c->p;
   weft_task_t *t[3];
   int st[3];
   wt_probe_init(&p[0], 200, 0, NULL);
@@ -61,7 +67,7 @@ static void *concurrent_main(void *arg) {
   spawn_probes(p, t, 3);
   double t0 = wt_now_ms();
   assert_int_equal(weft_gather(t, 3, NULL, st), 0);
-  *(double *)arg = wt_now_ms() - t0;
+  c->elapsed = wt_now_ms() - t0;
   for (int i = 0; i < 3; i++)
     assert_int_equal(st[i], 0);
   release_all(t, 3);
@@ -69,11 +75,21 @@ static void *concurrent_main(void *arg) {
 }
 
 static void gather_runs_concurrently(void **state) {
-  double elapsed = 0;
-  run_main(concurrent_main, &elapsed);
-  /* About the longest (300 ms), nowhere near the sum (600 ms). */
-  assert_true(elapsed >= 290);
-  assert_true(elapsed < 550);
+  struct concurrent c;
+  memset(&c, 0, sizeof c);
+  run_main(concurrent_main, &c);
+  /* They overlapped: every child had started before the first one ended. */
+  double last_start = c.p[0].t_start, first_end = c.p[0].t_end;
+  for (int i = 1; i < 3; i++) {
+    if (c.p[i].t_start > last_start)
+      last_start = c.p[i].t_start;
+    if (c.p[i].t_end < first_end)
+      first_end = c.p[i].t_end;
+  }
+  assert_true(last_start < first_end);
+  /* About the longest (300 ms), not the sum (600 ms). */
+  assert_true(c.elapsed >= 290);
+  assert_true(c.elapsed < 600);
 }
 
 static void *empty_main(void *arg) {
@@ -145,8 +161,8 @@ static void *first_failure_ended_main(void *arg) {
   wt_probe_init(&p[1], 10, -9, NULL); /* fails first */
   wt_probe_init(&p[2], 0, 0, NULL);
   spawn_probes(p, t, 3);
-  assert_int_equal(weft_sleep(150), 0);
-  assert_true(p[0].ended && p[1].ended && p[2].ended);
+  while (!(p[0].ended && p[1].ended && p[2].ended))
+    assert_int_equal(weft_sleep(5), 0);
   assert_true(p[1].t_end < p[0].t_end);
   /* Every task ended before the gather began, and the rule is still the
    * order in which they ended, not their order in the array. */
@@ -172,10 +188,16 @@ static void *ended_main(void *arg) {
   assert_int_equal(weft_sleep(20), 0);
   assert_true(p[0].ended && p[1].ended);
   /* Gathering tasks that already ended returns at once with their
-   * outcome. */
+   * outcome: without waiting, so the loop goes through no round meanwhile
+   * (and no switch into a task). */
+  weft_stats_t before, after;
+  assert_int_equal(weft_loop_stats(weft_loop_current(), &before), 0);
   double t0 = wt_now_ms();
   assert_int_equal(weft_gather(t, 2, res, st), -4);
-  assert_true(wt_now_ms() - t0 < 100);
+  assert_true(wt_now_ms() - t0 < 1000);
+  assert_int_equal(weft_loop_stats(weft_loop_current(), &after), 0);
+  assert_int_equal(after.rounds, before.rounds);
+  assert_int_equal(after.switches, before.switches);
   assert_ptr_equal(res[0], (void *)1);
   assert_ptr_equal(res[1], (void *)2);
   assert_int_equal(st[0], 0);

@@ -123,10 +123,10 @@ static void *spawn_after_failure_main(void *arg) {
   assert_int_equal(weft_group_new(&g), 0);
   assert_int_equal(weft_group_spawn(g, NULL, child_fail, (void *)(uintptr_t)0), 0);
   assert_int_equal(weft_group_spawn(g, NULL, child_ok, (void *)(uintptr_t)10000), 0);
-  assert_int_equal(weft_sleep(20), 0);
-  /* The first child has failed: the group is cancelling (its sibling may
-   * already have unwound too). */
-  assert_true(g_ended >= 1);
+  /* Wait until the first child has failed: the group is cancelling then
+   * (its sibling may already have unwound too). */
+  while (g_ended < 1)
+    assert_int_equal(weft_sleep(1), 0);
   assert_int_equal(weft_group_spawn(g, NULL, late_child, NULL), WEFT_ECANCELED);
   assert_int_equal(weft_group_wait(g), -5);
   assert_int_equal(g_ended, 2);
@@ -223,7 +223,10 @@ static void *wait_cancelled_main(void *arg) {
   assert_int_equal(weft_group_spawn(g, NULL, sleeper_child, NULL), 0);
   assert_int_equal(weft_group_spawn(g, NULL, child_awaits_grandchild, NULL), 0);
   assert_int_equal(weft_spawn(NULL, waiter_task, g, &w), 0);
-  assert_int_equal(weft_sleep(20), 0);
+  /* Wait until the grandchild runs: its parent awaits it, and the waiter
+   * (which ran before it) is in the group's wait. */
+  while (!g_grandchild.started)
+    assert_int_equal(weft_sleep(1), 0);
   assert_int_equal(weft_task_cancel(w), 0);
   /* The waiter itself ends cancelled; what its wait returned is its
    * result. */

@@ -402,8 +402,9 @@ static void stop_from_other_thread(void **state) {
   /* Only a long sleeper: without the stop, the loop would block 10 s. */
   assert_int_equal(weft_spawn(loop, wt_probe_task, &bg, NULL), 0);
   s.loop = loop;
-  assert_int_equal(pthread_create(&th, NULL, stop_later_thread, &s), 0);
+  /* Before the thread starts, so its 100 ms all fall inside elapsed. */
   double t0 = wt_now_ms();
+  assert_int_equal(pthread_create(&th, NULL, stop_later_thread, &s), 0);
   assert_int_equal(weft_loop_run_forever(loop), 0);
   double elapsed = wt_now_ms() - t0;
   assert_int_equal(pthread_join(th, NULL), 0);
@@ -579,19 +580,33 @@ static void tick_cb(uv_timer_t *h) {
     g_ticks_while_task++;
 }
 
+/* Sleeps in 10 ms steps until 3 ticks came while it lived, or 5 s passed
+ * (a loop whose task starves the timer never gets there). */
+static void *tick_waiter(void *arg) {
+  wt_probe_t *p = arg;
+  p->started = 1;
+  p->t_start = wt_now_ms();
+  p->sleep_rc = 0;
+  while (g_ticks_while_task < 3 && wt_now_ms() - p->t_start < 5000 && p->sleep_rc == 0)
+    p->sleep_rc = weft_sleep(10);
+  p->t_end = wt_now_ms();
+  p->ended = 1;
+  return NULL;
+}
+
 static void uv_handles_share_loop(void **state) {
   weft_loop_t *loop = NULL;
   weft_task_t *t = NULL;
   uv_timer_t timer;
   g_ticks = 0;
   g_ticks_while_task = 0;
-  wt_probe_init(&g_uv_probe, 100, 0, NULL);
+  wt_probe_init(&g_uv_probe, 0, 0, NULL);
   assert_int_equal(weft_loop_new(&loop, NULL), 0);
   uv_loop_t *uv = weft_loop_uv(loop);
   assert_non_null(uv);
   assert_int_equal(uv_timer_init(uv, &timer), 0);
   assert_int_equal(uv_timer_start(&timer, tick_cb, 10, 10), 0);
-  assert_int_equal(weft_spawn(loop, wt_probe_task, &g_uv_probe, &t), 0);
+  assert_int_equal(weft_spawn(loop, tick_waiter, &g_uv_probe, &t), 0);
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   assert_int_equal(g_uv_probe.sleep_rc, 0);
   assert_true(g_ticks_while_task >= 3);

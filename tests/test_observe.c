@@ -323,12 +323,23 @@ static void dump_wait_states(void **state) {
   free(f.text);
 }
 
+/* A sleeper that says when it is about to park. */
+static void *flagged_sleeper(void *arg) {
+  atomic_store((atomic_int *)arg, 1);
+  weft_sleep(60000);
+  return NULL;
+}
+
 /* From a plain thread, over a pool: every loop answers. */
 static void dump_from_plain_thread(void **state) {
   weft_pool_t *pool = wt_pool_of(2);
   weft_task_t *t;
-  assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), sleeper, NULL, &t), 0);
-  uv_sleep(50);
+  atomic_int parking;
+  atomic_init(&parking, 0);
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), flagged_sleeper, &parking, &t), 0);
+  /* The sleeper has reached its sleep; the dump, a message to its loop,
+   * runs after that step, so it finds the sleeper parked. */
+  assert_true(wt_wait_ge(&parking, 1, 5000));
   char *text = NULL;
   size_t len = 0;
   FILE *mem = open_memstream(&text, &len);

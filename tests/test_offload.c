@@ -43,9 +43,10 @@ static void *work_fn(void *arg) {
   return w->ret;
 }
 
-/* Counts 10 ms ticks until told to stop. */
+/* Counts 10 ms ticks until told to stop. ticks is atomic: work on another
+ * thread may watch it. */
 typedef struct ticker {
-  int ticks;
+  atomic_int ticks;
   bool stop;
 } ticker_t;
 
@@ -56,29 +57,51 @@ static void *ticker_task(void *arg) {
   return NULL;
 }
 
+/* Work that sleeps like work_fn, then does not return before the ticker
+ * has advanced 5 times since it began (or 5 s passed): the loop must keep
+ * running while fn has not returned. */
+typedef struct tick_work {
+  work_t w;
+  atomic_int *ticks;
+  int ticks_seen;   /* how far the ticker advanced while fn ran */
+} tick_work_t;
+
+static void *tick_work_fn(void *arg) {
+  tick_work_t *tw = arg;
+  int base = atomic_load(tw->ticks);
+  void *r = work_fn(&tw->w);
+  wt_wait_ge(tw->ticks, base + 5, 5000);
+  tw->ticks_seen = atomic_load(tw->ticks) - base;
+  return r;
+}
+
 /* ------------------------------------------------------------ the result */
 
 static void *result_main(void *arg) {
   ticker_t tick = {0, false};
   work_t w;
+  tick_work_t tw;
   weft_task_t *tt = NULL;
   assert_int_equal(weft_spawn(NULL, ticker_task, &tick, &tt), 0);
   weft_yield(); /* the ticker is asleep before the work begins */
 
-  work_init(&w, 200, (void *)(uintptr_t)0xbeef);
+  work_init(&tw.w, 200, (void *)(uintptr_t)0xbeef);
+  tw.ticks = &tick.ticks;
+  tw.ticks_seen = 0;
   void *r = NULL;
   double t0 = wt_now_ms();
-  assert_int_equal(weft_to_thread(work_fn, &w, &r), 0);
+  assert_int_equal(weft_to_thread(tick_work_fn, &tw, &r), 0);
   double elapsed = wt_now_ms() - t0;
   assert_ptr_equal(r, (void *)(uintptr_t)0xbeef);
-  assert_int_equal(atomic_load(&w.done), 1);
+  assert_int_equal(atomic_load(&tw.w.done), 1);
+  /* fn ran on another thread, and the loop went on meanwhile: the ticker
+   * advanced while fn had not returned (fn waits for 5 ticks, about 50 ms
+   * after its 200 ms sleep); a loop blocked for the duration shows none. */
+  assert_false(pthread_equal(tw.w.thread, pthread_self()));
+  if (tw.ticks_seen < 5)
+    fail_msg("the ticker advanced %d times while fn ran", tw.ticks_seen);
   assert_true(elapsed >= 190);
   assert_true(elapsed < 2000);
-  /* fn ran on another thread, and the loop went on meanwhile: about 20
-   * ticks in 200 ms; a loop blocked for the duration would show none. */
-  assert_false(pthread_equal(w.thread, pthread_self()));
-  if (tick.ticks < 5)
-    fail_msg("the ticker advanced %d times while fn slept 200 ms", tick.ticks);
 
   /* result may be NULL; a NULL return comes back as NULL. */
   work_init(&w, 1, &w);

@@ -39,6 +39,8 @@ typedef struct xprobe {
   int sleep_rc;       /* what weft_sleep returned (1 until it returns) */
   pthread_t thread;   /* the thread the body ran on */
   weft_loop_t *loop;  /* weft_loop_current() in the body */
+  double t_start;     /* wt_now_ms() when the body began */
+  double t_end;       /* wt_now_ms() when the body ended */
 } xprobe_t;
 
 static void xprobe_init(xprobe_t *p, uint64_t sleep_ms, int fail, void *ret) {
@@ -55,13 +57,28 @@ static void *xprobe_task(void *arg) {
   xprobe_t *p = arg;
   p->thread = pthread_self();
   p->loop = weft_loop_current();
+  p->t_start = wt_now_ms();
   atomic_store(&p->started, 1);
   if (p->sleep_ms > 0)
     p->sleep_rc = weft_sleep(p->sleep_ms);
   if (p->fail != 0)
     weft_task_fail(p->fail);
+  p->t_end = wt_now_ms();
   atomic_store(&p->ended, 1);
   return p->ret;
+}
+
+/* Whether the probes overlapped: every one had started before the first
+ * one ended. Read after the probes were awaited. */
+static bool xprobes_overlap(const xprobe_t *p, size_t n) {
+  double last_start = p[0].t_start, first_end = p[0].t_end;
+  for (size_t i = 1; i < n; i++) {
+    if (p[i].t_start > last_start)
+      last_start = p[i].t_start;
+    if (p[i].t_end < first_end)
+      first_end = p[i].t_end;
+  }
+  return last_start < first_end;
 }
 
 /* What a worker thread is, learnt on that thread through call_soon. */
@@ -389,9 +406,11 @@ static void gather_from_main(void **state) {
   double t0 = wt_now_ms();
   assert_int_equal(weft_gather(t, 3, res, st), 0);
   double elapsed = wt_now_ms() - t0;
-  /* About the longest (300 ms), nowhere near the sum (600 ms). */
+  /* They ran at the same time: each had started before the first ended. */
+  assert_true(xprobes_overlap(p, 3));
+  /* About the longest (300 ms), not the sum (600 ms). */
   assert_true(elapsed >= 290);
-  assert_true(elapsed < 550);
+  assert_true(elapsed < 600);
   for (unsigned i = 0; i < 3; i++) {
     assert_ptr_equal(res[i], (void *)(uintptr_t)(200 + i));
     assert_int_equal(st[i], 0);
@@ -637,8 +656,11 @@ static void xloop_gather(void **state) {
   assert_int_equal(weft_await(g, NULL), 0);
   double elapsed = xa.t_returned - t0;
   assert_int_equal(xa.rc, 0);
+  /* They ran at the same time: each had started before the first ended. */
+  assert_true(xprobes_overlap(p, 3));
+  /* About the longest (300 ms), not the sum (600 ms). */
   assert_true(elapsed >= 290);
-  assert_true(elapsed < 550);
+  assert_true(elapsed < 600);
   for (unsigned i = 0; i < 3; i++) {
     assert_ptr_equal(xa.results[i], (void *)(uintptr_t)(10 + i));
     assert_int_equal(xa.statuses[i], 0);
@@ -718,7 +740,7 @@ static void xloop_cancel_propagates(void **state) {
   weft_task_release(a);
 
   /* shielded: the caller leaves at once, the awaited task runs on */
-  xprobe_init(&p[0], 300, 0, &p[0]);
+  xprobe_init(&p[0], 1000, 0, &p[0]);
   assert_int_equal(weft_spawn(weft_pool_loop(pool, 2), xprobe_task, &p[0], &t[0]), 0);
   xawait_init(&xa, t, 1);
   xa.shielded = true;
@@ -1194,6 +1216,7 @@ static void shutdown_drain_finishes(void **state) {
   static xprobe_t p[NSHUT];
   weft_task_t *t[NSHUT];
   static spawner_t sp[10];
+  double t0 = wt_now_ms();
   for (int i = 0; i < NSHUT; i++) {
     xprobe_init(&p[i], 50, 0, &p[i]);
     assert_int_equal(weft_spawn(weft_pool_next(pool), xprobe_task, &p[i], &t[i]), 0);
@@ -1205,12 +1228,12 @@ static void shutdown_drain_finishes(void **state) {
     sp[i].spawn_rc = 1;
     assert_int_equal(weft_spawn(weft_pool_next(pool), spawner_task, &sp[i], NULL), 0);
   }
-  double t0 = wt_now_ms();
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
   double elapsed = wt_now_ms() - t0;
-  /* It waited for the sleeps (the clock of a task that was spawned just
-   * before may have started a little earlier). */
-  assert_true(elapsed >= 40);
+  /* It waited for the sleeps: a spawner's 50 ms, then its child's 20 ms,
+   * all begun after t0 (each may end up to a ms or so early, the loop's
+   * clock being in whole ms). */
+  assert_true(elapsed >= 65);
   int ended = 0;
   for (int i = 0; i < NSHUT; i++) {
     void *r = NULL;
@@ -1620,10 +1643,12 @@ static void race_call_soon_close_cancel(void **state) {
  * is refused like a spawn (new work), while a task that is finishing may
  * still call soon on its own loop. A task on the pool's only loop sleeps
  * through the start of the shutdown (so the pool cannot be freed under the
- * helper thread's call), then makes its own call. */
+ * helper thread's call) until the test has seen the refusal, then makes its
+ * own call. */
 typedef struct drain_calls {
   weft_loop_t *loop;
   atomic_int sleeping;
+  atomic_int refused;   /* the test saw WEFT_ESHUTDOWN */
   atomic_int own_ran;
   atomic_int foreign_ran;
   int own_rc;
@@ -1640,7 +1665,11 @@ static void drain_foreign_cb(void *arg) {
 static void *drain_call_task(void *arg) {
   drain_calls_t *d = arg;
   atomic_store(&d->sleeping, 1);
-  weft_sleep(300);
+  /* Capped, so that a shutdown that never refuses ends the case (its
+   * assertion fails) rather than hanging it. */
+  double give_up = wt_now_ms() + 10000;
+  while (atomic_load(&d->refused) == 0 && wt_now_ms() < give_up)
+    weft_sleep(1);
   d->own_rc = weft_loop_call_soon(weft_loop_current(), drain_own_cb, d);
   return NULL;
 }
@@ -1663,10 +1692,11 @@ static void call_soon_refused_in_drain(void **state) {
   /* The shutdown refuses calls from other threads at once; keep asking
    * until it does (the task still sleeps, so the loop is alive). */
   int rc = 0;
-  double give_up = wt_now_ms() + 200;
+  double give_up = wt_now_ms() + 5000;
   while ((rc = weft_loop_call_soon(d.loop, drain_foreign_cb, &d)) == 0 && wt_now_ms() < give_up)
     uv_sleep(1);
   assert_int_equal(rc, WEFT_ESHUTDOWN);
+  atomic_store(&d.refused, 1);
   void *shut_rc;
   assert_int_equal(pthread_join(th, &shut_rc), 0);
   assert_int_equal((intptr_t)shut_rc, 0);

@@ -152,9 +152,11 @@ static void *sleep_order_main(void *arg) {
 #define SPEC(ms, c) (((uintptr_t)(ms) << 8) | (uintptr_t)(c))
 
 static void sleep_deadline_order(void **state) {
-  /* Spawned in the order A B C D, they must wake in deadline order. */
-  static const uintptr_t specs[] = {SPEC(80, 'A'), SPEC(10, 'B'), SPEC(50, 'C'),
-                                    SPEC(30, 'D'), 0};
+  /* Spawned in the order A B C D, they must wake in deadline order. The
+   * deadlines are 100 ms apart, so that a slow build's steps (valgrind on
+   * a busy machine) cannot blur them. */
+  static const uintptr_t specs[] = {SPEC(400, 'A'), SPEC(100, 'B'), SPEC(300, 'C'),
+                                    SPEC(200, 'D'), 0};
   reset_order();
   run_main(sleep_order_main, (void *)specs);
   assert_string_equal(g_order, "BDCA");
