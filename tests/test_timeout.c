@@ -383,6 +383,81 @@ static void deadline_passes_while_running(void **state) {
   assert_int_equal(b.sleep_rc, WEFT_ETIMEDOUT);
 }
 
+/* A deadline passes while the task computes, then the task begins waits
+ * that nothing else would end. Whether the await point sees the deadline at
+ * once (the usual case) or, where the loop's cached time could not show it,
+ * the deadline's timer cuts the wait at the next poll, each wait ends with
+ * WEFT_ETIMEDOUT, and soon. */
+struct late {
+  int recv_rc, await_rc, read_rc;
+  double recv_ms, await_ms, read_ms;
+};
+
+static void *late_sleeper(void *arg) {
+  (void)arg;
+  weft_sleep(10000);
+  return NULL;
+}
+
+static void *deadline_then_waits_main(void *arg) {
+  struct late *l = arg;
+  weft_chan_t *ch;
+  weft_task_t *other;
+  assert_int_equal(weft_chan_new(&ch, 4), 0);
+  assert_int_equal(weft_spawn(NULL, late_sleeper, NULL, &other), 0);
+  /* Connected, never accepted: nothing will ever arrive on it. */
+  weft_listener_t *lis;
+  weft_stream_t *s;
+  assert_int_equal(weft_tcp_listen(&lis, "127.0.0.1", 0, NULL), 0);
+  assert_int_equal(weft_tcp_connect(&s, "127.0.0.1", weft_listener_port(lis)), 0);
+
+  assert_int_equal(weft_deadline_set(20), 0);
+  busy_ms(60);
+  void *msg;
+  double t0 = wt_now_ms();
+  l->recv_rc = weft_chan_recv(ch, &msg);
+  l->recv_ms = wt_now_ms() - t0;
+
+  assert_int_equal(weft_deadline_set(20), 0);
+  busy_ms(60);
+  t0 = wt_now_ms();
+  l->await_rc = weft_await(other, NULL);
+  l->await_ms = wt_now_ms() - t0;
+
+  assert_int_equal(weft_deadline_set(20), 0);
+  busy_ms(60);
+  char buf[16];
+  t0 = wt_now_ms();
+  l->read_rc = (int)weft_stream_read(s, buf, sizeof buf);
+  l->read_ms = wt_now_ms() - t0;
+
+  assert_int_equal(weft_deadline_clear(), 0);
+  /* Where the deadline's timer cut the await, it cancelled the sleeper too
+   * (as weft_wait_for does), and the sleeper has ended. */
+  int rc = weft_task_cancel(other);
+  assert_true(rc == 0 || rc == WEFT_EALREADY);
+  assert_int_equal(weft_await(other, NULL), WEFT_ECANCELED);
+  weft_task_release(other);
+  assert_int_equal(weft_stream_close(s), 0);
+  assert_int_equal(weft_listener_close(lis), 0);
+  weft_chan_release(ch);
+  return NULL;
+}
+
+static void deadline_passed_then_waits(void **state) {
+  (void)state;
+  struct late l = {1, 1, 1, 1e9, 1e9, 1e9};
+  run_main(deadline_then_waits_main, &l);
+  assert_int_equal(l.recv_rc, WEFT_ETIMEDOUT);
+  assert_int_equal(l.await_rc, WEFT_ETIMEDOUT);
+  assert_int_equal(l.read_rc, WEFT_ETIMEDOUT);
+  /* Generous: without either check each wait would last until the test's
+   * timeout (the sleeper and the socket never answer). */
+  assert_true(l.recv_ms < 1000);
+  assert_true(l.await_ms < 1000);
+  assert_true(l.read_ms < 1000);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(wait_for_in_time),
     cmocka_unit_test(wait_for_times_out),
@@ -396,6 +471,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(deadline_cancels_group),
     cmocka_unit_test(deadline_spares_shielded),
     cmocka_unit_test(deadline_passes_while_running),
+    cmocka_unit_test(deadline_passed_then_waits),
 };
 
 WT_MAIN("timeout", tests)
