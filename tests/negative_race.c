@@ -5,9 +5,19 @@
  * the pool's threads, and the TSan mode's zero reports would mean nothing. */
 #include <weft.h>
 
+#include <stdatomic.h>
+
 static int shared; /* deliberately unsynchronised */
+static atomic_int running;
 
 static void *writer(void *arg) {
+  /* Both writers run at once before either writes: otherwise one could end
+   * before the other starts, with the pool's own synchronisation (a lock or
+   * an atomic both loops go through) between them, and TSan, rightly, would
+   * see no race. Relaxed accesses order nothing for TSan. */
+  atomic_fetch_add_explicit(&running, 1, memory_order_relaxed);
+  while (atomic_load_explicit(&running, memory_order_relaxed) < 2) {
+  }
   for (int i = 0; i < 100000; i++)
     shared += (int)(intptr_t)arg;
   return NULL;
