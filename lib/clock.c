@@ -3,22 +3,19 @@
  * again where a stale value would matter. A precise read costs about thirty
  * nanoseconds; the coarse monotonic clock (the precise one as of the last
  * kernel tick) about seven. A loop that serves a request per task step
- * would otherwise spend a tenth of its own time reading the clock, so:
- *
- * - weft__clock_update reads the precise clock and notes a coarse time from
- *   before it (the stamp): the loop's step clock, the coarse time the
- *   running step (or the poll) began from, which costs no extra read;
- * - weft__clock_reached(loop, due) answers "has the time reached due?" from
- *   the loop's time when that time is at most a tick old by the coarse clock
- *   and due is further off than the coarse clock's error can reach, and from
- *   a precise read otherwise.
+ * would otherwise spend a tenth of its own time reading the clock, so
+ * weft__clock_reached(loop, due) answers "has the time reached due?" from
+ * the loop's cached time where it can, from the coarse clock where due is
+ * further off than the coarse clock's lag can reach, and from a precise read
+ * otherwise.
  *
  * The coarse clock can lag by more than a tick when the kernel's tick was
  * held off (a tickless idle spell, a virtual CPU the host did not run). Then
- * a "not yet" from the cached time may be late, never early, and whoever
- * asks must be able to live with that: an await point that misses a deadline
- * this way still has it cut at the loop's next poll by the deadline's timer,
- * and yields and sleeps read the precise clock after they resume. */
+ * a "not yet" may be late, never early, and whoever asks must be able to
+ * live with that: a round that misses a due timer runs it at its next poll,
+ * an await point that misses a deadline still has its wait cut at the next
+ * poll by the deadline's timer, and yields and sleeps read the precise clock
+ * after they resume. */
 #include "internal.h"
 
 #include <stdatomic.h>
@@ -32,7 +29,7 @@ uint64_t weft__coarse_ns(void) {
 
 /* The coarse clock's tick in ms, rounded up (1 s where the resolution cannot
  * be read: every gate then falls through to a precise read). */
-uint64_t weft__coarse_tick_ms(void) {
+static uint64_t coarse_tick_ms(void) {
   static _Atomic uint64_t tick;
   uint64_t t = atomic_load_explicit(&tick, memory_order_relaxed);
   if (t == 0) {
@@ -48,23 +45,16 @@ uint64_t weft__coarse_tick_ms(void) {
   return t;
 }
 
-void weft__clock_update(weft_loop_t *loop) {
-  loop->clock_stamp = loop->step_clock;
-  uv_update_time(&loop->uv);
-}
-
-/* With stamp C0 taken before the precise read at R0 (C0 <= R0), and a
- * coarse reading C1 now at R1 (R1 - tick <= C1 while the tick keeps time):
- * R1 - R0 <= C1 - C0 + tick. So when C1 - C0 < tick, the true time is below
- * the cached one (truncated to the ms) plus 2 ticks plus 1 ms, and a due
- * further off than that has not come. */
+/* The cached time never runs ahead, so it answers "reached" alone. The
+ * coarse clock is the monotonic clock as of its last tick: never ahead of
+ * the precise one, and behind it by at most a tick while the tick keeps
+ * time; so a due more than a tick (plus one ms for the truncation of both
+ * times to whole ms) beyond it has not come. */
 bool weft__clock_reached(weft_loop_t *loop, uint64_t due) {
-  uint64_t now = weft__now(loop);
-  if (now >= due)
+  if (weft__now(loop) >= due)
     return true;
-  uint64_t tick = weft__coarse_tick_ms();
-  if (due - now > 2 * tick + 1 && weft__coarse_ns() - loop->clock_stamp < tick * 1000000u)
+  if (due > weft__coarse_ns() / 1000000 + coarse_tick_ms() + 1)
     return false;
-  weft__clock_update(loop);
+  uv_update_time(&loop->uv);
   return weft__now(loop) >= due;
 }

@@ -142,12 +142,6 @@ void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due);
 void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t);
 void weft__timers_arm(weft_loop_t *loop);   /* point the uv_timer at the earliest */
 void weft__timers_free(weft_loop_t *loop);
-/* Whether the earliest timer may be due: false when there is none or the
- * cheap coarse clock says it is over a tick away, else the precise answer
- * (which updates the loop's time). A hint, not a deadline check: the coarse
- * clock can lag longer than a tick after an idle spell (tickless kernels),
- * and a wrong "not yet" only defers the timer to the loop's next poll. */
-bool weft__timers_maybe_due(weft_loop_t *loop);
 void weft__timers_cb(uv_timer_t *h);
 
 /* ----------------------------------------------------------------- waits */
@@ -336,7 +330,6 @@ struct weft_loop {
   bool in_uv_run;            /* inside a round's uv_run: a wake must stop it */
   atomic_bool uv_lent;       /* weft_loop_uv gave the libuv loop away */
   uint64_t step_clock;       /* coarse ns the next task step starts from */
-  uint64_t clock_stamp;      /* a coarse ns from before weft last read the loop's time */
   uint64_t slow_ns;          /* slow-step threshold; 0 = off */
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   unsigned pool_index;       /* its place in the pool */
@@ -371,13 +364,10 @@ static inline uint64_t weft__now(weft_loop_t *loop) {
 /* ----------------------------------------------------------- clock.c */
 
 uint64_t weft__coarse_ns(void);
-uint64_t weft__coarse_tick_ms(void);
-/* Reads the precise clock into the loop's time (uv_update_time), and notes
- * a coarse time from before it (the step clock). */
-void weft__clock_update(weft_loop_t *loop);
-/* Whether the loop's time has reached due: from the cached time when that
- * cannot be wrong while the kernel's tick keeps time, else from a precise
- * read. Never true early; may be false late where the tick was held off. */
+/* Whether the loop's time has reached due: from the cached time or the
+ * coarse clock when they cannot be wrong while the kernel's tick keeps time,
+ * else from a precise read (which updates the loop's time). Never true
+ * early; may be false late where the tick was held off. */
 bool weft__clock_reached(weft_loop_t *loop, uint64_t due);
 
 void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,

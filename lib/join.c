@@ -291,7 +291,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   if (jw.pending > 0) {
     if (has_timeout) {
       weft_loop_t *loop = self->loop;
-      weft__clock_update(loop);
+      uv_update_time(&loop->uv);
       uint64_t now = weft__now(loop);
       weft__timer_start(loop, &jw.timeout,
                         timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms);

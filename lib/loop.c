@@ -176,7 +176,7 @@ static bool deadline_passed(weft_task_t *t, bool precise) {
     return false;
   if (!precise)
     return weft__clock_reached(t->loop, t->deadline);
-  weft__clock_update(t->loop);
+  uv_update_time(&t->loop->uv);
   return weft__now(t->loop) >= t->deadline;
 }
 
@@ -336,7 +336,7 @@ static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
   if (loop->uv.active_handles != 1 || loop->uv.active_reqs.count != 0 ||
       atomic_load_explicit(&loop->uv_lent, memory_order_relaxed))
     return false;
-  weft__clock_update(loop);
+  uv_update_time(&loop->uv);
   int timeout = uv_backend_timeout(&loop->uv);
   if (timeout == 0)
     return false;
@@ -403,7 +403,7 @@ static void loop_round(weft_loop_t *loop) {
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
-    bool timer_due = weft__timers_maybe_due(loop);
+    bool timer_due = loop->heap_len > 0 && weft__clock_reached(loop, loop->heap[0]->due);
     if (!timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY)
       return;
   }
@@ -449,7 +449,7 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
   weft__tls.running = loop;
   weft__coro_init_thread(&loop->sched);
   weft__stack_overflow_watch();
-  weft__clock_update(loop);
+  uv_update_time(&loop->uv);
   return 0;
 }
 

@@ -323,7 +323,7 @@ int weft_sleep(uint64_t ms) {
   if (err)
     return err;
   weft_loop_t *loop = t->loop;
-  weft__clock_update(loop);
+  uv_update_time(&loop->uv);
   sleep_wait_t sw = {
     .base = {.task = t, .kind = WEFT_WAIT_SLEEP, .interrupt = sleep_interrupt,
              .arg = ms > INT32_MAX ? INT32_MAX : (int)ms},
@@ -352,7 +352,7 @@ int weft_deadline_set(uint64_t timeout_ms) {
     weft__misuse("weft_deadline_set", "called outside a task");
     return WEFT_ENOTASK;
   }
-  weft__clock_update(t->loop);
+  uv_update_time(&t->loop->uv);
   uint64_t now = weft__now(t->loop);
   t->deadline = timeout_ms > UINT64_MAX - now - 1 ? UINT64_MAX : now + timeout_ms;
   if (t->deadline == 0)

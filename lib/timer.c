@@ -7,7 +7,6 @@
 #include "internal.h"
 
 #include <stdlib.h>
-#include <time.h>
 
 static bool earlier(const weft__timer_t *a, const weft__timer_t *b) {
   return a->due < b->due || (a->due == b->due && a->seq < b->seq);
@@ -118,22 +117,6 @@ void weft__timers_arm(weft_loop_t *loop) {
   uint64_t now = weft__now(loop);
   uv_timer_start(&loop->timer, weft__timers_cb, due > now ? due - now : 0, 0);
   loop->armed_due = due;
-}
-
-bool weft__timers_maybe_due(weft_loop_t *loop) {
-  if (loop->heap_len == 0)
-    return false;
-  uint64_t due = loop->heap[0]->due;
-  /* The coarse clock is the monotonic clock as of its last tick: never
-   * ahead of the time libuv reads, usually at most a tick behind. */
-  uint64_t coarse = weft__coarse_ns() / 1000000;
-  if (coarse >= due)
-    return true;
-  /* A tick, plus one for the truncation of both times to whole ms. */
-  if (due - coarse > weft__coarse_tick_ms() + 1)
-    return false;
-  weft__clock_update(loop);
-  return weft__now(loop) >= due;
 }
 
 void weft__timers_free(weft_loop_t *loop) {
