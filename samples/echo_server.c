@@ -87,9 +87,19 @@ static int flush(conn_t *c, echo_conn_t *h) {
   return err;
 }
 
+/* The idle deadline is armed lazily, as nginx arms its timers: each arming
+ * runs IDLE_SLACK_MS past the limit, and a read that begins less than half
+ * of that after the last arming keeps it (with the coarse clock's lag of a
+ * tick, under IDLE_SLACK_MS has then passed). So an idle keep-alive
+ * connection is closed between the limit and IDLE_SLACK_MS after it, never
+ * before, and a busy one sets its deadline (a precise clock read) a few
+ * times a second instead of once a request. */
+#define IDLE_SLACK_MS 100
+
 static void serve(conn_t *c, echo_conn_t *h, char *buf) {
   const config_t *cfg = c->ls->cfg;
   uint64_t request_start = 0;
+  uint64_t idle_armed = 0; /* now_ms() at the idle deadline's arming; 0: not armed */
   /* Writes run under the deadline of the read before them. */
   weft_deadline_set(cfg->idle_timeout_ms);
   for (;;) {
@@ -114,9 +124,13 @@ static void serve(conn_t *c, echo_conn_t *h, char *buf) {
       if (end <= t)
         break;
       weft_deadline_set(end - t);
+      idle_armed = 0;
     } else {
       request_start = 0;
-      weft_deadline_set(cfg->idle_timeout_ms);
+      if (idle_armed == 0 || t - idle_armed >= IDLE_SLACK_MS / 2) {
+        weft_deadline_set(cfg->idle_timeout_ms + IDLE_SLACK_MS);
+        idle_armed = t ? t : 1;
+      }
     }
     c->idle = !echo_conn_in_request(h);
     ssize_t got = weft_stream_read(c->s, buf, READ_SIZE);
