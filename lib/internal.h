@@ -357,8 +357,12 @@ static inline bool weft__on_owner(const weft_loop_t *loop) {
   return pthread_equal(loop->owner, pthread_self()) != 0;
 }
 
+/* The loop's cached time in ms: what uv_now returns, read from the field
+ * itself (declared in uv/unix.h; libuv keeps its layout within a major
+ * version) because uv_now is not inline and this is read at every await
+ * point that runs under a deadline. */
 static inline uint64_t weft__now(weft_loop_t *loop) {
-  return uv_now(&loop->uv);
+  return loop->uv.time;
 }
 
 /* ----------------------------------------------------------- clock.c */
