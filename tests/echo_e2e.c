@@ -1,8 +1,11 @@
 /* The echo server from the outside: starts the built samples/echo_server on
- * 127.0.0.1 (any free port, two loops, the mode given), drives it with curl
+ * 127.0.0.1 (any free port, two loops or WORKERS, the mode given), drives it with curl
  * and with raw sockets, and stops it with SIGTERM.
  *
- *   echo_e2e ECHO_SERVER_PATH reuseport|handoff|least-loaded
+ *   echo_e2e ECHO_SERVER_PATH reuseport|handoff|least-loaded [WORKERS]
+ *
+ * WORKERS (default 2) is passed as --workers; with 1 the server must also
+ * run as a single thread (its loop on the main thread, no pool).
  *
  * Checked: curl GET, POST and HTTP/1.0 and connection reuse; pipelined
  * requests answered in order on a kept-alive connection; Connection: close
@@ -15,6 +18,7 @@
  */
 #define _GNU_SOURCE
 
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -61,6 +65,10 @@ typedef struct server {
   int port;
 } server_t;
 
+/* --workers: 2 unless the command line says otherwise (1: the server runs
+ * its one loop on the main thread, with no pool). */
+static const char *g_workers = "2";
+
 /* extra: more options, NULL-ended (or NULL). */
 static void server_start(server_t *s, const char *path, const char *mode,
                          const char *const *extra) {
@@ -81,7 +89,7 @@ static void server_start(server_t *s, const char *path, const char *mode,
   argv[n++] = "--port";
   argv[n++] = "0";
   argv[n++] = "--workers";
-  argv[n++] = "2";
+  argv[n++] = (char *)g_workers;
   argv[n++] = "--mode";
   argv[n++] = (char *)mode;
   for (; extra && *extra && n < 15; extra++)
@@ -126,7 +134,7 @@ static void server_stop(server_t *s, bool check) {
       if (strncmp(line, "loop weft-", 10) == 0 && strstr(line, "connections") &&
           strstr(line, "requests"))
         loops++;
-    CHECK(loops == 2, "%d per-loop lines, not 2", loops);
+    CHECK(loops == atoi(g_workers), "%d per-loop lines, not %s", loops, g_workers);
   }
   fclose(s->out);
 }
@@ -481,15 +489,35 @@ static void check_deadlines(void) {
   close(r->fd);
 }
 
+/* With --workers 1, after it served requests: no thread but the main one. */
+static void check_one_thread(const server_t *s) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%ld/task", (long)s->pid);
+  DIR *d = opendir(path);
+  CHECK(d != NULL, "cannot list %s", path);
+  if (!d)
+    return;
+  int threads = 0;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (e->d_name[0] != '.')
+      threads++;
+  closedir(d);
+  CHECK(threads == 1, "--workers 1 runs %d threads, not 1", threads);
+}
+
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: echo_e2e ECHO_SERVER reuseport|handoff|least-loaded\n");
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: echo_e2e ECHO_SERVER reuseport|handoff|least-loaded [WORKERS]\n");
     return 2;
   }
+  if (argc == 4)
+    g_workers = argv[3];
   signal(SIGPIPE, SIG_IGN);
   server_t s;
   server_start(&s, argv[1], argv[2], NULL);
   check_curl();
+  if (strcmp(g_workers, "1") == 0)
+    check_one_thread(&s);
   check_pipelining();
   check_bad_input();
   check_many();
@@ -509,6 +537,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%d checks failed\n", g_failures);
     return 1;
   }
-  printf("echo_e2e %s: all checks passed\n", argv[2]);
+  printf("echo_e2e %s, %s workers: all checks passed\n", argv[2], g_workers);
   return 0;
 }
