@@ -42,6 +42,9 @@
 #include "echo_http.h"
 
 #define READ_SIZE 16384
+/* After SIGINT or SIGTERM, requests in flight get this long before their
+ * tasks are cancelled (the exit comes within 2 s). */
+#define STOP_GRACE_MS 1500
 #define MAX_LOOPS 256
 
 typedef struct config {
@@ -224,6 +227,22 @@ static void close_idle(void *arg) {
       weft_task_cancel(c->task);
 }
 
+/* After the loop has closed (its remaining tasks cancelled and unwound):
+ * frees the connections accepted so late that their task never started
+ * (the loop closed their streams; what is left is ours), and prints the
+ * loop's exit line. */
+static void loop_state_end(loop_state_t *ls) {
+  while (ls->conns) {
+    conn_t *c = ls->conns;
+    ls->conns = c->next;
+    weft_task_release(c->task);
+    free(c);
+  }
+  printf("loop weft-%u: %llu connections, %llu requests\n", ls->index,
+         (unsigned long long)atomic_load(&ls->connections),
+         (unsigned long long)atomic_load(&ls->requests));
+}
+
 /* ------------------------------------------------------ one loop, no pool */
 
 /* The state of a --workers 1 run: its loop runs on the main thread. */
@@ -249,15 +268,9 @@ static void on_signal(uv_signal_t *h, int signum) {
   close_idle(&o->ls);
 }
 
-/* Waits (in steps of 10 ms) until the loop's connections have ended or
- * until_ms (now_ms time) has passed. */
-static void wait_connections(loop_state_t *ls, uint64_t until_ms) {
-  while (atomic_load(&ls->live) > 0 && now_ms() < until_ms)
-    weft_sleep(10);
-}
-
-/* The main task: accepts until a signal closes the listener, lets the
- * requests in flight finish for up to 1.5 s, then cancels what is left. */
+/* The main task: accepts until a signal closes the listener, then lets the
+ * requests in flight finish for up to STOP_GRACE_MS; weft_loop_close
+ * cancels what is left. */
 static void *one_loop_main(void *arg) {
   one_loop_t *o = arg;
   static const int signums[3] = {SIGINT, SIGTERM, SIGUSR1};
@@ -268,11 +281,9 @@ static void *one_loop_main(void *arg) {
     uv_signal_start(&o->signals[i], on_signal, signums[i]);
   }
   acceptor_main(&o->ls);
-  uint64_t start = now_ms();
-  wait_connections(&o->ls, start + 1500);
-  for (conn_t *c = o->ls.conns; c; c = c->next)
-    weft_task_cancel(c->task);
-  wait_connections(&o->ls, start + 1800);
+  uint64_t give_up = now_ms() + STOP_GRACE_MS;
+  while (atomic_load(&o->ls.live) > 0 && now_ms() < give_up)
+    weft_sleep(10);
   for (int i = 0; i < 3; i++)
     uv_close((uv_handle_t *)&o->signals[i], NULL);
   return NULL;
@@ -304,15 +315,7 @@ static int run_one_loop(const config_t *cfg) {
   weft_task_release(main_task);
   /* Cancels and unwinds whatever is left, and runs the close callbacks. */
   weft_loop_close(o.ls.loop);
-  while (o.ls.conns) {
-    conn_t *c = o.ls.conns;
-    o.ls.conns = c->next;
-    weft_task_release(c->task);
-    free(c);
-  }
-  printf("loop weft-0: %llu connections, %llu requests\n",
-         (unsigned long long)atomic_load(&o.ls.connections),
-         (unsigned long long)atomic_load(&o.ls.requests));
+  loop_state_end(&o.ls);
   return 0;
 }
 
@@ -456,7 +459,7 @@ int main(int argc, char **argv) {
   weft_listener_close(l);
   for (unsigned i = 0; i < n; i++)
     weft_loop_call_soon(loops[i].loop, close_idle, &loops[i]);
-  uint64_t give_up = now_ms() + 1500;
+  uint64_t give_up = now_ms() + STOP_GRACE_MS;
   for (;;) {
     int live = 0;
     for (unsigned i = 0; i < n; i++)
@@ -470,19 +473,8 @@ int main(int argc, char **argv) {
   for (unsigned i = 0; i < n; i++)
     weft_task_release(acceptors[i]);
   weft_pool_shutdown(pool, WEFT_CANCEL);
-  /* Connections accepted so late that their task never started: the
-   * loops closed their streams; what is left is ours. */
   for (unsigned i = 0; i < n; i++)
-    while (loops[i].conns) {
-      conn_t *c = loops[i].conns;
-      loops[i].conns = c->next;
-      weft_task_release(c->task);
-      free(c);
-    }
-  for (unsigned i = 0; i < n; i++)
-    printf("loop weft-%u: %llu connections, %llu requests\n", i,
-           (unsigned long long)atomic_load(&loops[i].connections),
-           (unsigned long long)atomic_load(&loops[i].requests));
+    loop_state_end(&loops[i]);
   free(loops);
   free(acceptors);
   return 0;
