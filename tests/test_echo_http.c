@@ -1075,6 +1075,11 @@ static void limit_header_bytes_431(void **state) {
   buf_fill(&in, 'v', 1 << 20);
   expect_limit(&lim, &in, 431, 16384 + 4096 + 64, 16 << 10);
   buf_free(&in);
+  /* The same in a field name that never ends. */
+  buf_addf(&in, "GET /h HTTP/1.1\r\n");
+  buf_fill(&in, 'n', 1 << 20);
+  expect_limit(&lim, &in, 431, 16384 + 4096 + 64, 16 << 10);
+  buf_free(&in);
 }
 
 static void limit_header_count_431(void **state) {
