@@ -249,7 +249,9 @@ static void loop_state_end(loop_state_t *ls) {
 typedef struct one_loop {
   loop_state_t ls;
   uv_signal_t signals[3];  /* SIGINT, SIGTERM, SIGUSR1 */
+  int nsignals;            /* of them, those initialised */
   bool stop_asked;
+  bool failed;             /* the signals could not be watched */
 } one_loop_t;
 
 /* On the loop's thread, outside any task: what the main thread's sigwait
@@ -268,24 +270,52 @@ static void on_signal(uv_signal_t *h, int signum) {
   close_idle(&o->ls);
 }
 
+/* Watches SIGINT, SIGTERM and SIGUSR1 on the loop. False, having said why,
+ * where libuv cannot: the server would then not stop cleanly. */
+static bool signals_start(one_loop_t *o) {
+  static const int signums[3] = {SIGINT, SIGTERM, SIGUSR1};
+  uv_loop_t *uv = weft_loop_uv(o->ls.loop);
+  for (int i = 0; i < 3; i++) {
+    int err = uv_signal_init(uv, &o->signals[i]);
+    if (err == 0) {
+      o->nsignals++;
+      o->signals[i].data = o;
+      err = uv_signal_start(&o->signals[i], on_signal, signums[i]);
+    }
+    if (err != 0) {
+      fprintf(stderr, "echo_server: watching %s: %s\n", strsignal(signums[i]),
+              uv_strerror(err));
+      return false;
+    }
+  }
+  return true;
+}
+
+static void signals_close(one_loop_t *o) {
+  for (int i = 0; i < o->nsignals; i++)
+    uv_close((uv_handle_t *)&o->signals[i], NULL);
+}
+
 /* The main task: accepts until a signal closes the listener, then lets the
  * requests in flight finish for up to STOP_GRACE_MS; weft_loop_close
  * cancels what is left. */
 static void *one_loop_main(void *arg) {
   one_loop_t *o = arg;
-  static const int signums[3] = {SIGINT, SIGTERM, SIGUSR1};
-  uv_loop_t *uv = weft_loop_uv(o->ls.loop);
-  for (int i = 0; i < 3; i++) {
-    o->signals[i].data = o;
-    uv_signal_init(uv, &o->signals[i]);
-    uv_signal_start(&o->signals[i], on_signal, signums[i]);
+  if (!signals_start(o)) {
+    o->failed = true;
+    signals_close(o);
+    weft_listener_close(o->ls.l);
+    return NULL;
   }
+  /* Announced once a signal can stop it cleanly. */
+  printf("echo_server: listening on %s:%d, 1 loop on the main thread\n", o->ls.cfg->host,
+         weft_listener_port(o->ls.l));
+  fflush(stdout);
   acceptor_main(&o->ls);
   uint64_t give_up = now_ms() + STOP_GRACE_MS;
   while (atomic_load(&o->ls.live) > 0 && now_ms() < give_up)
     weft_sleep(10);
-  for (int i = 0; i < 3; i++)
-    uv_close((uv_handle_t *)&o->signals[i], NULL);
+  signals_close(o);
   return NULL;
 }
 
@@ -308,15 +338,12 @@ static int run_one_loop(const config_t *cfg) {
     fprintf(stderr, "echo_server: spawn: %s\n", weft_strerror(err));
     return 1;
   }
-  printf("echo_server: listening on %s:%d, 1 loop on the main thread\n", cfg->host,
-         weft_listener_port(o.ls.l));
-  fflush(stdout);
   weft_loop_run_until_complete(o.ls.loop, main_task, NULL);
   weft_task_release(main_task);
   /* Cancels and unwinds whatever is left, and runs the close callbacks. */
   weft_loop_close(o.ls.loop);
   loop_state_end(&o.ls);
-  return 0;
+  return o.failed ? 1 : 0;
 }
 
 /* ---------------------------------------------------------------- main */
