@@ -63,6 +63,17 @@ enum scan_state {
   SCAN_DONE,    /* the section ended */
 };
 
+/* The header fields whose values matter. */
+enum field {
+  FIELD_OTHER,
+  FIELD_TE,     /* Transfer-Encoding */
+  FIELD_EXPECT, /* Expect */
+};
+
+/* The interim response to "Expect: 100-continue" (RFC 9110 section 10.1.1),
+ * sent once the head is accepted, before the body is read. */
+static const char CONTINUE[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
 /* The scanner's state for one head or trailer section. */
 typedef struct scan {
   unsigned char state; /* an enum scan_state */
@@ -103,11 +114,12 @@ struct echo_conn {
   bool is_head;         /* HEAD: the response carries no body */
   char name[sizeof "transfer-encoding" - 1]; /* the start of the current field name */
   size_t name_len;      /* its whole length */
-  bool in_te;           /* the current field is Transfer-Encoding */
-  char te[24];          /* the start of its value */
-  size_t te_len;        /* its whole length */
+  unsigned char field;  /* an enum field: the field whose value is kept */
+  char value[24];       /* the start of that value */
+  size_t value_len;     /* its whole length */
   size_t te_fields;     /* Transfer-Encoding fields seen */
   size_t te_chunked;    /* those that said exactly "chunked" */
+  bool expect_continue; /* a field said "Expect: 100-continue" */
 
   /* Input kept while parsing is paused. */
   char *in;
@@ -569,9 +581,10 @@ static void request_reset(echo_conn_t *c) {
   c->err_status = 0;
   c->keep_alive = c->say_keep_alive = c->is_head = false;
   c->name_len = 0;
-  c->in_te = false;
-  c->te_len = 0;
+  c->field = FIELD_OTHER;
+  c->value_len = 0;
   c->te_fields = c->te_chunked = 0;
+  c->expect_continue = false;
 }
 
 /* Refuses the request from a callback: llhttp stops with an error, and
@@ -627,42 +640,60 @@ static int on_header_field_complete(llhttp_t *p) {
   echo_conn_t *c = p->data;
   if (c->phase != PHASE_HEAD)
     return 0;
-  c->in_te = c->name_len <= sizeof c->name &&
-             ascii_ieq(c->name, c->name_len, "transfer-encoding");
-  c->name_len = 0;
-  if (c->in_te) {
-    c->te_fields++;
-    c->te_len = 0;
+  c->field = FIELD_OTHER;
+  if (c->name_len <= sizeof c->name) {
+    if (ascii_ieq(c->name, c->name_len, "transfer-encoding")) {
+      c->field = FIELD_TE;
+      c->te_fields++;
+    } else if (ascii_ieq(c->name, c->name_len, "expect")) {
+      c->field = FIELD_EXPECT;
+    }
   }
+  c->name_len = 0;
+  c->value_len = 0;
   return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   echo_conn_t *c = p->data;
-  if (!c->in_te)
-    return 0;
-  keep_piece(c->te, sizeof c->te, &c->te_len, at, len);
+  if (c->field != FIELD_OTHER)
+    keep_piece(c->value, sizeof c->value, &c->value_len, at, len);
   return 0;
 }
 
 /* A Transfer-Encoding value counts as chunked only when it is exactly
  * "chunked" (any case) between optional spaces and tabs: no list, no other
- * coding, no parameters. */
+ * coding, no parameters. An Expect value asks for 100 Continue when it is
+ * exactly "100-continue" the same way; other expectations are ignored. */
 static int on_header_value_complete(llhttp_t *p) {
   echo_conn_t *c = p->data;
-  if (!c->in_te)
+  enum field f = c->field;
+  c->field = FIELD_OTHER;
+  if (f == FIELD_OTHER || c->value_len > sizeof c->value)
     return 0;
-  c->in_te = false;
-  if (c->te_len > sizeof c->te)
-    return 0;
-  size_t a = 0, b = c->te_len;
-  while (a < b && (c->te[a] == ' ' || c->te[a] == '\t'))
+  size_t a = 0, b = c->value_len;
+  while (a < b && (c->value[a] == ' ' || c->value[a] == '\t'))
     a++;
-  while (b > a && (c->te[b - 1] == ' ' || c->te[b - 1] == '\t'))
+  while (b > a && (c->value[b - 1] == ' ' || c->value[b - 1] == '\t'))
     b--;
-  if (ascii_ieq(c->te + a, b - a, "chunked"))
+  if (f == FIELD_TE && ascii_ieq(c->value + a, b - a, "chunked"))
     c->te_chunked++;
+  if (f == FIELD_EXPECT && ascii_ieq(c->value + a, b - a, "100-continue"))
+    c->expect_continue = true;
   return 0;
+}
+
+/* Puts the 100 Continue in the output, after the responses before it. It is
+ * not a response of its own: it belongs to the one that follows it. */
+static bool send_continue(echo_conn_t *c) {
+  size_t len = sizeof CONTINUE - 1;
+  if (!CHECK(c->out_tail == c->out_done) || !out_reserve(c, len))
+    return false;
+  memcpy(c->out + c->out_done, CONTINUE, len);
+  c->out_done += len;
+  c->out_tail = c->out_done;
+  c->produced += len;
+  return true;
 }
 
 static int on_headers_complete(llhttp_t *p) {
@@ -687,6 +718,12 @@ static int on_headers_complete(llhttp_t *p) {
   c->keep_alive = !says_close && (p->http_minor == 1 || says_keep_alive);
   c->say_keep_alive = c->keep_alive && p->http_minor == 0;
   c->is_head = p->method == HTTP_HEAD;
+  /* Only where a body is to come, and never to HTTP/1.0, which has no
+   * interim responses (RFC 9110 section 10.1.1). */
+  bool body_follows =
+      (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  if (c->expect_continue && p->http_minor == 1 && body_follows && !send_continue(c))
+    return refuse(c, 500);
   return 0;
 }
 
@@ -862,10 +899,11 @@ int echo_conn_new_ex(echo_conn_t **cp, const echo_limits_t *lim, const echo_buff
   c->max_input = b.max_input;
   /* Parsing starts a request only while less than max_output is pending,
    * and a request adds one response: a header and its body or target, or
-   * an error response instead. */
+   * an error response instead, and maybe a 100 Continue before it. */
   c->out_bound = sat_add(b.max_output,
-                         max_size(sat_add(OK_HEAD_MAX, max_size(l.max_body, l.max_request_line)),
-                                  ERROR_RESPONSE_MAX));
+                         sizeof CONTINUE - 1 +
+                             max_size(sat_add(OK_HEAD_MAX, max_size(l.max_body, l.max_request_line)),
+                                      ERROR_RESPONSE_MAX));
   llhttp_init(&c->parser, HTTP_REQUEST, &settings);
   c->parser.data = c;
   c->phase = PHASE_HEAD;

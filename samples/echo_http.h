@@ -12,8 +12,12 @@
  * that is empty, the request target. Requests that break the limits below,
  * that are malformed, or that have a shape used for request smuggling get an
  * error response with "Connection: close", and the connection closes after
- * it. The parsing is llhttp's, compiled in strict mode, plus the checks of
- * echo_http.c that llhttp 8.1 does not make itself.
+ * it. An HTTP/1.1 request with "Expect: 100-continue" and a body first gets
+ * "HTTP/1.1 100 Continue" once its head is accepted, so a client that waits
+ * for it (curl does, for bodies over 1 KiB) sends the body at once; a head
+ * that is refused gets the error response instead. The parsing is llhttp's,
+ * compiled in strict mode, plus the checks of echo_http.c that llhttp 8.1
+ * does not make itself.
  *
  * A server loop, in outline:
  *
@@ -150,7 +154,9 @@ size_t echo_conn_memory_bound(echo_conn_t *c);
  * offset just past it in everything the connection ever output (so the
  * first response may have been partly consumed), and *bodiless says it
  * answers a HEAD request, whose Content-Length announces a body that is not
- * sent. Returns false when the output holds no response i. */
+ * sent. A 100 Continue is counted with the response that follows it (one
+ * whose request has not ended yet lies past the last response's end).
+ * Returns false when the output holds no response i. */
 bool echo_conn_response_info(echo_conn_t *c, size_t i, uint64_t *end, bool *bodiless);
 
 #ifdef __cplusplus

@@ -7,10 +7,10 @@
  * WORKERS (default 2) is passed as --workers; with 1 the server must also
  * run as a single thread (its loop on the main thread, no pool).
  *
- * Checked: curl GET, POST and HTTP/1.0 and connection reuse; pipelined
- * requests answered in order on a kept-alive connection; Connection: close
- * and HTTP/1.0 closing; a chunked body echoed whole; every bad-input shape
- * answered 400 and closed; each limit's status (414, 431, 413); the idle
+ * Checked: curl GET, POST, POST with Expect: 100-continue, HTTP/1.0 and
+ * connection reuse; pipelined requests answered in order on a kept-alive
+ * connection; Connection: close and HTTP/1.0 closing; a chunked body echoed
+ * whole; every bad-input shape answered 400 and closed; each limit's status (414, 431, 413); the idle
  * and header deadlines; 400 connections at once; 300 connections reset in
  * the middle of a request, after which the server still answers; SIGTERM
  * ends the server with status 0 within 2 s and a line per loop. Counts and
@@ -205,6 +205,13 @@ static void check_curl(void) {
   CHECK(r && strstr(r, "HTTP/1.1 200 OK") && strstr(r, "Content-Type: text/plain") &&
             strstr(r, "Content-Length: 2"),
         "curl -i: %s", r ? r : "(failed)");
+  /* curl waits for 100 Continue before it sends the body (here up to 5 s,
+   * then it sends it anyway): with -i the interim response comes first. */
+  r = curl("-i", "-H", "Expect: 100-continue", "--expect100-timeout", "5", "--data-binary",
+           "after the 100", u, NULL);
+  CHECK(r && strncmp(r, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", 42) == 0 &&
+            strstr(r, "\r\n\r\nafter the 100"),
+        "curl Expect: 100-continue: %s", r ? r : "(failed)");
 }
 
 /* -------------------------------------------------------- raw clients */

@@ -241,6 +241,79 @@ static void post_echoes_body(void **state) {
   buf_free(&want);
 }
 
+#define CONTINUE_100 "HTTP/1.1 100 Continue\r\n\r\n"
+
+/* Expect: 100-continue is answered with 100 Continue as soon as the head
+ * is in, before any of the body, and the 200 follows the body. */
+static void expect_continue_answered(void **state) {
+  (void)state;
+  const char head[] =
+      "POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+  echo_conn_t *c = conn_new(NULL);
+  assert_int_equal(echo_conn_feed(c, head, sizeof head - 1), 0);
+  buf_t got = {0}, want = {0};
+  take(c, &got);
+  buf_add(&want, CONTINUE_100, strlen(CONTINUE_100));
+  assert_buf_eq(&got, &want);
+  assert_true(echo_conn_want_input(c));
+  assert_int_equal(echo_conn_feed(c, "hello", 5), 0);
+  take(c, &got);
+  add_ok_str(&want, "hello", "");
+  assert_buf_eq(&got, &want);
+  assert_int_equal(echo_conn_requests(c), 1);
+  echo_conn_free(c);
+  buf_free(&got);
+  buf_free(&want);
+
+  /* Any case, spaces around, a chunked body, a request pipelined behind:
+   * the same bytes however the input is split. */
+  const char req[] = "PUT /a HTTP/1.1\r\nExpect:  100-CONTINUE \t\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                     "GET /b HTTP/1.1\r\n\r\n";
+  session_t s;
+  run_both(NULL, req, sizeof req - 1, &s);
+  buf_add(&want, CONTINUE_100, strlen(CONTINUE_100));
+  add_ok_str(&want, "abc", "");
+  add_ok_str(&want, "/b", "");
+  assert_buf_eq(&s.out, &want);
+  assert_false(s.failed);
+  assert_int_equal(s.requests, 2);
+  session_free(&s);
+  buf_free(&want);
+}
+
+/* No 100 Continue without a body, to HTTP/1.0, for another expectation,
+ * or for a head that is refused (its error response says it all). */
+static void expect_continue_not_sent(void **state) {
+  (void)state;
+  static const struct {
+    const char *req;
+    const char *body;
+    int status;
+  } cases[] = {
+      {"GET /g HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "/g", 200},
+      {"POST /z HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n", "/z", 200},
+      {"POST /o HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok", "ok", 200},
+      {"POST /x HTTP/1.1\r\nExpect: 100-continue-please\r\nContent-Length: 2\r\n\r\nok", "ok",
+       200},
+      {"POST /x HTTP/1.1\r\nExpect: 100-continue, x\r\nContent-Length: 2\r\n\r\nok", "ok", 200},
+      {"POST /big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2000000\r\n\r\n", NULL,
+       413},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    session_t s;
+    run_both(NULL, cases[i].req, strlen(cases[i].req), &s);
+    buf_t want = {0};
+    if (cases[i].status == 200)
+      add_ok_str(&want, cases[i].body, strstr(cases[i].req, "HTTP/1.0") ? "close" : "");
+    else
+      add_error(&want, cases[i].status);
+    assert_buf_eq(&s.out, &want);
+    session_free(&s);
+    buf_free(&want);
+  }
+}
+
 static void chunked_body_echoed_whole(void **state) {
   (void)state;
   /* Three chunks (one with an extension, one with a size in capitals and
@@ -1225,6 +1298,8 @@ static void bad_arguments(void **state) {
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(get_echoes_target),
     cmocka_unit_test(post_echoes_body),
+    cmocka_unit_test(expect_continue_answered),
+    cmocka_unit_test(expect_continue_not_sent),
     cmocka_unit_test(chunked_body_echoed_whole),
     cmocka_unit_test(head_gets_no_body),
     cmocka_unit_test(one_byte_at_a_time),
