@@ -178,6 +178,10 @@ typedef struct weft_stats {
   uint64_t longest_step_ns; /**< the longest task step so far (timed with the
                                 coarse monotonic clock: a few ms resolution) */
   uint64_t slow_steps;     /**< steps and callback bursts over slow_step_ms */
+  uint64_t stream_writes;  /**< write system calls the loop's streams made
+                                (the small writes of a round coalesce into
+                                one a stream; libuv's later writes of what
+                                the socket did not take are not counted) */
 } weft_stats_t;
 
 /* ------------------------------------------------------------ high level */
@@ -588,7 +592,14 @@ WEFT_API int weft_tcp_connect(weft_stream_t **s, const char *host, int port);
  * the socket while that buffer is full (backpressure). */
 WEFT_API ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len);
 
-/** Writes len bytes (await point). What the socket does not take at once is
+/** Writes len bytes (await point). A write of up to 4 KiB, while nothing
+ * is queued, is copied into the loop's stage and the call returns: once the
+ * round's tasks have all had their step, before the loop polls, each
+ * stream's staged bytes go to the kernel in one system call. So the pieces
+ * a task writes in a step coalesce, and a round's replies leave in one
+ * burst. A step that computes for long after a write holds those bytes
+ * until it ends: weft_yield first to send them. A longer write goes out at
+ * once (after what the stream staged). What the socket does not take is
  * copied into the stream's write queue, and the call returns; it suspends
  * only while the queue holds 1 MiB or more (backpressure), so buf is the
  * caller's again on return. A write error that comes after the return is
@@ -599,9 +610,9 @@ WEFT_API ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len);
  * (UV_EPIPE, UV_ECONNRESET, ...). */
 WEFT_API int weft_stream_write(weft_stream_t *s, const void *buf, size_t len);
 
-/** Closes the stream and frees it. In a task, first waits (await point) for
- * the write queue to reach the kernel, so a reply written just before is not
- * lost; a cancel or deadline cuts that wait short and the rest is dropped.
+/** Closes the stream and frees it. Staged bytes (see weft_stream_write) go
+ * to the kernel first. In a task, it then waits (await point) for the write
+ * queue to reach the kernel, so a reply written just before is not lost; a cancel or deadline cuts that wait short and the rest is dropped.
  * Tasks of the loop parked on the stream get WEFT_ECLOSED. Also from a libuv
  * callback on the stream's loop (no waiting), and for a detached stream from
  * any thread. s is invalid afterwards. Returns 0, the pending write error if

@@ -334,6 +334,11 @@ struct weft_loop {
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   unsigned pool_index;       /* its place in the pool */
   weft__queue_t io;          /* weft__io_t: weft's own open libuv handles */
+  /* Stream writes staged in this round (stream.c): the bytes, and the
+   * streams that have some there. */
+  char *stage;
+  size_t stage_len;
+  weft__queue_t staged;
   size_t nio;
   atomic_int draining;       /* a pool shutdown asked it to finish */
   atomic_int cancel_new;     /* WEFT_CANCEL shutdown: tasks not yet started
@@ -420,6 +425,9 @@ void weft__io_remove(weft_loop_t *loop, weft__io_t *io);
 int weft__stream_from_fd(weft_loop_t *loop, int fd, void (*on_close)(void *arg), void *arg,
                          weft_stream_t **out);
 void weft__ignore_sigpipe(void);
+/* stream.c: hands the round's staged stream writes to the kernel (one
+ * write per stream) and empties the stage. */
+void weft__stream_flush_staged(weft_loop_t *loop);
 /* tcp.c: parses host and port into a socket address. */
 int weft__tcp_addr(const char *host, int port, struct sockaddr_storage *ss);
 

@@ -65,6 +65,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   weft__queue_init(&loop->ready);
   weft__queue_init(&loop->tasks);
   weft__queue_init(&loop->io);
+  weft__queue_init(&loop->staged);
   weft__inbox_init(loop);
   atomic_init(&loop->draining, 0);
   atomic_init(&loop->cancel_new, 0);
@@ -375,7 +376,9 @@ bool weft__loop_drained(weft_loop_t *loop) {
  * 1. Run every task that was ready when the round began, each until its next
  *    await (or its end). Tasks made ready during the round (spawned, yielded,
  *    woken) wait for the next round, so no task can starve the others by
- *    yielding and no flood of wake-ups stalls I/O polling.
+ *    yielding and no flood of wake-ups stalls I/O polling. Then the small
+ *    stream writes those steps made, staged until now, go to the kernel
+ *    together: one write per stream, in one burst (stream.c).
  * 2. Drain the inbox: spawns, cancels, calls and wake-ups from other threads,
  *    at most WEFT__INBOX_BUDGET of them, so a flood from other threads
  *    cannot starve the tasks already ready.
@@ -399,6 +402,8 @@ static void loop_round(weft_loop_t *loop) {
     loop->nready--;
     run_task(loop, weft__container_of(q, weft_task_t, node));
   }
+  if (loop->stage_len > 0)
+    weft__stream_flush_staged(loop);
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
@@ -644,6 +649,8 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
     weft__io_t *io = weft__container_of(weft__queue_head(&loop->io), weft__io_t, node);
     io->force_close(io);
   }
+  free(loop->stage);
+  loop->stage = NULL;
   weft__stack_pool_destroy(&loop->stacks);
   weft__timers_free(loop);
   uv_close((uv_handle_t *)&loop->timer, NULL);

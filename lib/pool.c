@@ -252,6 +252,7 @@ static void stats_add(weft_stats_t *sum, const weft_stats_t *one) {
   sum->busy_ns += one->busy_ns;
   sum->parked_ns += one->parked_ns;
   sum->slow_steps += one->slow_steps;
+  sum->stream_writes += one->stream_writes;
   /* The longest step is the longest of any loop, not a sum. */
   if (one->longest_step_ns > sum->longest_step_ns)
     sum->longest_step_ns = one->longest_step_ns;

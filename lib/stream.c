@@ -8,10 +8,22 @@
  * buffer for the next read (no copy). A full buffer stops reading from the
  * socket until a task takes some: backpressure, and bounded memory.
  *
- * Writing: uv_try_write first, so a reply that fits in the socket buffer
- * costs one write(2) and no allocation. What does not fit is copied into a
- * uv_write request, and the call returns; the copies are bounded at 1 MiB
- * per stream, past which a writer waits for the queue to drain.
+ * Writing: a write of up to STAGE_PIECE_MAX bytes, on a stream with
+ * nothing queued, is copied into the loop's stage and returns; at the end of
+ * the round's steps the loop hands each stream's staged bytes to the kernel
+ * in one write(2) (weft__stream_flush_staged). The pieces a task writes in
+ * a step (a header, then a body) so cost one system call, and the round's
+ * replies leave in one burst, while their peers are still busy with the
+ * replies before: on a loopback echo benchmark that cut the server's CPU a
+ * request by about 2 to 5% (better in 58 of 88 paired rounds of wrk, the
+ * order rotating; median ratios 0.93 to 0.99 by batch). A stream whose
+ * staged bytes are not the stage's last (another stream staged since) and
+ * that writes again, a stage that would overflow, and a close or detach
+ * flush what is staged first, so bytes keep their order. Longer writes go
+ * out at once: uv_try_write first, so a reply that fits in the socket
+ * buffer costs one write(2) and no allocation. What does not fit is copied
+ * into a uv_write request, and the call returns; the copies are bounded at
+ * 1 MiB per stream, past which a writer waits for the queue to drain.
  *
  * The socket's uv_tcp_t is allocated apart from the stream, so a stream can
  * let go of its handle (detach: the fd is duplicated, the handle closed) and
@@ -28,6 +40,8 @@
 
 #define RBUF_SIZE 16384
 #define WQUEUE_MAX ((size_t)1 << 20)
+#define STAGE_SIZE ((size_t)64 << 10)   /* a loop's stage */
+#define STAGE_PIECE_MAX 4096            /* longer writes go out at once */
 
 typedef struct io_wait io_wait_t;
 
@@ -47,6 +61,8 @@ struct weft_stream {
   int werr;                 /* the first write error */
   io_wait_t *writer;        /* the task waiting for the queue to shrink */
   size_t wlimit;            /* ... below this many bytes */
+  weft__queue_t staged;     /* on loop->staged while it has staged bytes */
+  size_t soff, slen;        /* those bytes: loop->stage[soff, soff + slen) */
   /* Who is told when the stream closes or leaves its loop. */
   void (*on_close)(void *arg);
   void *on_close_arg;
@@ -98,6 +114,7 @@ static void free_stream_cb(uv_handle_t *h) {
 }
 
 static void force_close(weft__io_t *io);
+static void stage_flush(weft_stream_t *s);
 
 /* Writing to a connection the peer has closed raises SIGPIPE, which kills
  * the process by default; a stream's write must fail with UV_EPIPE
@@ -138,8 +155,10 @@ static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
   return 0;
 }
 
-/* Closes s's handle; the close callback frees s. */
+/* Closes s's handle (what s staged goes first); the close callback frees
+ * s. */
 static void stream_close_handle(weft_stream_t *s) {
+  stage_flush(s);
   weft__io_remove(s->loop, &s->io);
   uv_close((uv_handle_t *)s->h, free_stream_cb);
 }
@@ -370,6 +389,63 @@ static int queue_write(weft_stream_t *s, const char *p, size_t len) {
   return 0;
 }
 
+/* Hands p[0, len) to the kernel, as much as the socket takes now: the count
+ * taken (0 where it takes nothing now), or the error. Only while nothing
+ * is queued. */
+static ssize_t write_now(weft_stream_t *s, const char *p, size_t len) {
+  uv_buf_t b = uv_buf_init((char *)p, len > UINT32_MAX ? UINT32_MAX : (unsigned)len);
+  s->loop->counters.stream_writes++;
+  int n = uv_try_write((uv_stream_t *)s->h, &b, 1);
+  return n == UV_EAGAIN ? 0 : n;
+}
+
+/* Hands what s staged to the kernel, and what the socket does not take now
+ * to its write queue (no wait: a stream stages only while its queue is
+ * empty, and a stage holds STAGE_SIZE). A failure, ENOMEM too (the bytes
+ * are lost), becomes s->werr, which the next write or close reports. */
+static void stage_flush(weft_stream_t *s) {
+  if (s->slen == 0)
+    return;
+  weft__queue_remove(&s->staged);
+  const char *p = s->loop->stage + s->soff;
+  size_t len = s->slen;
+  s->slen = 0;
+  if (s->werr)
+    return;
+  ssize_t n = write_now(s, p, len);
+  int err = n < 0 ? (int)n : (size_t)n < len ? queue_write(s, p + n, len - (size_t)n) : 0;
+  if (err && !s->werr)
+    s->werr = err;
+}
+
+void weft__stream_flush_staged(weft_loop_t *loop) {
+  while (!weft__queue_empty(&loop->staged))
+    stage_flush(weft__container_of(weft__queue_head(&loop->staged), weft_stream_t, staged));
+  loop->stage_len = 0;
+}
+
+/* Stages p[0, len) after what s staged before. False where the bytes must
+ * go out at once instead: nothing was staged then. */
+static bool stage(weft_stream_t *s, const char *p, size_t len) {
+  weft_loop_t *loop = s->loop;
+  if (s->slen > 0 && s->soff + s->slen != loop->stage_len)
+    stage_flush(s); /* another stream staged since: these go first */
+  if (loop->stage_len + len > STAGE_SIZE)
+    weft__stream_flush_staged(loop);
+  if (s->werr || s->wqueued > 0)
+    return false;
+  if (!loop->stage && !(loop->stage = weft__malloc(STAGE_SIZE)))
+    return false;
+  if (s->slen == 0) {
+    s->soff = loop->stage_len;
+    weft__queue_insert_tail(&loop->staged, &s->staged);
+  }
+  memcpy(loop->stage + loop->stage_len, p, len);
+  loop->stage_len += len;
+  s->slen += len;
+  return true;
+}
+
 int weft_stream_write(weft_stream_t *s, const void *buf, size_t len) {
   weft_task_t *t;
   int err = stream_begin(s, &t, "weft_stream_write");
@@ -383,18 +459,23 @@ int weft_stream_write(weft_stream_t *s, const void *buf, size_t len) {
   }
   if (s->werr)
     return s->werr;
+  if (len == 0)
+    return 0;
+  if (len <= STAGE_PIECE_MAX && s->wqueued == 0 && stage(s, buf, len))
+    return 0;
+  stage_flush(s);
+  if (s->werr)
+    return s->werr;
   const char *p = buf;
   size_t left = len;
-  if (s->wqueued == 0 && left > 0) {
-    uv_buf_t b = uv_buf_init((char *)p, left > UINT32_MAX ? UINT32_MAX : (unsigned)left);
-    int n = uv_try_write((uv_stream_t *)s->h, &b, 1);
-    if (n >= 0) {
-      p += n;
-      left -= (size_t)n;
-    } else if (n != UV_EAGAIN) {
-      s->werr = n;
-      return n;
+  if (s->wqueued == 0) {
+    ssize_t n = write_now(s, p, left);
+    if (n < 0) {
+      s->werr = (int)n;
+      return (int)n;
     }
+    p += n;
+    left -= (size_t)n;
   }
   while (left > 0) {
     if (s->wqueued >= WQUEUE_MAX) {
@@ -441,6 +522,7 @@ int weft_stream_close(weft_stream_t *s) {
     return WEFT_EPERM;
   }
   int result = 0;
+  stage_flush(s); /* first, so that a wait for the queue covers it */
   weft_task_t *t = weft__current();
   if (t && !s->writer) {
     /* A cancelled task, or one past its deadline, does not wait. */
@@ -481,6 +563,7 @@ int weft_stream_detach(weft_stream_t *s) {
     weft__misuse("weft_stream_detach", "a task is waiting on the stream");
     return WEFT_EBUSY;
   }
+  stage_flush(s);
   if ((err = flush(s, t)) != 0)
     return err;
   if (s->werr)

@@ -1,7 +1,8 @@
 /* Tests for awaitable TCP over loopback (127.0.0.1 only): listen, accept,
  * connect, read (buffered, partial, end of stream), write (including a
  * write far larger than the socket buffer, which goes through the bounded
- * queue), close (a reply written just before close arrives; a reader
+ * queue, and small writes staged to the end of the round: coalesced, in
+ * order, sent before close and while the writer waits elsewhere), close (a reply written just before close arrives; a reader
  * parked on a closed stream learns it), cancellation and deadlines at each
  * await point, handing a stream to another loop (bytes read ahead travel
  * with it), the three multi-loop accept modes, running out of file
@@ -168,6 +169,208 @@ static void *bulk_main(void *arg) {
 static void tcp_bulk_and_end_of_stream(void **state) {
   int fds = wt_count_fds();
   assert_int_equal(weft_run(bulk_main, NULL, NULL), 0);
+  assert_int_equal(wt_count_fds(), fds);
+}
+
+/* ------------------------------------------------------ staged writes */
+
+static void *accept_one(void *arg);
+static void pair(weft_listener_t **l, weft_stream_t **client, weft_stream_t **server);
+
+static uint64_t stream_writes(void) {
+  weft_stats_t st;
+  assert_int_equal(weft_loop_stats(weft_loop_current(), &st), 0);
+  return st.stream_writes;
+}
+
+static void expect_bytes(weft_stream_t *s, const char *want) {
+  size_t n = strlen(want);
+  char buf[64];
+  assert_true(n <= sizeof buf);
+  read_exactly(s, buf, n);
+  if (memcmp(buf, want, n) != 0)
+    fail_msg("read \"%.*s\", want \"%s\"", (int)n, buf, want);
+}
+
+/* The small writes of a step wait for the end of the round and go out as
+ * one system call a stream; a stream that writes again after another
+ * stream staged sends its earlier bytes first; a long write sends what was
+ * staged first; close sends what was staged. */
+static void *coalesce_main(void *arg) {
+  (void)arg;
+  weft_listener_t *l1, *l2;
+  weft_stream_t *c1, *s1, *c2, *s2;
+  pair(&l1, &c1, &s1);
+  pair(&l2, &c2, &s2);
+  uint64_t w0 = stream_writes();
+  assert_int_equal(weft_stream_write(s1, "GET", 3), 0);
+  assert_int_equal(weft_stream_write(s1, " / ", 3), 0);
+  assert_int_equal(weft_stream_write(s1, "HTTP", 4), 0);
+  assert_int_equal(weft_stream_write(s2, "other", 5), 0);
+  assert_int_equal(stream_writes() - w0, 0); /* all staged, nothing sent */
+  expect_bytes(c1, "GET / HTTP"); /* parks: the round ends, the stage goes */
+  expect_bytes(c2, "other");
+  assert_int_equal(stream_writes() - w0, 2);
+
+  /* s1, s2, s1: s1's first piece goes at once, to keep its place. */
+  assert_int_equal(weft_stream_write(s1, "a", 1), 0);
+  assert_int_equal(weft_stream_write(s2, "b", 1), 0);
+  assert_int_equal(weft_stream_write(s1, "c", 1), 0);
+  assert_int_equal(stream_writes() - w0, 3);
+  expect_bytes(c1, "ac");
+  expect_bytes(c2, "b");
+  assert_int_equal(stream_writes() - w0, 5);
+
+  /* A long write: the staged byte first, then the 5000 at once. */
+  static char big[5001];
+  memset(big, 'y', sizeof big);
+  big[0] = 'x';
+  assert_int_equal(weft_stream_write(s1, "x", 1), 0);
+  assert_int_equal(weft_stream_write(s1, big + 1, 5000), 0);
+  assert_int_equal(stream_writes() - w0, 7);
+  char got[5001];
+  read_exactly(c1, got, sizeof got);
+  assert_memory_equal(got, big, sizeof got);
+
+  /* Close right after a staged write: the bytes, then end of stream. */
+  assert_int_equal(weft_stream_write(s1, "bye", 3), 0);
+  assert_int_equal(weft_stream_close(s1), 0);
+  expect_bytes(c1, "bye");
+  assert_int_equal(weft_stream_read(c1, got, sizeof got), 0);
+  weft_stream_close(c1);
+  weft_stream_close(c2);
+  weft_stream_close(s2);
+  weft_listener_close(l1);
+  weft_listener_close(l2);
+  return NULL;
+}
+
+static void tcp_writes_coalesce(void **state) {
+  (void)state;
+  int fds = wt_count_fds();
+  assert_int_equal(weft_run(coalesce_main, NULL, NULL), 0);
+  assert_int_equal(wt_count_fds(), fds);
+}
+
+/* Staged bytes go out at the end of the writer's round even though it then
+ * waits on something else for long. */
+static void *write_then_sleep(void *arg) {
+  assert_int_equal(weft_stream_write(arg, "ping", 4), 0);
+  weft_sleep(60000);
+  return NULL;
+}
+
+static void *round_end_main(void *arg) {
+  (void)arg;
+  weft_listener_t *l;
+  weft_stream_t *c, *s;
+  pair(&l, &c, &s);
+  weft_task_t *w;
+  assert_int_equal(weft_spawn(NULL, write_then_sleep, s, &w), 0);
+  weft_deadline_set(5000);
+  expect_bytes(c, "ping");
+  weft_task_cancel(w);
+  assert_int_equal(weft_await(w, NULL), WEFT_ECANCELED);
+  weft_task_release(w);
+  weft_stream_close(c);
+  weft_stream_close(s);
+  weft_listener_close(l);
+  return NULL;
+}
+
+static void tcp_staged_sent_at_round_end(void **state) {
+  (void)state;
+  assert_int_equal(weft_run(round_end_main, NULL, NULL), 0);
+}
+
+/* Many streams writing pieces of every size in the same rounds: more than a
+ * stage holds, so it also flushes mid-round. Every byte arrives, in order. */
+#define MANY_STREAMS 24
+#define MANY_PIECES 60
+
+static size_t piece_len(int stream, int i) {
+  static const size_t sizes[] = {1, 3000, 4096, 4097, 17, 3999, 9000, 2};
+  return sizes[(size_t)(stream + i) % (sizeof sizes / sizeof sizes[0])];
+}
+
+static unsigned char piece_byte(int stream, size_t off) {
+  return (unsigned char)(stream * 131 + off * 7 + off / 251);
+}
+
+typedef struct many {
+  weft_stream_t *c[MANY_STREAMS], *s[MANY_STREAMS];
+  size_t total[MANY_STREAMS];
+} many_t;
+
+typedef struct many_arg {
+  many_t *m;
+  int i;
+} many_arg_t;
+
+static void *many_writer(void *arg) {
+  many_arg_t *a = arg;
+  unsigned char buf[9000];
+  size_t off = 0;
+  for (int p = 0; p < MANY_PIECES; p++) {
+    size_t n = piece_len(a->i, p);
+    for (size_t k = 0; k < n; k++)
+      buf[k] = piece_byte(a->i, off + k);
+    assert_int_equal(weft_stream_write(a->m->s[a->i], buf, n), 0);
+    off += n;
+    if (p % 3 == 0)
+      weft_yield(); /* a new round: the others' pieces meet this one's */
+  }
+  assert_int_equal(weft_stream_close(a->m->s[a->i]), 0);
+  return NULL;
+}
+
+static void *many_reader(void *arg) {
+  many_arg_t *a = arg;
+  unsigned char buf[5000];
+  size_t off = 0;
+  ssize_t n;
+  while ((n = weft_stream_read(a->m->c[a->i], buf, sizeof buf)) > 0) {
+    for (ssize_t k = 0; k < n; k++)
+      if (buf[k] != piece_byte(a->i, off + (size_t)k))
+        fail_msg("stream %d: byte %zu differs", a->i, off + (size_t)k);
+    off += (size_t)n;
+  }
+  assert_int_equal(n, 0);
+  assert_int_equal(off, a->m->total[a->i]);
+  weft_stream_close(a->m->c[a->i]);
+  return NULL;
+}
+
+static void *many_main(void *arg) {
+  (void)arg;
+  static many_t m;
+  static many_arg_t args[MANY_STREAMS];
+  weft_listener_t *l[MANY_STREAMS];
+  weft_task_t *t[2 * MANY_STREAMS];
+  for (int i = 0; i < MANY_STREAMS; i++) {
+    pair(&l[i], &m.c[i], &m.s[i]);
+    m.total[i] = 0;
+    for (int p = 0; p < MANY_PIECES; p++)
+      m.total[i] += piece_len(i, p);
+    args[i] = (many_arg_t){.m = &m, .i = i};
+  }
+  for (int i = 0; i < MANY_STREAMS; i++) {
+    assert_int_equal(weft_spawn(NULL, many_writer, &args[i], &t[i]), 0);
+    assert_int_equal(weft_spawn(NULL, many_reader, &args[i], &t[MANY_STREAMS + i]), 0);
+  }
+  for (int i = 0; i < 2 * MANY_STREAMS; i++) {
+    assert_int_equal(weft_await(t[i], NULL), 0);
+    weft_task_release(t[i]);
+  }
+  for (int i = 0; i < MANY_STREAMS; i++)
+    weft_listener_close(l[i]);
+  return NULL;
+}
+
+static void tcp_staged_many_streams(void **state) {
+  (void)state;
+  int fds = wt_count_fds();
+  assert_int_equal(weft_run(many_main, NULL, NULL), 0);
   assert_int_equal(wt_count_fds(), fds);
 }
 
@@ -860,6 +1063,9 @@ static void tcp_loop_close_frees_streams(void **state) {
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(tcp_echo_one_loop),
     cmocka_unit_test(tcp_bulk_and_end_of_stream),
+    cmocka_unit_test(tcp_writes_coalesce),
+    cmocka_unit_test(tcp_staged_sent_at_round_end),
+    cmocka_unit_test(tcp_staged_many_streams),
     cmocka_unit_test(tcp_cancel_deadline_close),
     cmocka_unit_test(tcp_connect_refused_and_cancelled),
     cmocka_unit_test(tcp_stream_changes_loop),
