@@ -37,6 +37,13 @@ static void read_exactly(weft_stream_t *s, char *buf, size_t len) {
   }
 }
 
+/* Runs main as weft_run's main task; it must leave no descriptor open. */
+static void run_main_closes_fds(weft_fn main) {
+  int fds = wt_count_fds();
+  assert_int_equal(weft_run(main, NULL, NULL), 0);
+  assert_int_equal(wt_count_fds(), fds);
+}
+
 /* ---------------------------------------------------------- one loop */
 
 typedef struct echo_srv {
@@ -100,9 +107,7 @@ static void *echo_main(void *arg) {
 }
 
 static void tcp_echo_one_loop(void **state) {
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(echo_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(echo_main);
 }
 
 /* Reads see what is buffered, a little at a time; the peer's close is end
@@ -167,9 +172,7 @@ static void *bulk_main(void *arg) {
 }
 
 static void tcp_bulk_and_end_of_stream(void **state) {
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(bulk_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(bulk_main);
 }
 
 /* ------------------------------------------------------ staged writes */
@@ -247,9 +250,7 @@ static void *coalesce_main(void *arg) {
 
 static void tcp_writes_coalesce(void **state) {
   (void)state;
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(coalesce_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(coalesce_main);
 }
 
 /* Staged bytes go out at the end of the writer's round even though it then
@@ -280,7 +281,7 @@ static void *round_end_main(void *arg) {
 
 static void tcp_staged_sent_at_round_end(void **state) {
   (void)state;
-  assert_int_equal(weft_run(round_end_main, NULL, NULL), 0);
+  run_main_closes_fds(round_end_main);
 }
 
 /* Many streams writing pieces of every size in the same rounds: more than a
@@ -369,9 +370,7 @@ static void *many_main(void *arg) {
 
 static void tcp_staged_many_streams(void **state) {
   (void)state;
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(many_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(many_main);
 }
 
 /* ------------------------------------------- cancel, deadline, close */
@@ -480,9 +479,7 @@ static void *waits_main(void *arg) {
 }
 
 static void tcp_cancel_deadline_close(void **state) {
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(waits_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(waits_main);
 }
 
 typedef struct conn_try {
@@ -636,9 +633,7 @@ static void *detach_busy_main(void *arg) {
 }
 
 static void tcp_detach_refused_when_busy(void **state) {
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(detach_busy_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(detach_busy_main);
 }
 
 static void tcp_stream_changes_loop(void **state) {
@@ -967,9 +962,7 @@ static void *misuse_main(void *arg) {
 }
 
 static void tcp_misuse(void **state) {
-  int fds = wt_count_fds();
-  assert_int_equal(weft_run(misuse_main, NULL, NULL), 0);
-  assert_int_equal(wt_count_fds(), fds);
+  run_main_closes_fds(misuse_main);
   /* Await points outside a task. */
   weft_stream_t *s;
   weft_listener_t *l;
