@@ -612,7 +612,8 @@ WEFT_API int weft_stream_write(weft_stream_t *s, const void *buf, size_t len);
 
 /** Closes the stream and frees it. Staged bytes (see weft_stream_write) go
  * to the kernel first. In a task, it then waits (await point) for the write
- * queue to reach the kernel, so a reply written just before is not lost; a cancel or deadline cuts that wait short and the rest is dropped.
+ * queue to reach the kernel, so a reply written just before is not lost; a
+ * cancel or deadline cuts that wait short and the rest is dropped.
  * Tasks of the loop parked on the stream get WEFT_ECLOSED. Also from a libuv
  * callback on the stream's loop (no waiting), and for a detached stream from
  * any thread. s is invalid afterwards. Returns 0, the pending write error if

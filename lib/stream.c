@@ -155,10 +155,8 @@ static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
   return 0;
 }
 
-/* Closes s's handle (what s staged goes first); the close callback frees
- * s. */
+/* Closes s's handle; the close callback frees s. */
 static void stream_close_handle(weft_stream_t *s) {
-  stage_flush(s);
   weft__io_remove(s->loop, &s->io);
   uv_close((uv_handle_t *)s->h, free_stream_cb);
 }
@@ -166,6 +164,7 @@ static void stream_close_handle(weft_stream_t *s) {
 /* At loop close, for a stream its owner left open. */
 static void force_close(weft__io_t *io) {
   weft_stream_t *s = weft__container_of(io, weft_stream_t, io);
+  stage_flush(s);
   told_closed(s);
   stream_close_handle(s);
 }
