@@ -279,12 +279,17 @@ static bool resp_reserve(echo_conn_t *c) {
   return true;
 }
 
-/* The len bytes at out_done are a whole response now. resp_reserve() must
- * have made room for it. */
-static void commit(echo_conn_t *c, size_t len, bool bodiless) {
+/* The len bytes at out_done are ready to be written now. */
+static void produce(echo_conn_t *c, size_t len) {
   c->out_done += len;
   c->out_tail = c->out_done;
   c->produced += len;
+}
+
+/* The len bytes at out_done are a whole response now. resp_reserve() must
+ * have made room for it. */
+static void commit(echo_conn_t *c, size_t len, bool bodiless) {
+  produce(c, len);
   c->resp[(c->resp_first + c->resp_count) % c->resp_cap] =
       (resp_t){.end = c->produced, .bodiless = bodiless};
   c->resp_count++;
@@ -690,9 +695,7 @@ static bool send_continue(echo_conn_t *c) {
   if (!CHECK(c->out_tail == c->out_done) || !out_reserve(c, len))
     return false;
   memcpy(c->out + c->out_done, CONTINUE, len);
-  c->out_done += len;
-  c->out_tail = c->out_done;
-  c->produced += len;
+  produce(c, len);
   return true;
 }
 
