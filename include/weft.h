@@ -34,6 +34,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+/* uv.h (below) declares pthread_rwlock_t and other POSIX types, which glibc
+ * hides under strict ISO C (-std=c11, CMake's C_EXTENSIONS OFF). weft::weft
+ * and weft.pc pass -D_DEFAULT_SOURCE for that; a build that passes neither
+ * gets this sentence rather than an error deep inside uv/unix.h. */
+#if defined(__GLIBC__) && !defined(__USE_XOPEN2K)
+#error "weft.h needs POSIX declarations that strict ISO C hides: compile with -D_DEFAULT_SOURCE (weft.pc and the weft::weft CMake target add it) or define _POSIX_C_SOURCE 200809L before the first #include"
+#endif
 #include <uv.h>
 
 #ifdef __cplusplus
