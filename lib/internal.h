@@ -437,13 +437,17 @@ void weft__stack_overflow_watch(void);
 
 /* ----------------------------------------------------------- stats.c */
 
-void weft__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns);
+void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);
+
+/* -------------------------------------------------------- registry.c */
+
 void weft__loops_add(weft_loop_t *loop, const char *name);
 void weft__loops_remove(weft_loop_t *loop);
 size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void *arg);
-uint64_t weft__slow_default_ns(uint64_t opt_ms);
-void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns);
-void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);
+/* trace.c's part of the fork guard. */
+void weft__trace_fork_prepare(void);
+void weft__trace_fork_done(void);
 
 /* --------------------------------------------------------------- alloc.c */
 
@@ -455,10 +459,19 @@ void *weft__realloc(void *p, size_t n);
 void *weft__aligned_alloc(size_t align, size_t n);
 void weft__alloc_fail_nth(long n);
 
-/* ------------------------------------------------------------- debugging */
+/* ------------------------------------------------------------- diag.c */
 
+/* Debug builds, or WEFT_DEBUG set to anything but "" or "0". */
 bool weft__debug_enabled(void);
+/* The slow-step threshold: opt_ms, else 100 ms with WEFT_DEBUG, else off. */
+uint64_t weft__slow_default_ns(uint64_t opt_ms);
+/* One line to the log sink (weft_log_set), or stderr. */
+void weft__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void weft__log_fork_prepare(void);
+void weft__log_fork_done(void);
+/* "weft: fn: <sentence>" to the sink, in debug mode only. */
 void weft__misuse(const char *fn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "weft: fatal: <sentence>" to the sink and stderr, then abort. */
 void weft__fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
 #if defined(WEFT_DEBUG_BUILD)

@@ -1,6 +1,7 @@
 /* Seeing inside the loops: counters and their snapshots from any thread,
- * loop names, the process-wide list of loops, the log line callback, and
- * the slow-step warning (asyncio's debug mode, Seastar's stall detector).
+ * and the slow-step warning (asyncio's debug mode, Seastar's stall
+ * detector). The list of loops and their names are registry.c's; where the
+ * lines go, diag.c's.
  *
  * A loop's counters are plain fields only its own thread writes. Another
  * thread gets a consistent snapshot by asking the loop, through its inbox,
@@ -12,110 +13,9 @@
  * to tell a stall from a step. */
 #include "internal.h"
 
-#include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-/* --------------------------------------------------------------- logging */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static weft_log_fn log_fn;
-static void *log_arg;
-
-void weft_log_set(weft_log_fn fn, void *arg) {
-  pthread_mutex_lock(&log_lock);
-  log_fn = fn;
-  log_arg = arg;
-  pthread_mutex_unlock(&log_lock);
-}
-
-void weft__log(const char *fmt, ...) {
-  char line[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
-  va_end(ap);
-  pthread_mutex_lock(&log_lock);
-  weft_log_fn fn = log_fn;
-  void *arg = log_arg;
-  pthread_mutex_unlock(&log_lock);
-  if (fn)
-    fn(line, arg);
-  else
-    fprintf(stderr, "%s\n", line);
-}
-
-/* ------------------------------------------------------ the loops' list */
-
-static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
-static weft__queue_t loops = {&loops, &loops};
-static atomic_uint loops_made;
-
-/* A fork while another thread holds one of these locks would leave the
- * child's copy locked for good: the fork waits for them instead. */
-static void fork_prepare(void) {
-  pthread_mutex_lock(&loops_lock);
-  pthread_mutex_lock(&log_lock);
-}
-
-static void fork_done(void) {
-  pthread_mutex_unlock(&log_lock);
-  pthread_mutex_unlock(&loops_lock);
-}
-
-static void fork_guard(void) {
-  pthread_atfork(fork_prepare, fork_done, fork_done);
-}
-
-void weft__loops_add(weft_loop_t *loop, const char *name) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, fork_guard);
-  if (name)
-    snprintf(loop->name, sizeof loop->name, "%s", name);
-  else
-    snprintf(loop->name, sizeof loop->name, "loop-%u", atomic_fetch_add(&loops_made, 1) + 1);
-  pthread_mutex_lock(&loops_lock);
-  weft__queue_insert_tail(&loops, &loop->registry);
-  pthread_mutex_unlock(&loops_lock);
-}
-
-void weft__loops_remove(weft_loop_t *loop) {
-  pthread_mutex_lock(&loops_lock);
-  if (weft__queue_linked(&loop->registry))
-    weft__queue_remove(&loop->registry);
-  pthread_mutex_unlock(&loops_lock);
-}
-
-/* Pushes a message made by make(loop, arg) to every loop (under the list's
- * lock, so none is freed meanwhile); returns how many took one. */
-size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void *arg) {
-  size_t n = 0;
-  pthread_mutex_lock(&loops_lock);
-  for (weft__queue_t *q = loops.next; q != &loops; q = q->next) {
-    weft_loop_t *loop = weft__container_of(q, weft_loop_t, registry);
-    weft__msg_t *m = make(loop, arg);
-    if (m)
-      n++;
-  }
-  pthread_mutex_unlock(&loops_lock);
-  return n;
-}
-
-const char *weft_loop_name(const weft_loop_t *loop) {
-  return loop ? loop->name : "(null)";
-}
 
 /* ------------------------------------------------------------ slow steps */
-
-uint64_t weft__slow_default_ns(uint64_t opt_ms) {
-  if (opt_ms)
-    return opt_ms * 1000000u;
-  const char *env = getenv("WEFT_DEBUG");
-  return env && env[0] && strcmp(env, "0") != 0 ? 100u * 1000000u : 0;
-}
 
 /* A task step of ns just ended on loop (t may have ended with it). */
 void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns) {

@@ -58,21 +58,21 @@ static void write_at_exit(void) {
 }
 
 /* A fork while a loop holds its ring's lock would leave the child's copy
- * locked for good: the fork waits for every trace lock instead. */
-static void fork_prepare(void) {
+ * locked for good: the fork waits for every trace lock instead (called by
+ * the library's one fork guard, registry.c). */
+void weft__trace_fork_prepare(void) {
   pthread_mutex_lock(&traces_lock);
   for (weft__trace_t *tr = traces; tr; tr = tr->next)
     pthread_mutex_lock(&tr->lock);
 }
 
-static void fork_done(void) {
+void weft__trace_fork_done(void) {
   for (weft__trace_t *tr = traces; tr; tr = tr->next)
     pthread_mutex_unlock(&tr->lock);
   pthread_mutex_unlock(&traces_lock);
 }
 
 static void read_env(void) {
-  pthread_atfork(fork_prepare, fork_done, fork_done);
   const char *p = getenv("WEFT_TRACE");
   if (p && p[0] && weft_trace_start(p) == 0) {
     exit_writer = getpid();

@@ -261,6 +261,45 @@ static void strerror_names_every_code(void **state) {
   }
 }
 
+/* Misuse lines go where weft_log_set says, not to stderr: with a log
+ * function set and WEFT_DEBUG=1, a weft_sleep outside a task reaches the
+ * function as one line naming the call, and stderr stays empty. */
+typedef struct log_capture {
+  int lines;
+  char last[512];
+} log_capture_t;
+
+static void capture_line(const char *line, void *arg) {
+  log_capture_t *c = arg;
+  c->lines++;
+  snprintf(c->last, sizeof c->last, "%s", line);
+}
+
+static void misuse_goes_to_log(void **state) {
+  (void)state;
+  setenv("WEFT_DEBUG", "1", 1);
+  log_capture_t cap = {0};
+  fflush(stderr);
+  int saved = dup(2);
+  FILE *err_file = tmpfile();
+  assert_non_null(err_file);
+  assert_true(saved >= 0 && dup2(fileno(err_file), 2) == 2);
+  weft_log_set(capture_line, &cap);
+  int rc = weft_sleep(1);
+  weft_log_set(NULL, NULL);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  assert_int_equal(rc, WEFT_ENOTASK);
+  assert_int_equal(cap.lines, 1);
+  assert_non_null(strstr(cap.last, "weft_sleep"));
+  assert_non_null(strstr(cap.last, "outside a task"));
+  assert_int_equal(ftell(err_file), 0);
+  fclose(err_file);
+  /* With the sink back to its default, the same line goes to stderr. */
+  assert_int_equal(weft_sleep(1), WEFT_ENOTASK);
+}
+
 static void version_string(void **state) {
   char want[32];
   snprintf(want, sizeof want, "%d.%d.%d", WEFT_VERSION_MAJOR, WEFT_VERSION_MINOR,
@@ -277,6 +316,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(task_fail_rejects_non_failures),
     cmocka_unit_test(strerror_names_every_code),
     cmocka_unit_test(version_string),
+    cmocka_unit_test(misuse_goes_to_log),
 };
 
 WT_MAIN("misuse", tests)

@@ -1,0 +1,117 @@
+/* Diagnostics, in one place: what the environment asks for (WEFT_DEBUG,
+ * read once), where weft's lines go (the log sink, weft_log_set), and the
+ * two ways weft complains: weft__misuse, a sentence for an API misuse
+ * (debug builds, or WEFT_DEBUG=1), always followed by an error code to the
+ * caller; and weft__fatal, for a broken invariant that cannot be survived
+ * (a smashed stack), which reports and aborts.
+ *
+ * Every line, misuse and fatal ones included, goes through the sink, so an
+ * application that routes weft's lines to its own log sees them all. A
+ * fatal line also goes to stderr when a sink is set: the process is about
+ * to abort, and the sink may buffer. */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ environment */
+
+/* WEFT_DEBUG, read once: a non-empty value other than "0" turns it on. */
+static int debug_env = -1;
+
+static bool env_debug(void) {
+  int d = __atomic_load_n(&debug_env, __ATOMIC_RELAXED);
+  if (d < 0) {
+    const char *env = getenv("WEFT_DEBUG");
+    d = env && env[0] && strcmp(env, "0") != 0;
+    __atomic_store_n(&debug_env, d, __ATOMIC_RELAXED);
+  }
+  return d != 0;
+}
+
+bool weft__debug_enabled(void) {
+#if defined(WEFT_DEBUG_BUILD)
+  return true;
+#else
+  return env_debug();
+#endif
+}
+
+uint64_t weft__slow_default_ns(uint64_t opt_ms) {
+  if (opt_ms)
+    return opt_ms * 1000000u;
+  /* The slow-step warning follows the environment, not the build type: a
+   * debug build would otherwise warn about every long test step. */
+  return env_debug() ? 100u * 1000000u : 0;
+}
+
+/* --------------------------------------------------------------- the sink */
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static weft_log_fn log_fn;
+static void *log_arg;
+
+void weft_log_set(weft_log_fn fn, void *arg) {
+  pthread_mutex_lock(&log_lock);
+  log_fn = fn;
+  log_arg = arg;
+  pthread_mutex_unlock(&log_lock);
+}
+
+/* Hands line to the sink; returns whether an application sink took it. */
+static bool sink(const char *line) {
+  pthread_mutex_lock(&log_lock);
+  weft_log_fn fn = log_fn;
+  void *arg = log_arg;
+  pthread_mutex_unlock(&log_lock);
+  if (fn) {
+    fn(line, arg);
+    return true;
+  }
+  fprintf(stderr, "%s\n", line);
+  return false;
+}
+
+void weft__log(const char *fmt, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  sink(line);
+}
+
+void weft__log_fork_prepare(void) {
+  pthread_mutex_lock(&log_lock);
+}
+
+void weft__log_fork_done(void) {
+  pthread_mutex_unlock(&log_lock);
+}
+
+/* ------------------------------------------------------ misuse and fatal */
+
+void weft__misuse(const char *fn, const char *fmt, ...) {
+  if (!weft__debug_enabled())
+    return;
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  weft__log("weft: %s: %s", fn, msg);
+}
+
+void weft__fatal(const char *fmt, ...) {
+  char msg[256], line[300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  snprintf(line, sizeof line, "weft: fatal: %s", msg);
+  if (sink(line))
+    fprintf(stderr, "%s\n", line);
+  abort();
+}
