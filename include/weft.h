@@ -408,9 +408,21 @@ WEFT_API int weft_yield(void);
  * value in *result (may be NULL). Await point. If the task is cancelled (or
  * its deadline passes) meanwhile, this returns WEFT_ECANCELED (or
  * WEFT_ETIMEDOUT) at once; fn cannot be interrupted, it runs to its end and
- * its result is discarded. fn must not call weft functions that need a loop.
+ * its result is dropped (debug mode says so when it is not NULL): when the
+ * result owns something, use weft_to_thread_cleanup. fn must not call weft
+ * functions that need a loop.
  * Errors: WEFT_EINVAL (fn NULL), WEFT_ENOTASK, WEFT_ENOMEM. */
 WEFT_API int weft_to_thread(weft_fn fn, void *arg, void **result);
+
+/** weft_to_thread, with a cleanup for the result nobody will take: if the
+ * call returns WEFT_ECANCELED or WEFT_ETIMEDOUT before fn has ended,
+ * cleanup(result) runs on the task's loop thread once fn returns (also when
+ * the loop is closing), so a result that owns memory is freed, never
+ * leaked. When the call returns 0, the result is the caller's, in *result,
+ * and cleanup is not called. cleanup may be NULL (then this is
+ * weft_to_thread). Await point; the same errors as weft_to_thread. */
+WEFT_API int weft_to_thread_cleanup(weft_fn fn, void *arg, void (*cleanup)(void *result),
+                                    void **result);
 
 /** How tasks switch stacks in this build: "asm-x86_64", "asm-aarch64" or
  * "ucontext". Any thread. */
