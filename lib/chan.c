@@ -131,6 +131,10 @@ static cell_t *cell_at(weft_chan_t *ch, uint64_t pos) {
   return &ch->cells[ch->mask ? pos & ch->mask : pos % ch->cap];
 }
 
+/* Tests only: called by a sender between claiming its cell and writing it,
+ * to hold it there while the test closes the channel (test_chan.c). */
+void (*weft__chan_claimed_hook)(weft_chan_t *ch);
+
 static int ring_send(weft_chan_t *ch, void *msg) {
   uint64_t pos = atomic_load_explicit(&ch->tail, memory_order_relaxed);
   for (;;) {
@@ -142,6 +146,8 @@ static int ring_send(weft_chan_t *ch, void *msg) {
     if (dif == 0) {
       if (atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
                                                 memory_order_relaxed)) {
+        if (weft__chan_claimed_hook)
+          weft__chan_claimed_hook(ch);
         c->msg = msg;
         atomic_store_explicit(&c->seq, 2 * pos + 1, memory_order_release);
         return 0;
@@ -206,21 +212,30 @@ static void wake_waiter(chan_waiter_t *w) {
   }
 }
 
+static void notify_all(weft_chan_t *ch, waitlist_t *wl) {
+  while (!weft__queue_empty(&wl->list))
+    wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
+}
+
 /* After a change to the ring that a waiter of wl may be waiting for: wakes
- * the oldest one, if any. The fence pairs with the one in wait_once. */
+ * the oldest one, if any. The fence pairs with the one in wait_once.
+ *
+ * On a closed channel it wakes every waiter instead. A sender may have
+ * claimed its cell before the close and written it after: the receivers
+ * the close woke found that cell claimed but empty, and went back to wait.
+ * The message wakes one of them; the others can only end with
+ * WEFT_ECLOSED once it is taken, and nobody else would wake them. */
 static void notify(weft_chan_t *ch, waitlist_t *wl) {
   atomic_thread_fence(memory_order_seq_cst);
   if (atomic_load_explicit(&wl->len, memory_order_relaxed) == 0)
     return;
+  bool closed = atomic_load_explicit(&ch->tail, memory_order_relaxed) & CLOSED;
   pthread_mutex_lock(&ch->lock);
-  if (!weft__queue_empty(&wl->list))
+  if (closed)
+    notify_all(ch, wl);
+  else if (!weft__queue_empty(&wl->list))
     wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
   pthread_mutex_unlock(&ch->lock);
-}
-
-static void notify_all(weft_chan_t *ch, waitlist_t *wl) {
-  while (!weft__queue_empty(&wl->list))
-    wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
 }
 
 static bool chan_interrupt(weft__wait_t *base, int err) {

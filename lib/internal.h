@@ -403,6 +403,9 @@ void weft__interrupt(weft_task_t *t, int err);
  * deadline. On success *out is the current task. */
 int weft__await_begin(weft_task_t **out, const char *fn);
 
+/* chan.c, for tests: runs between a send's claim of a cell and its write. */
+extern void (*weft__chan_claimed_hook)(weft_chan_t *ch);
+
 /* ------------------------------------------------------------------ I/O */
 
 /* One libuv handle weft opened on a loop for a task (a stream's socket, an

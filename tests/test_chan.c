@@ -1006,6 +1006,107 @@ static void *race_recv_task(void *arg) {
   return NULL;
 }
 
+/* A sender claims the one cell of a channel, the channel is closed before
+ * it writes the cell, then it writes: every receiver blocked on the channel
+ * must end, one with the message and the others with WEFT_ECLOSED. The
+ * receivers the close woke found the cell claimed but not written and went
+ * back to wait; the message's wake-up used to reach one of them only, and
+ * the rest stayed blocked for ever (about one round in a few thousand with
+ * threads racing; weft__chan_claimed_hook holds the sender in the window
+ * here, so every run takes that path). Receivers on a pool loop and on
+ * plain threads. */
+extern void (*weft__chan_claimed_hook)(weft_chan_t *ch);
+#define CW_TASKS 3
+#define CW_THREADS 2
+
+typedef struct close_wake {
+  weft_chan_t *ch;
+  atomic_int claimed, go;
+  atomic_int got, closed, ended;
+} close_wake_t;
+
+static close_wake_t *g_cw;
+
+static void cw_hold(weft_chan_t *ch) {
+  atomic_store(&g_cw->claimed, 1);
+  while (atomic_load(&g_cw->go) == 0)
+    uv_sleep(1);
+}
+
+static void cw_end(close_wake_t *cw, int rc) {
+  if (rc == 0)
+    atomic_fetch_add(&cw->got, 1);
+  else if (rc == WEFT_ECLOSED)
+    atomic_fetch_add(&cw->closed, 1);
+  atomic_fetch_add(&cw->ended, 1);
+}
+
+static void *cw_recv_task(void *arg) {
+  close_wake_t *cw = arg;
+  void *m;
+  cw_end(cw, weft_chan_recv(cw->ch, &m));
+  return NULL;
+}
+
+static void *cw_recv_thread(void *arg) {
+  return cw_recv_task(arg);
+}
+
+static void *cw_send_thread(void *arg) {
+  close_wake_t *cw = arg;
+  assert_int_equal(weft_chan_send(cw->ch, (void *)1), 0);
+  return NULL;
+}
+
+static void chan_close_wakes_every_receiver(void **state) {
+  weft_pool_t *pool = wt_pool_of(1);
+  weft_loop_t *loop = weft_pool_loop(pool, 0);
+  close_wake_t cw = {0};
+  g_cw = &cw;
+  assert_int_equal(weft_chan_new(&cw.ch, 1), 0);
+  weft_task_t *t[CW_TASKS];
+  for (int i = 0; i < CW_TASKS; i++)
+    assert_int_equal(weft_spawn(loop, cw_recv_task, &cw, &t[i]), 0);
+  pthread_t r[CW_THREADS], s;
+  for (int i = 0; i < CW_THREADS; i++)
+    assert_int_equal(pthread_create(&r[i], NULL, cw_recv_thread, &cw), 0);
+  /* Every receiving task parked on the empty channel. */
+  weft_stats_t st;
+  do {
+    uv_sleep(1);
+    assert_int_equal(weft_loop_stats(loop, &st), 0);
+  } while (st.waiting < CW_TASKS);
+
+  weft__chan_claimed_hook = cw_hold;
+  assert_int_equal(pthread_create(&s, NULL, cw_send_thread, &cw), 0);
+  while (atomic_load(&cw.claimed) == 0)
+    uv_sleep(1);
+  weft__chan_claimed_hook = NULL;
+  uint64_t steps = st.switches;
+  assert_int_equal(weft_chan_close(cw.ch), 0);
+  /* The woken tasks ran, found the claimed cell, and parked again. */
+  do {
+    uv_sleep(1);
+    assert_int_equal(weft_loop_stats(loop, &st), 0);
+  } while (st.switches < steps + CW_TASKS || st.waiting < CW_TASKS);
+  assert_int_equal(atomic_load(&cw.ended), 0);
+
+  atomic_store(&cw.go, 1);
+  assert_int_equal(pthread_join(s, NULL), 0);
+  if (!wt_wait_ge(&cw.ended, CW_TASKS + CW_THREADS, 10000))
+    fail_msg("%d of %d receivers still blocked 10 s after the close and the last send",
+             CW_TASKS + CW_THREADS - atomic_load(&cw.ended), CW_TASKS + CW_THREADS);
+  assert_int_equal(atomic_load(&cw.got), 1);
+  assert_int_equal(atomic_load(&cw.closed), CW_TASKS + CW_THREADS - 1);
+  assert_int_equal(weft_gather(t, CW_TASKS, NULL, NULL), 0);
+  for (int i = 0; i < CW_TASKS; i++)
+    weft_task_release(t[i]);
+  for (int i = 0; i < CW_THREADS; i++)
+    assert_int_equal(pthread_join(r[i], NULL), 0);
+  weft_chan_release(cw.ch);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
 static void chan_sends_racing_close(void **state) {
   weft_pool_t *pool = wt_pool_of(2);
   for (int round = 0; round < 5; round++) {
@@ -1169,6 +1270,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(chan_across_loops),
     cmocka_unit_test(chan_million_over_four_loops),
     cmocka_unit_test(chan_sends_racing_close),
+    cmocka_unit_test(chan_close_wakes_every_receiver),
     cmocka_unit_test(chan_refcount),
 };
 
