@@ -73,6 +73,11 @@ extern "C" {
 #define WEFT_EPENDING (-30002)      /**< the task has not ended yet */
 #define WEFT_ECLOSED (-30003)       /**< the channel or object is closed */
 #define WEFT_EDEADLK (-30004)       /**< a task tried to await itself */
+#define WEFT_ENOBUFS UV_ENOBUFS     /**< a bounded resource is full (nested deadline scopes, ...) */
+#define WEFT_EOF UV_EOF             /**< the peer closed the stream first */
+
+/** A timeout that never ends (weft_select's, and wherever a timeout in ms is taken). */
+#define WEFT_FOREVER UINT64_MAX
 
 /** Returns a static English sentence naming err (any WEFT_E* code, any libuv
  * code, or a code a task passed to weft_task_fail). Any thread. Never NULL. */
@@ -308,7 +313,12 @@ WEFT_API void weft_dump(FILE *out);
  * task is handed over through the loop's inbox, and the handle is valid at
  * once. Errors: WEFT_EINVAL (fn NULL, no loop given and none current, or the
  * loop is closing), WEFT_ESHUTDOWN (from another thread: the loop is closing,
- * or its pool is shutting down), WEFT_ENOMEM. */
+ * or its pool is shutting down), WEFT_ENOMEM.
+ *
+ * From C++: fn must not let an exception escape. A task runs on a stack of
+ * its own, with no frame that could catch it, so an escaping exception
+ * terminates the process (std::terminate), as from a thread's function;
+ * catch everything inside fn and turn it into a status (weft_task_fail). */
 WEFT_API int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task);
 
 /** await task: suspends the calling task until task ends, then returns its
@@ -377,15 +387,51 @@ WEFT_API void weft_task_release(weft_task_t *task);
 /** The task running on this thread, or NULL outside a task. Any thread. */
 WEFT_API weft_task_t *weft_task_current(void);
 
-/** asyncio.timeout(): sets the calling task's deadline to timeout_ms from now.
- * Every await of the task that is still waiting when the deadline passes
- * returns WEFT_ETIMEDOUT (what it awaited is cancelled, as with weft_wait_for)
- * and so does every await after it, until weft_deadline_clear(). A new call
- * replaces the old deadline. Never suspends. WEFT_ENOTASK outside a task. */
+/** Sets the calling task's base deadline to timeout_ms from now: the
+ * outermost one, which weft_deadline_push scopes nest inside. Every await of
+ * the task that is still waiting when the task's deadline passes returns
+ * WEFT_ETIMEDOUT (what it awaited is cancelled, as with weft_wait_for), and
+ * so does every await after it, until the deadline is cleared or moved. A
+ * new call replaces the base deadline (later or earlier: the task's own
+ * idle timeout, pushed forward on every request); pushed scopes still bound
+ * it. Never suspends. WEFT_ENOTASK outside a task. */
 WEFT_API int weft_deadline_set(uint64_t timeout_ms);
 
-/** Removes the calling task's deadline. WEFT_ENOTASK outside a task. */
+/** Removes the calling task's base deadline (pushed scopes stay).
+ * WEFT_ENOTASK outside a task. */
 WEFT_API int weft_deadline_clear(void);
+
+/** asyncio.timeout() / Trio's move_on_after as a scope: pushes a deadline
+ * timeout_ms from now (WEFT_FOREVER: a scope with none). Until the matching
+ * weft_deadline_pop, the task's deadline is the earliest of its base
+ * deadline and every scope pushed: an inner scope never extends an outer
+ * one, so a helper that bounds its own work cannot lift its caller's
+ * bound. Scopes nest up to 8 deep. Never suspends. Errors: WEFT_ENOTASK
+ * outside a task; WEFT_ENOBUFS with 8 scopes pushed already. */
+WEFT_API int weft_deadline_push(uint64_t timeout_ms);
+
+/** Pops the innermost scope weft_deadline_push made. Never suspends.
+ * Errors: WEFT_ENOTASK outside a task; WEFT_EINVAL when no scope is pushed,
+ * or inside a shielded section when the innermost scope was pushed before
+ * the section began. */
+WEFT_API int weft_deadline_pop(void);
+
+/** Trio's shielded scope: from here to the matching weft_shield_end, the
+ * calling task's awaits are not interrupted by cancellation, nor by its base
+ * deadline or scopes pushed before this call; a scope pushed inside the
+ * section does apply, so cleanup can be bounded. A cancel that comes
+ * meanwhile, or was already pending, is held: the first await after the
+ * outermost weft_shield_end returns WEFT_ECANCELED. Use it for the cleanup
+ * of a cancelled task: stopping and awaiting a child, flushing a reply,
+ * closing a connection politely. Sections nest. Never suspends. Outside a
+ * task it does nothing (debug mode says so). weft_await_shielded is
+ * different: it does not pass the waiter's cancellation on to the awaited
+ * task (asyncio.shield). */
+WEFT_API void weft_shield_begin(void);
+
+/** Ends the innermost shielded section (see weft_shield_begin). Without one
+ * it does nothing (debug mode says so). Never suspends. */
+WEFT_API void weft_shield_end(void);
 
 /** Names a task for debugging (copied, at most 31 bytes kept). Loop-bound:
  * WEFT_EPERM from another thread. Unnamed tasks are called "task-<id>".

@@ -209,6 +209,10 @@ int weft__wakefd_wait(const weft__wakefd_t *w, int timeout_ms);
 
 /* ----------------------------------------------------------------- tasks */
 
+/* Nested deadline scopes a task may have pushed at once (weft_deadline_push
+ * returns WEFT_ENOBUFS beyond). */
+#define WEFT__DEADLINE_DEPTH 8
+
 enum weft__task_state {
   WEFT__NEW = 0,   /* spawned, in the ready queue, never run */
   WEFT__READY,     /* in the ready queue */
@@ -239,7 +243,15 @@ struct weft_task {
   weft__wait_t *wait;        /* while WAITING */
   weft__stack_t *stack;      /* from the first run to the end */
   weft__coro_t coro;
-  uint64_t deadline;         /* loop ms; 0 = none */
+  uint64_t deadline;         /* loop ms; 0 = none: the one await points obey,
+                                the earliest of deadline_base and the pushed
+                                scopes (inside a shield, of the scopes pushed
+                                since it began only); see weft__deadline_update */
+  uint64_t deadline_base;    /* weft_deadline_set's; 0 = none */
+  uint64_t deadline_scope[WEFT__DEADLINE_DEPTH]; /* weft_deadline_push's, innermost last */
+  unsigned ndeadlines;       /* scopes pushed */
+  unsigned shield;           /* weft_shield_begin depth; 0 = not shielded */
+  unsigned shield_floor;     /* ndeadlines when the outermost shield began */
   weft__timer_t deadline_timer;
   weft_group_t *group;       /* set for group children */
   uint64_t id;
@@ -251,6 +263,14 @@ struct weft_task {
 };
 
 #define WEFT__TASK_MAGIC 0x7461736bu /* "task" */
+
+/* Whether a cancel of t takes effect at its await points now: it was asked
+ * for, and t is not inside a shielded section (weft_shield_begin). */
+static inline bool weft__cancel_pending(const weft_task_t *t) {
+  return t->cancelled && t->shield == 0;
+}
+/* Recomputes t->deadline after a change to its scopes or shield. */
+void weft__deadline_update(weft_task_t *t);
 
 int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out);
 int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
@@ -448,6 +468,10 @@ void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);
 void weft__loops_add(weft_loop_t *loop, const char *name);
 void weft__loops_remove(weft_loop_t *loop);
 size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void *arg);
+/* Pushes m to loop's inbox if loop is still registered (not yet freed),
+ * for a sender that holds nothing that keeps loop alive; compares
+ * pointers only, so loop may be dangling. WEFT_ESHUTDOWN if it is gone. */
+int weft__loops_push(weft_loop_t *loop, weft__msg_t *m);
 /* trace.c's part of the fork guard. */
 void weft__trace_fork_prepare(void);
 void weft__trace_fork_done(void);

@@ -99,12 +99,17 @@ static bool join_interrupt(weft__wait_t *w, int err) {
     if (!node->remote) {
       weft__queue_remove(&node->link);
       node_fired(node, 0);
-    } else {
+    } else if (weft_task_status(node->target) == WEFT_EPENDING) {
       node->unreg_msg.run = unregister_run;
-      /* A closed inbox: that loop has ended the target and its FIRE is on
+      /* Pushed only while that loop is still registered (it may end and
+       * be freed at any moment: a pool shutting down). Refused, or a
+       * closed inbox: that loop has ended the target and its FIRE is on
        * the way. */
-      weft__inbox_push(node->target->loop, &node->unreg_msg, false);
+      weft__loops_push(node->target->loop, &node->unreg_msg);
     }
+    /* Else the target has ended: its FIRE is in this loop's inbox or on
+     * its way, and its loop may be gone already, so nothing is sent
+     * there. */
   }
   return jw->pending == 0;
 }
@@ -242,6 +247,16 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   *joined = false;
   *first_err = 0;
   int err = weft__await_begin(&self, fn);
+  /* A cancel already pending, or a deadline already passed, as the task
+   * starts to wait: asyncio cancels what the await would have waited on,
+   * and so does weft, for every join but a shielded one (which leaves the
+   * awaited task alone and returns at once). The join then waits for those
+   * tasks to unwind, as when the cut comes during the wait. */
+  int cut = 0;
+  if ((err == WEFT_ECANCELED || err == WEFT_ETIMEDOUT) && !shielded) {
+    cut = err;
+    err = 0;
+  }
   if (!err)
     err = check_handles(tasks, n, fn);
   if (err)
@@ -287,9 +302,13 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
     if (weft__inbox_push(t->loop, &node->msg, false) != 0)
       node_fired(node, wait_ended(t));
   }
-  int result = 0;
+  int result = cut;
+  if (cut) {
+    jw.base.interrupted = cut;
+    cancel_pending(&jw);
+  }
   if (jw.pending > 0) {
-    if (has_timeout) {
+    if (has_timeout && !cut) {
       weft_loop_t *loop = self->loop;
       uv_update_time(&loop->uv);
       uint64_t now = weft__now(loop);

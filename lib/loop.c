@@ -196,7 +196,8 @@ int weft__park(weft__wait_t *w) {
   weft_task_t *t = w->task;
   weft_loop_t *loop = t->loop;
   WEFT__ASSERT(t == loop->current && t->state == WEFT__RUNNING);
-  w->interrupted = 0;
+  /* w->interrupted is the wait's own: zero, or an error the await point
+   * recorded before parking (a join that a pending cancel cut at once). */
   if (w->kind == WEFT_WAIT_YIELD) {
     t->state = WEFT__READY;
     weft__ready(loop, t);
@@ -215,7 +216,7 @@ int weft__park(weft__wait_t *w) {
    * already over, but before it resumed, still ends this await: nothing is
    * lost by it (joins and channels keep what they delivered). */
   if (result == 0 && (w->kind == WEFT_WAIT_YIELD || w->kind == WEFT_WAIT_SLEEP)) {
-    if (t->cancelled) {
+    if (weft__cancel_pending(t)) {
       result = WEFT_ECANCELED;
     } else if (deadline_passed(t, true)) {
       result = WEFT_ETIMEDOUT;
@@ -245,6 +246,10 @@ void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause) {
 void weft__interrupt(weft_task_t *t, int err) {
   if (t->state != WEFT__WAITING)
     return;
+  /* A shielded task keeps waiting; the cancel is held until the section
+   * ends (its deadline is the section's own: weft__deadline_update). */
+  if (err == WEFT_ECANCELED && t->shield)
+    return;
   weft__wait_t *w = t->wait;
   if (!w->interrupt || w->interrupted)
     return;
@@ -262,7 +267,7 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
     weft__misuse(fn, "called outside a task (an await point needs a task to suspend)");
     return WEFT_ENOTASK;
   }
-  if (t->cancelled)
+  if (weft__cancel_pending(t))
     return WEFT_ECANCELED;
   if (deadline_passed(t, false))
     return WEFT_ETIMEDOUT;

@@ -63,6 +63,19 @@ size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void
   return n;
 }
 
+int weft__loops_push(weft_loop_t *loop, weft__msg_t *m) {
+  int err = WEFT_ESHUTDOWN;
+  pthread_mutex_lock(&loops_lock);
+  for (weft__queue_t *q = loops.next; q != &loops; q = q->next) {
+    if (weft__container_of(q, weft_loop_t, registry) == loop) {
+      err = weft__inbox_push(loop, m, false);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&loops_lock);
+  return err;
+}
+
 const char *weft_loop_name(const weft_loop_t *loop) {
   return loop ? loop->name : "(null)";
 }

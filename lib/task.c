@@ -39,6 +39,10 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   t->wait = NULL;
   t->stack = NULL;
   t->deadline = 0;
+  t->deadline_base = 0;
+  t->ndeadlines = 0;
+  t->shield = 0;
+  t->shield_floor = 0;
   weft__timer_init(&t->deadline_timer, NULL);
   t->group = NULL;
   t->id = atomic_fetch_add_explicit(&loop->next_id, 1, memory_order_relaxed);
@@ -302,10 +306,22 @@ const char *weft_task_name(const weft_task_t *t) {
 typedef struct sleep_wait {
   weft__wait_t base;
   weft__timer_t timer;
+  uint64_t end_ns;   /* uv_hrtime() at which the sleep may end */
 } sleep_wait_t;
 
+/* The timer is in the loop's whole milliseconds, read from a clock that may
+ * be coarse: a 3 ms sleep begun late in a millisecond could fire after 2.1
+ * ms of real time. So the precise clock has the last word, and a timer that
+ * came early goes again for what is left: a sleep never ends early. */
 static void sleep_fire(weft__timer_t *timer) {
   sleep_wait_t *sw = weft__container_of(timer, sleep_wait_t, timer);
+  uint64_t now = uv_hrtime();
+  if (now < sw->end_ns) {
+    weft_loop_t *loop = sw->base.task->loop;
+    uint64_t left_ms = (sw->end_ns - now + 999999) / 1000000;
+    weft__timer_start(loop, timer, weft__now(loop) + left_ms);
+    return;
+  }
   weft__wake(&sw->base, 0, WEFT_WAKE_DONE);
 }
 
@@ -330,6 +346,8 @@ int weft_sleep(uint64_t ms) {
   };
   weft__timer_init(&sw.timer, sleep_fire);
   sw.base.what = &sw.timer;
+  uint64_t start = uv_hrtime();
+  sw.end_ns = ms > (UINT64_MAX - start) / 1000000 ? UINT64_MAX : start + ms * 1000000;
   uint64_t now = weft__now(loop);
   weft__timer_start(loop, &sw.timer, ms > UINT64_MAX - now ? UINT64_MAX : now + ms);
   return weft__park(&sw.base);
@@ -346,26 +364,111 @@ int weft_yield(void) {
   return weft__park(&w);
 }
 
-int weft_deadline_set(uint64_t timeout_ms) {
-  weft_task_t *t = weft__current();
-  if (!t) {
-    weft__misuse("weft_deadline_set", "called outside a task");
-    return WEFT_ENOTASK;
-  }
+/* ----------------------------------------------- deadlines and shields */
+
+/* The task's deadline from now + timeout_ms, by the loop's clock (read
+ * afresh); never 0, which means none. */
+static uint64_t deadline_from_now(weft_task_t *t, uint64_t timeout_ms) {
   uv_update_time(&t->loop->uv);
   uint64_t now = weft__now(t->loop);
-  t->deadline = timeout_ms > UINT64_MAX - now - 1 ? UINT64_MAX : now + timeout_ms;
-  if (t->deadline == 0)
-    t->deadline = 1;
+  uint64_t due = timeout_ms > UINT64_MAX - now - 1 ? UINT64_MAX : now + timeout_ms;
+  return due ? due : 1;
+}
+
+static uint64_t earlier(uint64_t a, uint64_t b) {
+  return a == 0 ? b : b == 0 ? a : a < b ? a : b;
+}
+
+void weft__deadline_update(weft_task_t *t) {
+  /* Inside a shield only the scopes pushed since it began count: the
+   * section's cleanup can be bounded, but no enclosing deadline cuts it. */
+  unsigned from = t->shield ? t->shield_floor : 0;
+  uint64_t d = t->shield ? 0 : t->deadline_base;
+  for (unsigned i = from; i < t->ndeadlines; i++)
+    d = earlier(d, t->deadline_scope[i]);
+  /* A later deadline leaves the armed timer where it is; it moves itself
+   * when it fires early (deadline_fire in loop.c). */
+  t->deadline = d;
+}
+
+/* The calling task, or NULL with a misuse line for fn. */
+static weft_task_t *task_or_misuse(const char *fn) {
+  weft_task_t *t = weft__current();
+  if (!t)
+    weft__misuse(fn, "called outside a task");
+  return t;
+}
+
+int weft_deadline_set(uint64_t timeout_ms) {
+  weft_task_t *t = task_or_misuse("weft_deadline_set");
+  if (!t)
+    return WEFT_ENOTASK;
+  t->deadline_base = deadline_from_now(t, timeout_ms);
+  weft__deadline_update(t);
   return 0;
 }
 
 int weft_deadline_clear(void) {
-  weft_task_t *t = weft__current();
-  if (!t) {
-    weft__misuse("weft_deadline_clear", "called outside a task");
+  weft_task_t *t = task_or_misuse("weft_deadline_clear");
+  if (!t)
     return WEFT_ENOTASK;
-  }
-  t->deadline = 0;
+  t->deadline_base = 0;
+  weft__deadline_update(t);
   return 0;
+}
+
+int weft_deadline_push(uint64_t timeout_ms) {
+  weft_task_t *t = task_or_misuse("weft_deadline_push");
+  if (!t)
+    return WEFT_ENOTASK;
+  if (t->ndeadlines == WEFT__DEADLINE_DEPTH) {
+    weft__misuse("weft_deadline_push", "more than %d deadline scopes nested at once",
+                 WEFT__DEADLINE_DEPTH);
+    return WEFT_ENOBUFS;
+  }
+  t->deadline_scope[t->ndeadlines++] =
+    timeout_ms == WEFT_FOREVER ? 0 : deadline_from_now(t, timeout_ms);
+  weft__deadline_update(t);
+  return 0;
+}
+
+int weft_deadline_pop(void) {
+  weft_task_t *t = task_or_misuse("weft_deadline_pop");
+  if (!t)
+    return WEFT_ENOTASK;
+  if (t->ndeadlines == 0) {
+    weft__misuse("weft_deadline_pop", "no deadline scope to pop");
+    return WEFT_EINVAL;
+  }
+  if (t->shield && t->ndeadlines == t->shield_floor) {
+    weft__misuse("weft_deadline_pop", "the scope was pushed before the shielded section began: "
+                                      "end the section first");
+    return WEFT_EINVAL;
+  }
+  t->ndeadlines--;
+  weft__deadline_update(t);
+  return 0;
+}
+
+void weft_shield_begin(void) {
+  weft_task_t *t = task_or_misuse("weft_shield_begin");
+  if (!t)
+    return;
+  if (t->shield++ == 0)
+    t->shield_floor = t->ndeadlines;
+  weft__deadline_update(t);
+}
+
+void weft_shield_end(void) {
+  weft_task_t *t = task_or_misuse("weft_shield_end");
+  if (!t)
+    return;
+  if (t->shield == 0) {
+    weft__misuse("weft_shield_end", "no shielded section to end");
+    return;
+  }
+  t->shield--;
+  /* A cancel held meanwhile takes effect at the next await point
+   * (weft__cancel_pending), and the enclosing deadlines apply again. */
+  weft__deadline_update(t);
 }
