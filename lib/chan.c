@@ -64,13 +64,10 @@ struct weft_chan {
 };
 
 typedef struct chan_waiter {
-  weft__wait_t base;        /* a task's wait (unused by plain threads) */
+  weft__waiter_t waiter;    /* a task or a plain thread (waiter.c) */
   weft__queue_t link;       /* on a wait list while pending */
   waitlist_t *wl;
   weft_chan_t *ch;
-  weft_loop_t *loop;        /* the waiting task's loop; NULL: plain thread */
-  pthread_cond_t *cond;     /* the plain thread's condition */
-  weft__msg_t wake_msg;     /* a wake-up from another thread */
 } chan_waiter_t;
 
 int weft_chan_new(weft_chan_t **out, size_t capacity) {
@@ -186,11 +183,7 @@ static int ring_recv(weft_chan_t *ch, void **msg) {
 
 /* ------------------------------------------------------------- waiting */
 
-static void wake_run(weft__msg_t *m, weft_loop_t *loop) {
-  (void)loop;
-  chan_waiter_t *w = weft__container_of(m, chan_waiter_t, wake_msg);
-  weft__wake(&w->base, 0, WEFT_WAKE_DONE);
-}
+static bool chan_interrupt(weft__wait_t *base, int err);
 
 static void unlink_waiter(chan_waiter_t *w) {
   weft__queue_remove(&w->link);
@@ -201,15 +194,7 @@ static void unlink_waiter(chan_waiter_t *w) {
  * try again. */
 static void wake_waiter(chan_waiter_t *w) {
   unlink_waiter(w);
-  if (!w->loop) {
-    pthread_cond_signal(w->cond);
-  } else if (w->loop == weft__tls.running) {
-    weft__wake(&w->base, 0, WEFT_WAKE_DONE);
-  } else if (weft__inbox_push(w->loop, &w->wake_msg, false) != 0) {
-    /* Cannot happen: a loop keeps its inbox open while any of its tasks
-     * lives, and this one is parked here. */
-    weft__fatal("channel: the waiting task's loop no longer takes messages");
-  }
+  weft__waiter_wake(&w->waiter, 0);
 }
 
 static void notify_all(weft_chan_t *ch, waitlist_t *wl) {
@@ -240,7 +225,7 @@ static void notify(weft_chan_t *ch, waitlist_t *wl) {
 
 static bool chan_interrupt(weft__wait_t *base, int err) {
   (void)err;
-  chan_waiter_t *w = weft__container_of(base, chan_waiter_t, base);
+  chan_waiter_t *w = weft__container_of(base, chan_waiter_t, waiter.base);
   pthread_mutex_lock(&w->ch->lock);
   bool pending = weft__queue_linked(&w->link);
   if (pending)
@@ -271,9 +256,9 @@ static int try_op(op_t *op) {
  * wake-up (try again), or the cancel or deadline error. */
 static int wait_once(op_t *op, weft_task_t *t) {
   weft_chan_t *ch = op->ch;
-  chan_waiter_t w = {.base = {.kind = WEFT_WAIT_CHAN, .arg = op->send, .what = ch}, .ch = ch};
-  w.wl = op->send ? &ch->senders : &ch->receivers;
-  pthread_cond_t cond;
+  chan_waiter_t w = {.ch = ch, .wl = op->send ? &ch->senders : &ch->receivers};
+  weft__waiter_init(&w.waiter, t, WEFT_WAIT_CHAN, ch, chan_interrupt);
+  w.waiter.base.arg = op->send;
 
   pthread_mutex_lock(&ch->lock);
   weft__queue_insert_tail(&w.wl->list, &w.link);
@@ -283,25 +268,15 @@ static int wait_once(op_t *op, weft_task_t *t) {
   if (err != WEFT_EAGAIN) {
     unlink_waiter(&w);
     pthread_mutex_unlock(&ch->lock);
+    weft__waiter_destroy(&w.waiter);
     if (err == 0)
       notify(ch, op->send ? &ch->receivers : &ch->senders);
     return err;
   }
-  if (!t) {
-    pthread_cond_init(&cond, NULL);
-    w.cond = &cond;
-    while (weft__queue_linked(&w.link))
-      pthread_cond_wait(&cond, &ch->lock);
-    pthread_mutex_unlock(&ch->lock);
-    pthread_cond_destroy(&cond);
-    return WEFT_EAGAIN;
-  }
-  w.loop = t->loop;
-  w.wake_msg.run = wake_run;
-  w.base.task = t;
-  w.base.interrupt = chan_interrupt;
   pthread_mutex_unlock(&ch->lock);
-  err = weft__park(&w.base);
+  /* A wake may come between the unlock and the wait: the waiter keeps it. */
+  err = weft__waiter_wait(&w.waiter);
+  weft__waiter_destroy(&w.waiter);
   return err ? err : WEFT_EAGAIN;
 }
 

@@ -22,9 +22,7 @@
 typedef struct dump_req {
   weft__msg_t msg;
   atomic_int refs;          /* the dumping thread's and the loop's */
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  bool done;
+  weft__waiter_t waiter;    /* the dumping thread, until the loop answers */
   char *text;               /* the loop's part (open_memstream) */
   size_t len;
   char name[32];
@@ -33,8 +31,7 @@ typedef struct dump_req {
 static void req_unref(dump_req_t *r) {
   if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
     return;
-  pthread_cond_destroy(&r->cond);
-  pthread_mutex_destroy(&r->lock);
+  weft__waiter_destroy(&r->waiter);
   free(r->text);
   free(r);
 }
@@ -137,12 +134,9 @@ static void dump_run(weft__msg_t *m, weft_loop_t *loop) {
     describe(loop, f);
     fclose(f);
   }
-  pthread_mutex_lock(&r->lock);
   r->text = text;
   r->len = len;
-  r->done = true;
-  pthread_cond_signal(&r->cond);
-  pthread_mutex_unlock(&r->lock);
+  weft__waiter_wake(&r->waiter, 0);
   req_unref(r);
 }
 
@@ -172,8 +166,7 @@ static weft__msg_t *ask(weft_loop_t *loop, void *arg) {
     return NULL;
   r->msg.run = dump_run;
   atomic_init(&r->refs, 2);
-  pthread_mutex_init(&r->lock, NULL);
-  pthread_cond_init(&r->cond, NULL);
+  weft__waiter_init(&r->waiter, NULL, WEFT_WAIT_NONE, NULL, NULL);
   snprintf(r->name, sizeof r->name, "%s", loop->name);
   if (weft__inbox_push(loop, &r->msg, false) != 0) {
     r->refs = 1;
@@ -195,16 +188,11 @@ void weft_dump(FILE *out) {
   until.tv_sec += DUMP_WAIT_MS / 1000;
   for (size_t i = 0; i < d.n; i++) {
     dump_req_t *r = d.reqs[i];
-    pthread_mutex_lock(&r->lock);
-    while (!r->done)
-      if (pthread_cond_timedwait(&r->cond, &r->lock, &until) != 0)
-        break;
-    if (r->done && r->text)
-      fwrite(r->text, 1, r->len, out);
-    else if (!r->done)
+    if (weft__waiter_wait_ms(&r->waiter, &until) != 0)
       fprintf(out, "loop %s: no answer within %d ms (held by a long step, or not running)\n",
               r->name, DUMP_WAIT_MS);
-    pthread_mutex_unlock(&r->lock);
+    else if (r->text)
+      fwrite(r->text, 1, r->len, out);
     req_unref(r);
   }
   free(d.reqs);

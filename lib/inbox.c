@@ -25,11 +25,11 @@
  * counted before that, then closes the handle and the fd. */
 #include "internal.h"
 
-#include <sched.h>
 #include <stdlib.h>
 
 void weft__inbox_init(weft_loop_t *loop) {
   pthread_mutex_init(&loop->inbox_lock, NULL);
+  pthread_cond_init(&loop->inbox_quiet, NULL);
   loop->inbox_head = NULL;
   loop->inbox_tail = NULL;
   atomic_init(&loop->inbox_len, 0);
@@ -42,15 +42,23 @@ void weft__inbox_init(weft_loop_t *loop) {
 }
 
 void weft__inbox_destroy(weft_loop_t *loop) {
+  pthread_cond_destroy(&loop->inbox_quiet);
   pthread_mutex_destroy(&loop->inbox_lock);
 }
 
-/* Writes to the wake-up fd. Called after ring_begin said so, outside the
- * inbox lock: the woken loop often runs on the ringing thread's CPU at once,
- * and would then block on a lock the ringer still holds. */
+/* Writes to the wake-up fd. Called after ring_begin said so; the write is
+ * made outside the inbox lock (the woken loop often runs on the ringing
+ * thread's CPU at once, and would then block on a lock the ringer still
+ * holds), the count taken back under it, so that a closing loop can sleep
+ * until its last ring is written (weft__inbox_quiesce) and the ringer
+ * touches the loop no more once it has said so. */
 static void ring_end(weft_loop_t *loop) {
   weft__wakefd_signal(&loop->wakefd);
-  atomic_fetch_sub_explicit(&loop->ringing, 1, memory_order_release);
+  pthread_mutex_lock(&loop->inbox_lock);
+  if (atomic_fetch_sub_explicit(&loop->ringing, 1, memory_order_relaxed) == 1 &&
+      loop->inbox_closed)
+    pthread_cond_signal(&loop->inbox_quiet);
+  pthread_mutex_unlock(&loop->inbox_lock);
 }
 
 /* With the inbox lock held: counts a ring about to happen, which closing
@@ -164,6 +172,8 @@ void weft__inbox_close(weft_loop_t *loop) {
 /* Waits until the rings that began before the close have written, so the
  * fd can be closed. They are a system call away from done. */
 void weft__inbox_quiesce(weft_loop_t *loop) {
-  while (atomic_load_explicit(&loop->ringing, memory_order_acquire) != 0)
-    sched_yield();
+  pthread_mutex_lock(&loop->inbox_lock);
+  while (atomic_load_explicit(&loop->ringing, memory_order_relaxed) != 0)
+    pthread_cond_wait(&loop->inbox_quiet, &loop->inbox_lock);
+  pthread_mutex_unlock(&loop->inbox_lock);
 }

@@ -165,17 +165,55 @@ struct weft__wait {
   bool (*interrupt)(weft__wait_t *w, int err);
 };
 
-/* --------------------------------------------------------------- inbox */
+/* -------------------------------------------------------------- waiter */
 
-/* A message for a loop from another thread. It lives inside whatever it is
- * about (a task, a join node, a call) and run() executes on the loop's
- * thread, where it may free its own memory. */
+/* One waiter (waiter.c): a task parked on its loop, or a plain thread
+ * blocked on a condition variable, and the one way to wake either from any
+ * thread. Lives on the waiting side's stack (or in a request) for the
+ * length of the wait. */
 typedef struct weft__msg weft__msg_t;
 struct weft__msg {
   weft__msg_t *next;
   void (*run)(weft__msg_t *m, weft_loop_t *loop);
   bool traced;      /* its sending loop's trace has the start of its arrow */
 };
+
+typedef struct weft__waiter {
+  weft__wait_t base;       /* the task backend's wait record (base.task) */
+  weft_loop_t *loop;       /* the waiting task's loop; NULL: a plain thread */
+  pthread_mutex_t lock;    /* plain backend: guards done and result */
+  pthread_cond_t cond;     /* plain backend */
+  bool done;               /* woken before (or while) it waited */
+  bool posting;            /* plain backend: inside weft__waiter_post's work */
+  int result;              /* what the wait returns once done */
+  weft__msg_t msg;         /* a wake from another thread, through the inbox */
+} weft__waiter_t;
+
+/* t: the waiting task, or NULL for the calling plain thread. kind, what and
+ * interrupt describe a task's wait (weft__wait_t). */
+void weft__waiter_init(weft__waiter_t *w, weft_task_t *t, weft_wait_kind_t kind, const void *what,
+                       bool (*interrupt)(weft__wait_t *w, int err));
+void weft__waiter_destroy(weft__waiter_t *w);
+/* Waits until woken (a task: or cut by a cancel or deadline); returns the
+ * result of the wake (or the cut's error). */
+int weft__waiter_wait(weft__waiter_t *w);
+/* A plain thread's wait with an end (CLOCK_REALTIME): WEFT_ETIMEDOUT. */
+int weft__waiter_wait_ms(weft__waiter_t *w, const struct timespec *until);
+/* Any thread: the wait returns result. */
+void weft__waiter_wake(weft__waiter_t *w, int result);
+/* Any thread: runs m->run on the waiter's side (a task's loop thread, or
+ * under a plain waiter's lock), where it may call weft__waiter_wake. */
+void weft__waiter_post(weft__waiter_t *w, weft__msg_t *m);
+/* The waiting plain thread's own access to what its posts guard (no-ops for
+ * a task, whose posts run on its own thread). */
+void weft__waiter_lock(weft__waiter_t *w);
+void weft__waiter_unlock(weft__waiter_t *w);
+
+/* --------------------------------------------------------------- inbox */
+
+/* A message for a loop from another thread (weft__msg_t, above). It lives
+ * inside whatever it is about (a task, a join node, a call) and run()
+ * executes on the loop's thread, where it may free its own memory. */
 
 /* Messages drained per round at most (the rest wait for the next round). */
 #define WEFT__INBOX_BUDGET 1024
@@ -277,6 +315,9 @@ int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task
                 const char *caller);
 void weft__task_unref(weft_task_t *t);
 void weft__task_complete(weft_task_t *t, int status);
+/* Blocks until t has ended, for t of a loop whose inbox is closed (it ends
+ * its last tasks). */
+void weft__task_wait_ended(weft_task_t *t);
 extern atomic_uint_fast64_t weft__end_seq;
 void weft__task_entry(void) __attribute__((noreturn));
 
@@ -335,7 +376,9 @@ struct weft_loop {
   atomic_size_t inbox_len;
   atomic_int parked;         /* about to block, or blocked, in poll */
   atomic_int rung;           /* a push rang the loop since it parked */
-  atomic_int ringing;        /* rings decided but not yet written */
+  atomic_int ringing;        /* rings decided but not yet written (taken
+                                back under inbox_lock) */
+  pthread_cond_t inbox_quiet; /* ringing reached 0 after the close */
   bool inbox_closed;         /* under inbox_lock */
   bool refuse_spawns;        /* under inbox_lock: the pool is shutting down */
   atomic_uint_fast64_t wakeups_sent;

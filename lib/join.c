@@ -13,42 +13,33 @@
  * loop answers with exactly one FIRE message back, when the target ends, or
  * at once if it had already ended, or after an UNREGISTER (a shielded join
  * being cut). Because of that single answer the node stays valid until the
- * waiter has heard from the other loop, and the waiter's counters are only
- * ever touched on the waiter's own thread. A plain thread (running no loop)
- * registers the same way and is signalled through a condition variable. */
+ * waiter has heard from the other loop. The waiter is a task or a plain
+ * thread (running no loop) alike (waiter.c): answers run on its side (the
+ * task's thread, or under the plain waiter's lock), so its counters need no
+ * other guard. */
 #include "internal.h"
 
-#include <sched.h>
 #include <stdlib.h>
 
 typedef struct join_wait join_wait_t;
 
-typedef struct plain_join plain_join_t;
-
 typedef struct join_node {
   weft__queue_t link;   /* in target->joiners while registered there */
-  join_wait_t *jw;      /* a task's wait, or NULL */
-  plain_join_t *pj;     /* a plain thread's wait, or NULL */
+  join_wait_t *jw;
   weft_task_t *target;
-  bool remote;          /* the target runs on another loop than the waiter */
-  bool fired;           /* the waiter has seen this node end (its thread only) */
+  bool remote;          /* registered through the target's inbox */
+  bool fired;           /* the waiter has seen this node end (its side only) */
   bool unregistered;    /* cut by a shielded join: its status does not count */
   int status;           /* the target's status, carried by FIRE */
-  weft_loop_t *home;    /* the waiter's loop, for FIRE */
   weft__msg_t msg;      /* REGISTER there, then FIRE back */
   weft__msg_t unreg_msg; /* UNREGISTER there */
 } join_node_t;
 
-/* A plain thread (running no loop) blocked in weft_await or weft_gather. */
-struct plain_join {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  size_t pending;
-  int first_err;
-};
-
+/* The waiting side: a task, or a plain thread (waiter.c). Its counters are
+ * only ever touched on that side: the task's own thread, or under the
+ * plain waiter's lock (weft__waiter_post). */
 struct join_wait {
-  weft__wait_t base;
+  weft__waiter_t waiter;
   size_t pending;       /* nodes not yet fired */
   int first_err;        /* the first failure, in the order tasks ended */
   bool shielded;
@@ -63,34 +54,29 @@ static void cancel_pending(join_wait_t *jw) {
       weft_task_cancel(jw->nodes[i].target);
 }
 
-static void wake_if_done(join_wait_t *jw) {
-  if (jw->pending > 0)
-    return;
-  int cut = jw->base.interrupted;
-  weft__wake(&jw->base, cut,
-             cut == 0 ? WEFT_WAKE_DONE
-             : cut == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
-}
-
-/* A node's target has ended (or the node was unregistered). Waiter's thread. */
+/* A node's target has ended (or the node was unregistered): the waiter's
+ * side. The last one wakes the waiter, with the error that cut the wait if
+ * one did. */
 static void node_fired(join_node_t *node, int status) {
   join_wait_t *jw = node->jw;
   node->fired = true;
   if (!node->unregistered && status != 0 && jw->first_err == 0)
     jw->first_err = status;
-  jw->pending--;
+  if (--jw->pending == 0)
+    weft__waiter_wake(&jw->waiter, jw->waiter.base.interrupted);
 }
 
 static void unregister_run(weft__msg_t *m, weft_loop_t *loop);
 
 static bool join_interrupt(weft__wait_t *w, int err) {
-  join_wait_t *jw = weft__container_of(w, join_wait_t, base);
+  join_wait_t *jw = weft__container_of(w, join_wait_t, waiter.base);
   if (!jw->shielded) {
     cancel_pending(jw);
     return false;
   }
   /* Shielded: leave the awaited tasks alone. Local nodes come off at once;
-   * a remote node's memory is in use until its loop answers. */
+   * a remote node's memory is in use until its loop answers. node_fired
+   * is not called here: the wake it would make is this hook's answer. */
   for (size_t i = 0; i < jw->n; i++) {
     join_node_t *node = &jw->nodes[i];
     if (node->fired)
@@ -98,7 +84,8 @@ static bool join_interrupt(weft__wait_t *w, int err) {
     node->unregistered = true;
     if (!node->remote) {
       weft__queue_remove(&node->link);
-      node_fired(node, 0);
+      node->fired = true;
+      jw->pending--;
     } else if (weft_task_status(node->target) == WEFT_EPENDING) {
       node->unreg_msg.run = unregister_run;
       /* Pushed only while that loop is still registered (it may end and
@@ -116,42 +103,26 @@ static bool join_interrupt(weft__wait_t *w, int err) {
 
 static void join_timeout(weft__timer_t *timer) {
   join_wait_t *jw = weft__container_of(timer, join_wait_t, timeout);
-  weft__wait_t *w = &jw->base;
+  weft__wait_t *w = &jw->waiter.base;
   if (w->task->state == WEFT__WAITING && !w->interrupted) {
     w->interrupted = WEFT_ETIMEDOUT;
     cancel_pending(jw);
   }
 }
 
-/* On the target's loop: the thread may return (and its stack frame go) as
- * soon as the lock is released, so the node is not touched afterwards. */
-static void plain_fire(join_node_t *node, int status) {
-  plain_join_t *pj = node->pj;
-  pthread_mutex_lock(&pj->lock);
-  if (status != 0 && pj->first_err == 0)
-    pj->first_err = status;
-  if (--pj->pending == 0)
-    pthread_cond_signal(&pj->cond);
-  pthread_mutex_unlock(&pj->lock);
-}
-
-/* FIRE, on the waiter's loop. */
-static void remote_fire_run(weft__msg_t *m, weft_loop_t *loop) {
+/* FIRE, on the waiter's side. */
+static void fire_run(weft__msg_t *m, weft_loop_t *loop) {
+  (void)loop;
   join_node_t *node = weft__container_of(m, join_node_t, msg);
   node_fired(node, node->status);
-  wake_if_done(node->jw);
 }
 
-/* On the target's loop: send the node's single answer home. */
-static void send_fire(join_node_t *node, int status) {
-  if (node->pj) {
-    plain_fire(node, status);
-    return;
-  }
+/* The node's single answer, from wherever its target ended: run on the
+ * waiter's side (at once when that is this thread's loop). */
+static void fire(join_node_t *node, int status) {
   node->status = status;
-  node->msg.run = remote_fire_run;
-  if (weft__inbox_push(node->home, &node->msg, false) != 0)
-    weft__fatal("join: the awaiting task's loop no longer takes messages");
+  node->msg.run = fire_run;
+  weft__waiter_post(&node->jw->waiter, &node->msg);
 }
 
 /* REGISTER, on the target's loop. */
@@ -159,7 +130,7 @@ static void register_run(weft__msg_t *m, weft_loop_t *loop) {
   join_node_t *node = weft__container_of(m, join_node_t, msg);
   weft_task_t *t = node->target;
   if (t->state == WEFT__DONE)
-    send_fire(node, t->status);
+    fire(node, t->status);
   else
     weft__queue_insert_tail(&t->joiners, &node->link);
 }
@@ -170,7 +141,7 @@ static void unregister_run(weft__msg_t *m, weft_loop_t *loop) {
   join_node_t *node = weft__container_of(m, join_node_t, unreg_msg);
   if (weft__queue_linked(&node->link)) {
     weft__queue_remove(&node->link);
-    send_fire(node, 0);
+    fire(node, 0);
   }
 }
 
@@ -178,13 +149,7 @@ void weft__join_notify(weft_task_t *t) {
   while (!weft__queue_empty(&t->joiners)) {
     weft__queue_t *q = weft__queue_head(&t->joiners);
     weft__queue_remove(q);
-    join_node_t *node = weft__container_of(q, join_node_t, link);
-    if (node->pj || node->remote) {
-      send_fire(node, t->status);
-      continue;
-    }
-    node_fired(node, t->status);
-    wake_if_done(node->jw);
+    fire(weft__container_of(q, join_node_t, link), t->status);
   }
 }
 
@@ -228,25 +193,25 @@ static void nodes_put(join_node_t *nodes, join_node_t *small) {
     free(nodes);
 }
 
-/* A task whose loop's inbox is closed: that loop is ending its last tasks,
- * and ends every one of them before it goes. */
-static int wait_ended(weft_task_t *t) {
-  int st;
-  while ((st = weft_task_status(t)) == WEFT_EPENDING)
-    sched_yield();
-  return st;
-}
-
-/* Validates, registers and parks. Returns an error found before waiting
- * (*joined stays false: nothing was registered), or, once every task has
- * ended (or a shielded join was cut), 0 or the error that interrupted the
- * wait. *first_err gets the first failure among the tasks. */
+/* Validates, registers and waits, in a task or on a plain thread (t NULL).
+ * Returns an error found before waiting (*joined stays false: nothing was
+ * registered), or, once every task has ended (or a shielded join was cut),
+ * 0 or the error that interrupted the wait. *first_err gets the first
+ * failure among the tasks.
+ *
+ * A plain thread may not await a task of a loop it owns itself: that loop
+ * could never run meanwhile, so that is refused like any await outside a
+ * task (ended or not, so the answer does not depend on timing; the owner is
+ * copied into the task, so the check works after the loop is gone). */
 static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_ms,
                 bool has_timeout, int *first_err, bool *joined, const char *fn) {
-  weft_task_t *self;
+  weft_task_t *self = NULL;
+  bool plain = weft__tls.running == NULL;
   *joined = false;
   *first_err = 0;
-  int err = weft__await_begin(&self, fn);
+  if (plain && has_timeout)
+    return weft__await_begin(&self, fn); /* WEFT_ENOTASK: a timeout needs a task */
+  int err = plain ? 0 : weft__await_begin(&self, fn);
   /* A cancel already pending, or a deadline already passed, as the task
    * starts to wait: asyncio cancels what the await would have waited on,
    * and so does weft, for every join but a shielded one (which leaves the
@@ -262,9 +227,14 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   if (err)
     return err;
   for (size_t i = 0; i < n; i++) {
-    if (tasks[i] == self) {
+    if (!plain && tasks[i] == self) {
       weft__misuse(fn, "a task cannot await itself");
       return WEFT_EDEADLK;
+    }
+    if (plain && pthread_equal(tasks[i]->owner, pthread_self())) {
+      weft__misuse(fn, "called outside a task, on the thread that owns the task's loop "
+                       "(the loop could never run to end it)");
+      return WEFT_ENOTASK;
     }
   }
 
@@ -272,42 +242,50 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   join_node_t *nodes = nodes_get(small, n);
   if (!nodes)
     return WEFT_ENOMEM;
-  join_wait_t jw = {
-    .base = {.task = self, .kind = WEFT_WAIT_JOIN, .interrupt = join_interrupt},
-    .shielded = shielded,
-    .nodes = nodes,
-    .n = n,
-  };
+  join_wait_t jw = {.shielded = shielded, .nodes = nodes, .n = n};
+  weft__waiter_init(&jw.waiter, self, WEFT_WAIT_JOIN, n == 1 ? tasks[0] : NULL, join_interrupt);
   weft__timer_init(&jw.timeout, join_timeout);
-  jw.base.what = n == 1 ? tasks[0] : NULL;
   jw.first_err = first_ended_failure(tasks, n);
+  /* The error that cuts the wait, already known: every wake carries it. */
+  jw.waiter.base.interrupted = cut;
+  /* Every node counts as pending until it fires, and the set-up itself
+   * counts one more, so that nothing wakes the waiter before it is done.
+   * Nodes fire on the waiter's side: a plain waiter's lock is held while
+   * they are set up. */
+  jw.pending = n + 1;
+  weft__waiter_lock(&jw.waiter);
   for (size_t i = 0; i < n; i++) {
     weft_task_t *t = tasks[i];
     join_node_t *node = &nodes[i];
-    *node = (join_node_t){.jw = &jw, .target = t, .home = self->loop};
+    *node = (join_node_t){.jw = &jw, .target = t};
     weft__queue_init(&node->link);
-    node->remote = t->loop != self->loop;
-    int status = weft_task_status(t);
-    if (status != WEFT_EPENDING) {
+    if (weft_task_status(t) != WEFT_EPENDING) {
       node->fired = true;
+      jw.pending--;
       continue;
     }
-    jw.pending++;
-    if (!node->remote) {
+    if (!plain && t->loop == self->loop) {
       /* The same task twice is fine: each node fires once. */
       weft__queue_insert_tail(&t->joiners, &node->link);
       continue;
     }
+    node->remote = true;
     node->msg.run = register_run;
-    if (weft__inbox_push(t->loop, &node->msg, false) != 0)
-      node_fired(node, wait_ended(t));
+    if (weft__inbox_push(t->loop, &node->msg, false) != 0) {
+      /* That loop's inbox is closed: it is ending its last tasks. */
+      node->fired = true;
+      jw.pending--;
+      weft__task_wait_ended(t);
+    }
   }
-  int result = cut;
-  if (cut) {
-    jw.base.interrupted = cut;
+  if (--jw.pending == 0) /* the set-up's own count */
+    weft__waiter_wake(&jw.waiter, cut);
+  weft__waiter_unlock(&jw.waiter);
+
+  if (cut)
     cancel_pending(&jw);
-  }
-  if (jw.pending > 0) {
+  int result = cut;
+  if (!jw.waiter.done || plain) {
     if (has_timeout && !cut) {
       weft_loop_t *loop = self->loop;
       uv_update_time(&loop->uv);
@@ -315,79 +293,23 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
       weft__timer_start(loop, &jw.timeout,
                         timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms);
     }
-    result = weft__park(&jw.base);
-    weft__timer_stop(self->loop, &jw.timeout);
+    result = weft__waiter_wait(&jw.waiter);
+    if (!plain)
+      weft__timer_stop(self->loop, &jw.timeout);
+  } else {
+    result = jw.waiter.result;
   }
+  weft__waiter_destroy(&jw.waiter);
   *first_err = jw.first_err;
   *joined = true;
   nodes_put(nodes, small);
   return result;
 }
 
-/* weft_await and weft_gather on a thread that runs no loop: block it until
- * every task has ended. A task of a loop this very thread owns could never
- * run meanwhile, so that is refused like any await outside a task (ended or
- * not, so the answer does not depend on timing; the owner is copied into the
- * task, so the check works after the loop is gone). A task of another
- * thread's loop that has ended is read at once, without touching its loop,
- * which may be closed and freed by now. */
-static int plain_join(weft_task_t **tasks, size_t n, int *first_err, const char *fn) {
-  int err = check_handles(tasks, n, fn);
-  if (err)
-    return err;
-  for (size_t i = 0; i < n; i++) {
-    if (pthread_equal(tasks[i]->owner, pthread_self())) {
-      weft__misuse(fn, "called outside a task, on the thread that owns the task's loop "
-                       "(the loop could never run to end it)");
-      return WEFT_ENOTASK;
-    }
-  }
-  join_node_t small[SMALL_JOIN];
-  join_node_t *nodes = nodes_get(small, n);
-  if (!nodes)
-    return WEFT_ENOMEM;
-  plain_join_t pj = {.pending = n, .first_err = first_ended_failure(tasks, n)};
-  pthread_mutex_init(&pj.lock, NULL);
-  pthread_cond_init(&pj.cond, NULL);
-  for (size_t i = 0; i < n; i++) {
-    weft_task_t *t = tasks[i];
-    nodes[i] = (join_node_t){.pj = &pj, .target = t, .remote = true};
-    weft__queue_init(&nodes[i].link);
-    nodes[i].msg.run = register_run;
-    if (weft_task_status(t) != WEFT_EPENDING) {
-      plain_fire(&nodes[i], weft_task_status(t));
-      continue;
-    }
-    if (weft__inbox_push(t->loop, &nodes[i].msg, false) != 0)
-      plain_fire(&nodes[i], wait_ended(t));
-  }
-  pthread_mutex_lock(&pj.lock);
-  while (pj.pending > 0)
-    pthread_cond_wait(&pj.cond, &pj.lock);
-  pthread_mutex_unlock(&pj.lock);
-  *first_err = pj.first_err;
-  pthread_cond_destroy(&pj.cond);
-  pthread_mutex_destroy(&pj.lock);
-  nodes_put(nodes, small);
-  return 0;
-}
-
-static bool on_plain_thread(void) {
-  return weft__tls.running == NULL;
-}
-
 static int await_one(weft_task_t *task, void **result, bool shielded, uint64_t ms,
                      bool has_timeout, const char *fn) {
   int first_err;
   bool joined;
-  if (on_plain_thread() && !has_timeout) {
-    int err = plain_join(&task, 1, &first_err, fn);
-    if (err)
-      return err;
-    if (result)
-      *result = task->result;
-    return weft_task_status(task);
-  }
   int err = join(&task, 1, shielded, ms, has_timeout, &first_err, &joined, fn);
   if (joined && result && weft_task_status(task) != WEFT_EPENDING)
     *result = task->result;
@@ -410,18 +332,6 @@ int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result) {
 int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses) {
   int first_err;
   bool joined;
-  if (on_plain_thread()) {
-    int err = plain_join(tasks, n, &first_err, "weft_gather");
-    if (err)
-      return err;
-    for (size_t i = 0; i < n; i++) {
-      if (results)
-        results[i] = tasks[i]->result;
-      if (statuses)
-        statuses[i] = weft_task_status(tasks[i]);
-    }
-    return first_err;
-  }
   int err = join(tasks, n, false, 0, false, &first_err, &joined, "weft_gather");
   if (!joined)
     return err;

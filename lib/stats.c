@@ -62,18 +62,13 @@ static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
 typedef struct stats_req {
   weft__msg_t msg;
   weft_stats_t *out;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  bool done;
+  weft__waiter_t waiter;    /* the asking plain thread */
 } stats_req_t;
 
 static void stats_run(weft__msg_t *m, weft_loop_t *loop) {
   stats_req_t *r = weft__container_of(m, stats_req_t, msg);
   snapshot(loop, r->out);
-  pthread_mutex_lock(&r->lock);
-  r->done = true;
-  pthread_cond_signal(&r->cond);
-  pthread_mutex_unlock(&r->lock);
+  weft__waiter_wake(&r->waiter, 0);
 }
 
 int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
@@ -92,16 +87,10 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
   /* The loop drains its inbox until it is closed, so the request is
    * answered (a closing loop drains what was queued before the close). */
   stats_req_t r = {.msg = {.run = stats_run}, .out = out};
-  pthread_mutex_init(&r.lock, NULL);
-  pthread_cond_init(&r.cond, NULL);
+  weft__waiter_init(&r.waiter, NULL, WEFT_WAIT_NONE, NULL, NULL);
   int err = weft__inbox_push(loop, &r.msg, false);
-  if (!err) {
-    pthread_mutex_lock(&r.lock);
-    while (!r.done)
-      pthread_cond_wait(&r.cond, &r.lock);
-    pthread_mutex_unlock(&r.lock);
-  }
-  pthread_cond_destroy(&r.cond);
-  pthread_mutex_destroy(&r.lock);
+  if (!err)
+    weft__waiter_wait(&r.waiter);
+  weft__waiter_destroy(&r.waiter);
   return err;
 }

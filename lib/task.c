@@ -151,6 +151,20 @@ void weft__task_unref(weft_task_t *t) {
   }
 }
 
+/* Tasks that end on a loop whose inbox is closed (it is closing, and ends
+ * the spawns that reached it before the close) wake whoever waits for them
+ * here: a joiner the closed inbox refused. Rare, so one process-wide
+ * condition serves. */
+static pthread_mutex_t late_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t late_cond = PTHREAD_COND_INITIALIZER;
+
+void weft__task_wait_ended(weft_task_t *t) {
+  pthread_mutex_lock(&late_lock);
+  while (weft_task_status(t) == WEFT_EPENDING)
+    pthread_cond_wait(&late_cond, &late_lock);
+  pthread_mutex_unlock(&late_lock);
+}
+
 /* The task has ended: its status becomes final, every task awaiting it is
  * woken, and it leaves the loop's books. Its stack is still in use when this
  * runs from the task itself; the scheduler reclaims it after switching
@@ -170,6 +184,13 @@ void weft__task_complete(weft_task_t *t, int status) {
     loop->counters.failed++;
   /* Release: another thread that reads the status also sees the result. */
   __atomic_store_n(&t->status, status, __ATOMIC_RELEASE);
+  /* A task that ends after its loop closed its inbox: someone may wait for
+   * it in weft__task_wait_ended, having been refused by the inbox. */
+  if (loop->inbox_closed) {
+    pthread_mutex_lock(&late_lock);
+    pthread_cond_broadcast(&late_cond);
+    pthread_mutex_unlock(&late_lock);
+  }
   WEFT__EMIT(loop, WEFT_EV_DONE, t, WEFT_WAIT_NONE, 0, status);
   if (t->group)
     weft__group_child_done(t);
