@@ -31,6 +31,7 @@
 #ifndef WEFT_H
 #define WEFT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -162,6 +163,18 @@ typedef struct weft_loop_opts {
                                that holds the loop this long (see weft_log_set);
                                0: off, unless WEFT_DEBUG=1 is in the environment,
                                which makes it 100 */
+  uv_loop_t *uv;          /**< NULL: weft makes its own libuv loop. Else the
+                               application's own, already initialised, which
+                               it keeps running with its own uv_run on the
+                               thread that calls weft_loop_new: weft adds a
+                               prepare, a check and an idle handle to it and
+                               runs ready tasks from those phases, so an
+                               application can adopt weft step by step. Such
+                               a loop is closed by weft_loop_close outside the
+                               application's uv_run (the application then
+                               closes its libuv loop itself); weft_loop_run_*
+                               work on it too, outside uv_run. A pool ignores
+                               this field. */
 } weft_loop_opts_t;
 
 #define WEFT_STACK_SIZE_DEFAULT (256u * 1024u)
@@ -273,6 +286,14 @@ WEFT_API int weft_loop_call_soon(weft_loop_t *loop, void (*cb)(void *arg), void 
  * libuv's poll; once this was called it always parks in libuv's poll, so
  * that the application's handles, unreferenced ones too, get their events. */
 WEFT_API uv_loop_t *weft_loop_uv(weft_loop_t *loop);
+
+/** Whether h is one of weft's own libuv handles (a loop's timer, wake-up,
+ * prepare, check and idle handles; a stream's socket; an accept's poll), for
+ * the close-all idiom: an application that walks its libuv loop at exit
+ * (uv_walk) to close every handle skips these, which weft_loop_close closes
+ * itself. On the thread that runs the libuv loop. Costs a walk over weft's
+ * loops and that loop's open streams. False for NULL. */
+WEFT_API bool weft_is_internal_handle(const uv_handle_t *h);
 
 /** A consistent snapshot of loop's counters. On the loop's own thread it is
  * taken at once; from a thread that runs no loop, the loop takes it between
@@ -476,31 +497,40 @@ WEFT_API const char *weft_switch_method(void);
 
 /* --------------------------------------------------- structured groups */
 
-/** asyncio.TaskGroup: tasks spawned into a group are waited for together; the
- * first child to fail (a status other than 0 and WEFT_ECANCELED) cancels all
- * its siblings. Loop-bound use: one group serves tasks of one loop. */
+/** asyncio.TaskGroup, Go's errgroup: tasks spawned into a group are waited
+ * for together; the first child to fail (a status other than 0 and
+ * WEFT_ECANCELED) cancels all its siblings. A group spans loops: its
+ * children may run on any loops (a pool's, or other threads'), a failure on
+ * one loop cancels the siblings on every loop, and the wait works from a
+ * task of any loop or from a plain thread. Every group function may be
+ * called from any thread. */
 
 /** Creates an empty group owned by the caller. WEFT_EINVAL, WEFT_ENOMEM. */
 WEFT_API int weft_group_new(weft_group_t **g);
 
-/** Spawns fn(arg) on loop (NULL as in weft_spawn) as a child of g. Never
- * suspends. Errors: those of weft_spawn; WEFT_EPERM if loop belongs to
- * another thread (a group's children live on loops of its thread);
- * WEFT_ECANCELED if a child has already failed or the group's waiter was
- * cancelled (the group is cancelling); WEFT_EINVAL after weft_group_wait
- * returned. */
+/** Spawns fn(arg) on loop (NULL as in weft_spawn) as a child of g. Any
+ * thread; never suspends. Errors: those of weft_spawn; WEFT_ECANCELED if a
+ * child has already failed or the group's waiter was cancelled (the group
+ * is cancelling); WEFT_EINVAL after weft_group_wait returned or after
+ * weft_group_release. */
 WEFT_API int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg);
 
 /** Waits until every child has ended. Returns 0, or the first child failure.
- * If the caller is cancelled (or its deadline passes) every child is
+ * If the calling task is cancelled (or its deadline passes) every child is
  * cancelled, the wait still lasts until all have ended, and it returns
- * WEFT_ECANCELED (or WEFT_ETIMEDOUT). Await point; WEFT_ENOTASK outside a
- * task. After it returns, the group accepts no more children. */
+ * WEFT_ECANCELED (or WEFT_ETIMEDOUT). Await point in a task; a plain thread
+ * (one that runs no loop) blocks until the children have ended. After it
+ * returns, the group accepts no more children. Errors: WEFT_ENOTASK in a
+ * libuv callback, on a thread with a loop of its own bound but not running
+ * (weft_loop_set_current), or on a plain thread that owns the loop of a
+ * child (that loop could never run meanwhile); WEFT_EINVAL (g NULL, waited for already
+ * or being waited for, released). */
 WEFT_API int weft_group_wait(weft_group_t *g);
 
-/** Frees the group. Children still running are cancelled and detached. If a
- * task is parked in weft_group_wait on it (a misuse), the children are
- * cancelled and the group is freed when that wait returns. NULL is ignored. */
+/** Gives the group back. Children still running are cancelled; the group's
+ * memory lives on until the last of them has ended (and a weft_group_wait
+ * in progress, a misuse, has returned). Any thread. NULL is ignored; a
+ * second release of the same group is fatal. */
 WEFT_API void weft_group_release(weft_group_t *g);
 
 /* ------------------------------------------------------------ channels */
@@ -625,7 +655,11 @@ WEFT_API int weft_listener_port(const weft_listener_t *l);
  * TCP_NODELAY set; the caller owns it and ends it with weft_stream_close.
  * When the process is out of file descriptors, accepting pauses (100 ms at
  * a time, no busy loop) and resumes once descriptors free up; the call goes
- * on waiting meanwhile. Errors: WEFT_ECLOSED (the listener was closed),
+ * on waiting meanwhile. A loop's accepts hand out at most 16 connections
+ * between two of its polls: past that, the next call waits for the loop to
+ * poll, so a crowd of connections that queued while the loop was busy is
+ * started a burst at a time, with the loop's other I/O served in between.
+ * Errors: WEFT_ECLOSED (the listener was closed),
  * WEFT_EINVAL (NULL; SINGLE mode: a loop other than the first accepting one;
  * other modes: a loop outside the listener's pool), WEFT_ENOTASK,
  * WEFT_ECANCELED, WEFT_ETIMEDOUT, WEFT_ENOMEM. */
@@ -654,8 +688,13 @@ WEFT_API int weft_tcp_connect(weft_stream_t **s, const char *host, int port);
  * detached), WEFT_EBUSY (another task is reading it), WEFT_ECLOSED (the
  * stream was closed meanwhile), WEFT_ENOTASK, WEFT_ECANCELED,
  * WEFT_ETIMEDOUT (nothing was read), or the socket's error (UV_ECONNRESET,
- * ...). The stream reads ahead into a 16 KiB buffer, and stops reading from
- * the socket while that buffer is full (backpressure). */
+ * ...). A read whose deadline passes while it waits first takes what the
+ * socket holds by then, its end or its error: it times out only if the peer
+ * sent nothing, so a loop that ran late (a long round, a loaded machine)
+ * does not turn bytes that came in time into WEFT_ETIMEDOUT. The task's
+ * next await point still reports the deadline. The stream reads ahead into
+ * a 16 KiB buffer, and stops reading from the socket while that buffer is
+ * full (backpressure). */
 WEFT_API ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len);
 
 /** Writes len bytes (await point). A write of up to 4 KiB, while nothing

@@ -55,6 +55,6 @@ bool weft__clock_reached(weft_loop_t *loop, uint64_t due) {
     return true;
   if (due > weft__coarse_ns() / 1000000 + coarse_tick_ms() + 1)
     return false;
-  uv_update_time(&loop->uv);
+  uv_update_time(loop->uv);
   return weft__now(loop) >= due;
 }

@@ -89,7 +89,7 @@ static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
 
 /* The loop's part of the dump. Loop thread. */
 static void describe(weft_loop_t *loop, FILE *f) {
-  uv_update_time(&loop->uv);
+  uv_update_time(loop->uv);
   uint64_t now_ms = weft__now(loop);
   fprintf(f, "loop %s: %zu live tasks (%zu ready, %zu waiting), round %llu\n", loop->name,
           loop->nlive, loop->nready, loop->nwaiting, (unsigned long long)loop->round);

@@ -1,20 +1,31 @@
-/* Structured task groups (asyncio.TaskGroup). A group keeps its live children
- * on a list; a child that ends leaves the list, and the first child to fail
- * (a status other than 0 and WEFT_ECANCELED) cancels its siblings. The group's
- * waiter parks until the list is empty, which also covers children spawned
- * while it waits. */
+/* Structured task groups (asyncio.TaskGroup, Go's errgroup), across loops. A
+ * group keeps its live children on a list; a child that ends leaves the
+ * list, and the first child to fail (a status other than 0 and
+ * WEFT_ECANCELED) cancels its siblings, on whatever loops they run. The
+ * group's waiter (a task on any loop, or a plain thread: waiter.c) waits
+ * until the list is empty, which also covers children spawned while it
+ * waits.
+ *
+ * Children end on their own loops' threads, so the group's state is guarded
+ * by its lock, and the group is reference counted: its owner holds one
+ * reference until weft_group_release, and every child on its list holds
+ * one, so a child that ends after the release still finds it. A child is
+ * put on the list before its loop can run it (weft__spawn_prepare, then
+ * weft__spawn_publish). */
 #include "internal.h"
 
 #include <stdlib.h>
 
 struct weft_group {
+  pthread_mutex_t lock;     /* guards every field below but refs */
+  atomic_int refs;          /* the owner's, until released, and each child's */
   weft__queue_t children;   /* live children, through task->group_link */
   size_t nchildren;
   int err;                  /* the first child failure, 0 if none */
   bool aborting;            /* the waiter was cancelled: no new children */
   bool waited;              /* weft_group_wait has returned */
-  bool release_pending;     /* released while waited for: the wait frees it */
-  weft__wait_t *waiter;     /* the parked weft_group_wait, if any */
+  bool released;            /* the owner gave it back */
+  weft__waiter_t *waiter;   /* the waiting task or plain thread, if any */
 };
 
 int weft_group_new(weft_group_t **out) {
@@ -23,42 +34,78 @@ int weft_group_new(weft_group_t **out) {
   weft_group_t *g = weft__calloc(1, sizeof *g);
   if (!g)
     return WEFT_ENOMEM;
+  pthread_mutex_init(&g->lock, NULL);
+  atomic_init(&g->refs, 1);
   weft__queue_init(&g->children);
   *out = g;
   return 0;
 }
 
+static void group_unref(weft_group_t *g) {
+  if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  pthread_mutex_destroy(&g->lock);
+  free(g);
+}
+
+/* With the lock held. A cancel never ends a task at once (it ends on its
+ * loop, later), so nothing here comes back to this group's lock. */
 static void cancel_children(weft_group_t *g) {
   for (weft__queue_t *q = g->children.next; q != &g->children; q = q->next)
     weft_task_cancel(weft__container_of(q, weft_task_t, group_link));
+}
+
+/* With the lock held: the last child has gone, the waiter may go. */
+static void wake_if_empty(weft_group_t *g) {
+  if (g->nchildren == 0 && g->waiter) {
+    weft__waiter_t *w = g->waiter;
+    g->waiter = NULL;
+    weft__waiter_wake(w, 0);
+  }
 }
 
 int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg) {
   weft_task_t *t;
   if (!g)
     return WEFT_EINVAL;
-  if (g->waited) {
-    weft__misuse("weft_group_spawn", "the group's wait has already returned");
-    return WEFT_EINVAL;
-  }
-  if (g->err || g->aborting)
-    return WEFT_ECANCELED;
-  weft_loop_t *target = loop ? loop : weft_loop_current();
-  if (target && !weft__on_owner(target)) {
-    weft__misuse("weft_group_spawn", "a group's children must be spawned on loops of this thread");
-    return WEFT_EPERM;
-  }
-  int err = weft__spawn(loop, fn, arg, false, &t, "weft_group_spawn");
+  int err = weft__spawn_prepare(loop, fn, arg, false, &t, "weft_group_spawn");
   if (err)
     return err;
+  pthread_mutex_lock(&g->lock);
+  if (g->waited || g->released) {
+    pthread_mutex_unlock(&g->lock);
+    free(t);
+    weft__misuse("weft_group_spawn", "the group's wait has already returned, or it was released");
+    return WEFT_EINVAL;
+  }
+  if (g->err || g->aborting) {
+    pthread_mutex_unlock(&g->lock);
+    free(t);
+    return WEFT_ECANCELED;
+  }
   t->group = g;
   weft__queue_insert_tail(&g->children, &t->group_link);
   g->nchildren++;
-  return 0;
+  atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+  pthread_mutex_unlock(&g->lock);
+  err = weft__spawn_publish(t);
+  if (err) {
+    /* Its loop refused it (shutting down): it never ran. */
+    pthread_mutex_lock(&g->lock);
+    weft__queue_remove(&t->group_link);
+    g->nchildren--;
+    wake_if_empty(g);
+    pthread_mutex_unlock(&g->lock);
+    group_unref(g);
+    free(t);
+  }
+  return err;
 }
 
+/* A child has ended, on its own loop's thread. */
 void weft__group_child_done(weft_task_t *t) {
   weft_group_t *g = t->group;
+  pthread_mutex_lock(&g->lock);
   weft__queue_remove(&t->group_link);
   t->group = NULL;
   g->nchildren--;
@@ -66,84 +113,105 @@ void weft__group_child_done(weft_task_t *t) {
     g->err = t->status;
     cancel_children(g);
   }
-  if (g->nchildren == 0 && g->waiter) {
-    weft__wait_t *w = g->waiter;
-    g->waiter = NULL;
-    weft__wake(w, w->interrupted,
-               w->interrupted == 0 ? WEFT_WAKE_DONE
-               : w->interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
-  }
+  wake_if_empty(g);
+  pthread_mutex_unlock(&g->lock);
+  group_unref(g);
 }
 
 typedef struct group_wait {
-  weft__wait_t base;
+  weft__waiter_t waiter;
   weft_group_t *group;
 } group_wait_t;
 
+/* The waiting task is cancelled or out of time: the children go too, and
+ * the wait lasts until they have all ended. */
 static bool group_wait_interrupt(weft__wait_t *w, int err) {
-  group_wait_t *gw = weft__container_of(w, group_wait_t, base);
-  gw->group->aborting = true;
-  cancel_children(gw->group);
+  weft_group_t *g = weft__container_of(w, group_wait_t, waiter.base)->group;
+  pthread_mutex_lock(&g->lock);
+  g->aborting = true;
+  cancel_children(g);
+  pthread_mutex_unlock(&g->lock);
   return false;
 }
 
 int weft_group_wait(weft_group_t *g) {
-  weft_task_t *self;
-  int err = weft__await_begin(&self, "weft_group_wait");
-  if (err == WEFT_ENOTASK)
-    return err;
+  weft_task_t *self = NULL;
+  int err = 0;
+  if (weft__tls.running || weft__tls.bound) {
+    /* A loop's thread waits in a task: outside one (a callback, or with
+     * its loop bound but not running) it could only block its own loop. */
+    err = weft__await_begin(&self, "weft_group_wait");
+    if (err == WEFT_ENOTASK)
+      return err;
+  }
   if (!g)
     return WEFT_EINVAL;
-  if (g->waited || g->waiter) {
-    weft__misuse("weft_group_wait", "the group is already being waited for");
+  pthread_mutex_lock(&g->lock);
+  if (g->waited || g->waiter || g->released) {
+    pthread_mutex_unlock(&g->lock);
+    weft__misuse("weft_group_wait", "the group is already being waited for, or was released");
     return WEFT_EINVAL;
   }
+  if (!self) {
+    /* A plain thread: a child of a loop this thread owns could never run
+     * while it blocks here. */
+    for (weft__queue_t *q = g->children.next; q != &g->children; q = q->next) {
+      if (pthread_equal(weft__container_of(q, weft_task_t, group_link)->owner, pthread_self())) {
+        pthread_mutex_unlock(&g->lock);
+        weft__misuse("weft_group_wait", "called outside a task, on the thread that owns a "
+                                        "child's loop (the loop could never run to end it)");
+        return WEFT_ENOTASK;
+      }
+    }
+  }
   if (err) {
-    /* The caller is cancelled or out of time: the children go too, and the
-     * wait still lasts until they have all ended. */
+    /* Cancelled or out of time already: the children go too, and the wait
+     * still lasts until they have all ended. */
     g->aborting = true;
     cancel_children(g);
   }
   int result = err;
   if (g->nchildren > 0) {
-    group_wait_t gw = {
-      .base = {.task = self, .kind = WEFT_WAIT_JOIN, .interrupt = group_wait_interrupt},
-      .group = g,
-    };
-    g->waiter = &gw.base;
-    if (err) {
-      gw.base.interrupt = NULL;
-      gw.base.interrupted = err;
-    }
-    int r = weft__park(&gw.base);
+    group_wait_t gw = {.group = g};
+    weft__waiter_init(&gw.waiter, self, WEFT_WAIT_JOIN, NULL, err ? NULL : group_wait_interrupt);
+    g->waiter = &gw.waiter;
+    /* The wait's own reference: a release meanwhile cannot free the group
+     * under it. */
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&g->lock);
+    int r = weft__waiter_wait(&gw.waiter);
+    /* A cut (cancel, deadline) was recorded on the wait itself. */
     if (!result)
-      result = r;
+      result = gw.waiter.base.interrupted ? gw.waiter.base.interrupted : r;
+    weft__waiter_destroy(&gw.waiter);
+    pthread_mutex_lock(&g->lock);
+    g->waited = true;
+    result = result ? result : g->err;
+    pthread_mutex_unlock(&g->lock);
+    group_unref(g);
+    return result;
   }
   g->waited = true;
   result = result ? result : g->err;
-  if (g->release_pending)
-    free(g);
+  pthread_mutex_unlock(&g->lock);
   return result;
 }
 
 void weft_group_release(weft_group_t *g) {
   if (!g)
     return;
-  if (g->waiter) {
-    /* A task is parked in weft_group_wait: end the children and let that
-     * wait, which still needs the group, free it when it returns. */
+  pthread_mutex_lock(&g->lock);
+  if (g->released) {
+    pthread_mutex_unlock(&g->lock);
+    weft__fatal("weft_group_release: %p was released twice", (void *)g);
+  }
+  if (g->waiter)
     weft__misuse("weft_group_release", "released while a task waits for the group");
-    g->release_pending = true;
-    g->aborting = true;
-    cancel_children(g);
-    return;
-  }
-  while (!weft__queue_empty(&g->children)) {
-    weft__queue_t *q = weft__queue_head(&g->children);
-    weft__queue_remove(q);
-    weft_task_t *t = weft__container_of(q, weft_task_t, group_link);
-    t->group = NULL;
-    weft_task_cancel(t);
-  }
-  free(g);
+  /* Children still running are cancelled; they leave the group as they
+   * end, each with the reference it holds. */
+  g->released = true;
+  g->aborting = true;
+  cancel_children(g);
+  pthread_mutex_unlock(&g->lock);
+  group_unref(g);
 }

@@ -310,9 +310,13 @@ static inline bool weft__cancel_pending(const weft_task_t *t) {
 /* Recomputes t->deadline after a change to its scopes or shield. */
 void weft__deadline_update(weft_task_t *t);
 
-int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out);
 int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
                 const char *caller);
+/* weft__spawn in two steps (task.c): make the task, then hand it to its
+ * loop; a task publish refuses is the caller's to free. */
+int weft__spawn_prepare(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
+                        const char *caller);
+int weft__spawn_publish(weft_task_t *t);
 void weft__task_unref(weft_task_t *t);
 void weft__task_complete(weft_task_t *t, int status);
 /* Blocks until t has ended, for t of a loop whose inbox is closed (it ends
@@ -341,7 +345,17 @@ enum weft__goal {
 typedef struct weft__trace weft__trace_t;
 
 struct weft_loop {
-  uv_loop_t uv;
+  uv_loop_t *uv;             /* own_uv, or the application's (adopted) */
+  uv_loop_t own_uv;          /* the libuv loop weft made, unless adopted */
+  bool adopted;              /* built on the application's uv_loop_t, which the
+                                application runs with its own uv_run: tasks
+                                then run from the prepare and check phases */
+  uv_prepare_t prepare;      /* adopted: runs a round before libuv polls */
+  uv_check_t check;          /* adopted: runs a round after libuv polled */
+  uv_idle_t idle;            /* adopted: active while tasks are ready, so the
+                                application's poll does not block */
+  bool embedded_ready;       /* adopted: sched and the overflow watch are set */
+  unsigned closing_handles;  /* weft's own handles whose close is pending */
   uv_timer_t timer;          /* fires the earliest weft__timer */
   uv_poll_t wakeup;          /* watches wakefd: other threads ring it */
   weft__wakefd_t wakefd;
@@ -356,6 +370,7 @@ struct weft_loop {
   size_t heap_len, heap_cap;
   uint64_t timer_seq;
   uint64_t armed_due;        /* due the uv_timer points at; 0 = not armed */
+  uint64_t timers_now_ns;    /* uv_hrtime() when the running timer batch began */
   weft__stack_pool_t stacks;
   pthread_t owner;           /* the only thread that may drive the loop */
   bool running;
@@ -430,7 +445,7 @@ static inline bool weft__on_owner(const weft_loop_t *loop) {
  * version) because uv_now is not inline and this is read at every await
  * point that runs under a deadline. */
 static inline uint64_t weft__now(weft_loop_t *loop) {
-  return loop->uv.time;
+  return loop->uv->time;
 }
 
 /* ----------------------------------------------------------- clock.c */
@@ -484,6 +499,8 @@ struct weft__io {
 void weft__io_add(weft_loop_t *loop, weft__io_t *io, uv_handle_t *h,
                   void (*force_close)(weft__io_t *io));
 void weft__io_remove(weft_loop_t *loop, weft__io_t *io);
+/* Whether h is one of loop's own handles or weft's I/O handles on it. */
+bool weft__loop_owns_handle(weft_loop_t *loop, const uv_handle_t *h);
 
 /* stream.c: a stream on loop for a connected socket fd (taken over: closed
  * on failure too). on_close(arg) runs once when the stream closes or is

@@ -288,7 +288,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   if (!jw.waiter.done || plain) {
     if (has_timeout && !cut) {
       weft_loop_t *loop = self->loop;
-      uv_update_time(&loop->uv);
+      uv_update_time(loop->uv);
       uint64_t now = weft__now(loop);
       weft__timer_start(loop, &jw.timeout,
                         timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms);

@@ -26,7 +26,117 @@ static void answer_ring(weft_loop_t *loop) {
 static void wakeup_cb(uv_poll_t *h, int status, int events) {
   (void)status;
   (void)events;
-  answer_ring(weft__container_of(h, weft_loop_t, wakeup));
+  weft_loop_t *loop = weft__container_of(h, weft_loop_t, wakeup);
+  if (loop->adopted && !loop->running) {
+    /* From the application's uv_run: what the messages wake runs in the
+     * check phase, right after this poll. */
+    weft__tls.running = loop;
+    answer_ring(loop);
+    weft__tls.running = NULL;
+    return;
+  }
+  answer_ring(loop);
+}
+
+/* ------------------------------------------- weft's own libuv handles */
+
+static void own_closed(uv_handle_t *h) {
+  weft_loop_t *loop = h->data;
+  loop->closing_handles--;
+}
+
+/* Closes one of the loop's own handles; run_closes waits for it. */
+static void close_own(weft_loop_t *loop, uv_handle_t *h) {
+  h->data = loop;
+  loop->closing_handles++;
+  uv_close(h, own_closed);
+}
+
+/* Lets libuv finish closing the loop's own handles. On an adopted loop the
+ * application's handles stay open, so this never waits for them (a pending
+ * close makes libuv's poll return at once), nor for the application's
+ * requests: a cancelled task's weft_to_thread work still running there
+ * ends, and is freed, when the application's uv_run runs it. */
+static void run_closes(weft_loop_t *loop) {
+  if (!loop->adopted) {
+    /* weft's own loop: also until every request has ended (a cancelled
+     * task's weft_to_thread work still running), so it can be closed. */
+    uv_run(loop->uv, UV_RUN_DEFAULT);
+    return;
+  }
+  while (loop->closing_handles > 0)
+    uv_run(loop->uv, UV_RUN_NOWAIT);
+}
+
+/* ------------------------------------------------- an adopted loop */
+
+static void round_steps(weft_loop_t *loop);
+static void embedded_start(weft_loop_t *loop);
+static void embedded_stop(weft_loop_t *loop);
+
+/* From the prepare and check phases of the application's uv_run: a round
+ * without its poll (the application's uv_run polls). While tasks are ready
+ * or messages wait, the idle handle keeps that poll from blocking; while
+ * tasks live, the check handle keeps uv_run from returning. When weft runs
+ * the loop itself (weft_loop_run_*), its own round does the work. */
+static void idle_cb(uv_idle_t *h);
+
+static void embedded_round(weft_loop_t *loop) {
+  if (loop->running || weft__tls.running || loop->closing)
+    return;
+  if (!loop->embedded_ready) {
+    weft__coro_init_thread(&loop->sched);
+    weft__stack_overflow_watch();
+    loop->embedded_ready = true;
+  }
+  weft__tls.running = loop;
+  loop->step_clock = weft__coarse_ns();
+  round_steps(loop);
+  weft__timers_arm(loop);
+  weft__tls.running = NULL;
+  /* Parked from weft's side: another thread's push rings the wake-up fd,
+   * which the application's poll watches. */
+  bool quiet = weft__inbox_park(loop) && loop->nready == 0;
+  if (quiet)
+    uv_idle_stop(&loop->idle);
+  else
+    uv_idle_start(&loop->idle, idle_cb);
+  if (loop->nlive > 0)
+    uv_ref((uv_handle_t *)&loop->check);
+  else
+    uv_unref((uv_handle_t *)&loop->check);
+}
+
+static void idle_cb(uv_idle_t *h) {
+  (void)h; /* active is all it takes: libuv's poll then does not block */
+}
+
+static void embedded_prepare_cb(uv_prepare_t *h) {
+  embedded_round(weft__container_of(h, weft_loop_t, prepare));
+}
+
+static void embedded_check_cb(uv_check_t *h) {
+  embedded_round(weft__container_of(h, weft_loop_t, check));
+}
+
+static void embedded_start(weft_loop_t *loop) {
+  uv_prepare_init(loop->uv, &loop->prepare);
+  uv_check_init(loop->uv, &loop->check);
+  uv_idle_init(loop->uv, &loop->idle);
+  uv_prepare_start(&loop->prepare, embedded_prepare_cb);
+  uv_check_start(&loop->check, embedded_check_cb);
+  /* None of weft's handles keeps the application's uv_run going, but the
+   * check handle while tasks live (embedded_round). */
+  uv_unref((uv_handle_t *)&loop->prepare);
+  uv_unref((uv_handle_t *)&loop->check);
+  uv_unref((uv_handle_t *)&loop->idle);
+  uv_unref((uv_handle_t *)&loop->wakeup);
+}
+
+static void embedded_stop(weft_loop_t *loop) {
+  close_own(loop, (uv_handle_t *)&loop->prepare);
+  close_own(loop, (uv_handle_t *)&loop->check);
+  close_own(loop, (uv_handle_t *)&loop->idle);
 }
 
 int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
@@ -44,24 +154,34 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   weft_loop_t *loop = weft__calloc(1, sizeof *loop);
   if (!loop)
     return WEFT_ENOMEM;
-  err = uv_loop_init(&loop->uv);
-  if (err) {
-    free(loop);
-    return err == UV_ENOMEM ? WEFT_ENOMEM : err;
+  if (opts->uv) {
+    loop->uv = opts->uv;
+    loop->adopted = true;
+  } else {
+    loop->uv = &loop->own_uv;
+    err = uv_loop_init(loop->uv);
+    if (err) {
+      free(loop);
+      return err == UV_ENOMEM ? WEFT_ENOMEM : err;
+    }
   }
   loop->wakefd.rfd = -1;
-  bool timer = false, poll = false;
-  if ((err = uv_timer_init(&loop->uv, &loop->timer)) != 0)
+  bool timer = false, poll = false, phases = false;
+  if ((err = uv_timer_init(loop->uv, &loop->timer)) != 0)
     goto error;
   timer = true;
   uv_unref((uv_handle_t *)&loop->timer);
   if ((err = weft__wakefd_open(&loop->wakefd)) != 0)
     goto error;
-  if ((err = uv_poll_init(&loop->uv, &loop->wakeup, loop->wakefd.rfd)) != 0)
+  if ((err = uv_poll_init(loop->uv, &loop->wakeup, loop->wakefd.rfd)) != 0)
     goto error;
   poll = true;
   if ((err = uv_poll_start(&loop->wakeup, UV_READABLE, wakeup_cb)) != 0)
     goto error;
+  if (loop->adopted) {
+    phases = true;
+    embedded_start(loop);
+  }
   weft__queue_init(&loop->ready);
   weft__queue_init(&loop->tasks);
   weft__queue_init(&loop->io);
@@ -80,23 +200,27 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
    * libuv measures only on request, at the cost of an extra epoll_wait per
    * poll: so only then. */
   if (loop->slow_ns)
-    uv_loop_configure(&loop->uv, UV_METRICS_IDLE_TIME);
+    uv_loop_configure(loop->uv, UV_METRICS_IDLE_TIME);
   weft__loops_add(loop, opts->name);
   weft__trace_loop_new(loop);
   atomic_init(&loop->stop, 0);
-  atomic_init(&loop->uv_lent, false);
+  /* The application's own handles live on an adopted loop. */
+  atomic_init(&loop->uv_lent, loop->adopted);
   *out = loop;
   return 0;
 
 error:
   if (timer)
-    uv_close((uv_handle_t *)&loop->timer, NULL);
+    close_own(loop, (uv_handle_t *)&loop->timer);
   if (poll)
-    uv_close((uv_handle_t *)&loop->wakeup, NULL);
-  uv_run(&loop->uv, UV_RUN_DEFAULT);
+    close_own(loop, (uv_handle_t *)&loop->wakeup);
+  if (phases)
+    embedded_stop(loop);
+  run_closes(loop);
   if (loop->wakefd.rfd >= 0)
     weft__wakefd_close(&loop->wakefd);
-  uv_loop_close(&loop->uv);
+  if (!loop->adopted)
+    uv_loop_close(loop->uv);
   free(loop);
   return err == UV_ENOMEM ? WEFT_ENOMEM : err;
 }
@@ -120,7 +244,7 @@ uv_loop_t *weft_loop_uv(weft_loop_t *loop) {
   /* The application may now open handles weft cannot see, unreferenced
    * ones among them: from here on the loop always parks in libuv's poll. */
   atomic_store_explicit(&loop->uv_lent, true, memory_order_relaxed);
-  return &loop->uv;
+  return loop->uv;
 }
 
 void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
@@ -177,7 +301,7 @@ static bool deadline_passed(weft_task_t *t, bool precise) {
     return false;
   if (!precise)
     return weft__clock_reached(t->loop, t->deadline);
-  uv_update_time(&t->loop->uv);
+  uv_update_time(t->loop->uv);
   return weft__now(t->loop) >= t->deadline;
 }
 
@@ -239,7 +363,7 @@ void weft__wake(weft__wait_t *w, int result, weft_wake_cause_t cause) {
    * a stop asked for outside it would make the next uv_run skip its poll
    * and its timers altogether. */
   if (loop->in_uv_run)
-    uv_stop(&loop->uv);
+    uv_stop(loop->uv);
   WEFT__EMIT(loop, WEFT_EV_WAKE, t, w->kind, (int)cause, 0);
 }
 
@@ -323,7 +447,7 @@ static void run_task(weft_loop_t *loop, weft_task_t *t) {
 /* One libuv iteration from the round; wakes from its callbacks stop it. */
 static void run_uv(weft_loop_t *loop, uv_run_mode mode) {
   loop->in_uv_run = true;
-  uv_run(&loop->uv, mode);
+  uv_run(loop->uv, mode);
   loop->in_uv_run = false;
 }
 
@@ -339,11 +463,11 @@ static void run_uv(weft_loop_t *loop, uv_run_mode mode) {
  * nothing, where libuv must poll. *waited_ns: the time it blocked, measured
  * only while slow steps are watched (libuv's idle time misses this wait). */
 static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
-  if (loop->uv.active_handles != 1 || loop->uv.active_reqs.count != 0 ||
+  if (loop->uv->active_handles != 1 || loop->uv->active_reqs.count != 0 ||
       atomic_load_explicit(&loop->uv_lent, memory_order_relaxed))
     return false;
-  uv_update_time(&loop->uv);
-  int timeout = uv_backend_timeout(&loop->uv);
+  uv_update_time(loop->uv);
+  int timeout = uv_backend_timeout(loop->uv);
   if (timeout == 0)
     return false;
   uint64_t t0 = loop->slow_ns ? uv_hrtime() : 0;
@@ -397,7 +521,9 @@ bool weft__loop_drained(weft_loop_t *loop) {
  *    I/O still gets its turn (Tokio polls every 61 ticks for the same
  *    reason).
  */
-static void loop_round(weft_loop_t *loop) {
+/* Phases 1 and 2 of a round: what an adopted loop runs from libuv's
+ * phases as well. */
+static void round_steps(weft_loop_t *loop) {
   loop->round++;
   loop->counters.rounds++;
   WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);
@@ -410,6 +536,10 @@ static void loop_round(weft_loop_t *loop) {
   if (loop->stage_len > 0)
     weft__stream_flush_staged(loop);
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
+}
+
+static void loop_round(weft_loop_t *loop) {
+  round_steps(loop);
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
@@ -420,7 +550,7 @@ static void loop_round(weft_loop_t *loop) {
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
   uint64_t t0 = loop->slow_ns ? weft__coarse_ns() : 0;
-  uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(&loop->uv) : 0, waited = 0;
+  uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(loop->uv) : 0, waited = 0;
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
     run_uv(loop, UV_RUN_NOWAIT);
   } else {
@@ -434,7 +564,7 @@ static void loop_round(weft_loop_t *loop) {
   loop->step_clock = weft__coarse_ns();
   if (loop->slow_ns) {
     uint64_t held = loop->step_clock - t0;
-    uint64_t idle = uv_metrics_idle_time(&loop->uv) - idle0 + waited;
+    uint64_t idle = uv_metrics_idle_time(loop->uv) - idle0 + waited;
     weft__callbacks_timed(loop, held > idle ? held - idle : 0);
   }
 }
@@ -459,11 +589,18 @@ static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {
   weft__tls.running = loop;
   weft__coro_init_thread(&loop->sched);
   weft__stack_overflow_watch();
-  uv_update_time(&loop->uv);
+  uv_update_time(loop->uv);
+  /* An adopted loop's wake-up handle keeps the application's uv_run going
+   * only while weft runs the loop itself: libuv runs no timer of a loop it
+   * finds with nothing to keep it alive. */
+  if (loop->adopted)
+    uv_ref((uv_handle_t *)&loop->wakeup);
   return 0;
 }
 
 static void run_end(weft_loop_t *loop) {
+  if (loop->adopted)
+    uv_unref((uv_handle_t *)&loop->wakeup);
   loop->run_ns += uv_hrtime() - loop->run_since;
   loop->running = false;
   weft__tls.running = NULL;
@@ -578,11 +715,21 @@ static void find_user_handle(uv_handle_t *h, void *arg) {
  * the usual case linear. */
 static uv_handle_t *user_handle(weft_loop_t *loop) {
   handle_census_t c = {.loop = loop};
-  uv_walk(&loop->uv, count_handle, &c);
+  uv_walk(loop->uv, count_handle, &c);
   if (c.open <= loop->nio)
     return NULL;
-  uv_walk(&loop->uv, find_user_handle, &c);
+  uv_walk(loop->uv, find_user_handle, &c);
   return c.user;
+}
+
+bool weft__loop_owns_handle(weft_loop_t *loop, const uv_handle_t *h) {
+  if (h == (const uv_handle_t *)&loop->timer || h == (const uv_handle_t *)&loop->wakeup)
+    return true;
+  if (loop->adopted && (h == (const uv_handle_t *)&loop->prepare ||
+                        h == (const uv_handle_t *)&loop->check ||
+                        h == (const uv_handle_t *)&loop->idle))
+    return true;
+  return is_weft_io(loop, (uv_handle_t *)h);
 }
 
 void weft__io_add(weft_loop_t *loop, weft__io_t *io, uv_handle_t *h,
@@ -618,7 +765,7 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
     weft__misuse("weft_loop_close", "the loop is running");
     return WEFT_EBUSY;
   }
-  uv_handle_t *user = user_handle(loop);
+  uv_handle_t *user = loop->adopted ? NULL : user_handle(loop);
   if (user) {
     weft__misuse("weft_loop_close", "a libuv handle (type %s) opened on weft_loop_uv() is still open",
                  uv_handle_type_name(uv_handle_get_type(user)));
@@ -658,15 +805,19 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
   loop->stage = NULL;
   weft__stack_pool_destroy(&loop->stacks);
   weft__timers_free(loop);
-  uv_close((uv_handle_t *)&loop->timer, NULL);
-  uv_close((uv_handle_t *)&loop->wakeup, NULL);
-  uv_run(&loop->uv, UV_RUN_DEFAULT);
+  close_own(loop, (uv_handle_t *)&loop->timer);
+  close_own(loop, (uv_handle_t *)&loop->wakeup);
+  if (loop->adopted)
+    embedded_stop(loop);
+  run_closes(loop);
   /* Nothing rings it any more: the inbox closed above. */
   weft__inbox_quiesce(loop);
   weft__wakefd_close(&loop->wakefd);
-  err = uv_loop_close(&loop->uv);
-  if (err)
-    weft__fatal("uv_loop_close failed after every weft handle closed: %s", uv_strerror(err));
+  if (!loop->adopted) {
+    err = uv_loop_close(loop->uv);
+    if (err)
+      weft__fatal("uv_loop_close failed after every weft handle closed: %s", uv_strerror(err));
+  }
   if (weft__tls.bound == loop)
     weft__tls.bound = NULL;
   if (free_it)

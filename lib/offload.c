@@ -73,7 +73,7 @@ static int to_thread(weft_fn fn, void *arg, void (*cleanup)(void *), void **resu
     .o = o,
   };
   o->wait = &ow.base;
-  err = uv_queue_work(&t->loop->uv, &o->req, work_cb, after_work_cb);
+  err = uv_queue_work(t->loop->uv, &o->req, work_cb, after_work_cb);
   if (err) {
     free(o);
     return err == UV_ENOMEM ? WEFT_ENOMEM : err;

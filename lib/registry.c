@@ -76,6 +76,20 @@ int weft__loops_push(weft_loop_t *loop, weft__msg_t *m) {
   return err;
 }
 
+bool weft_is_internal_handle(const uv_handle_t *h) {
+  if (!h)
+    return false;
+  bool ours = false;
+  pthread_mutex_lock(&loops_lock);
+  for (weft__queue_t *q = loops.next; q != &loops && !ours; q = q->next) {
+    weft_loop_t *loop = weft__container_of(q, weft_loop_t, registry);
+    if (loop->uv == h->loop)
+      ours = weft__loop_owns_handle(loop, h);
+  }
+  pthread_mutex_unlock(&loops_lock);
+  return ours;
+}
+
 const char *weft_loop_name(const weft_loop_t *loop) {
   return loop ? loop->name : "(null)";
 }

@@ -144,7 +144,7 @@ static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
     free(h);
     return WEFT_ENOMEM;
   }
-  int err = uv_tcp_init(&loop->uv, h);
+  int err = uv_tcp_init(loop->uv, h);
   if (err) {
     free(s);
     free(h);
@@ -605,7 +605,7 @@ int weft_stream_attach(weft_stream_t *s) {
   uv_tcp_t *h = weft__malloc(sizeof *h);
   if (!h)
     return WEFT_ENOMEM;
-  int err = uv_tcp_init(&loop->uv, h);
+  int err = uv_tcp_init(loop->uv, h);
   if (err) {
     free(h);
     return err;

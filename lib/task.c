@@ -68,21 +68,6 @@ static int reserve_timers(weft_loop_t *loop) {
   return weft__timers_reserve(loop, 2 * (loop->nlive + 1));
 }
 
-int weft__task_new(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out) {
-  if (loop->closing) {
-    weft__misuse("weft_spawn", "the loop is closing");
-    return WEFT_EINVAL;
-  }
-  if (reserve_timers(loop) != 0)
-    return WEFT_ENOMEM;
-  weft_task_t *t = task_alloc(loop, fn, arg, handle);
-  if (!t)
-    return WEFT_ENOMEM;
-  task_adopt(loop, t);
-  *out = t;
-  return 0;
-}
-
 /* A spawn from another thread arrives. A closing loop, or one out of
  * memory, ends the task at once without running it: its handle, if any,
  * reads WEFT_ECANCELED or WEFT_ENOMEM rather than waiting forever. */
@@ -98,25 +83,14 @@ static void remote_spawn_run(weft__msg_t *m, weft_loop_t *loop) {
   }
 }
 
-static int remote_spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out) {
-  weft_task_t *t = task_alloc(loop, fn, arg, handle);
-  if (!t)
-    return WEFT_ENOMEM;
-  t->spawn_msg.run = remote_spawn_run;
-  int err = weft__inbox_push(loop, &t->spawn_msg, true);
-  if (err) {
-    free(t);
-    return err;
-  }
-  *out = t;
-  return 0;
-}
-
-/* weft_spawn and weft_group_spawn: resolves the loop and checks the thread.
- * *out gets the task even without a handle (the caller must not keep it past
- * the task's end unless handle is true). */
-int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
-                const char *caller) {
+/* Spawning in two steps, so that weft_group_spawn can put the task on its
+ * group's books before the task can run (and end) on another loop:
+ * weft__spawn_prepare resolves the loop, checks what can be checked and
+ * makes the task; weft__spawn_publish hands it to its loop (its ready queue,
+ * or its inbox from another thread). A task that publish refuses was never
+ * seen by its loop: the caller frees it. */
+int weft__spawn_prepare(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
+                        const char *caller) {
   if (!fn) {
     weft__misuse(caller, "fn is NULL");
     return WEFT_EINVAL;
@@ -127,9 +101,44 @@ int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task
     weft__misuse(caller, "no loop given and this thread has no current loop");
     return WEFT_EINVAL;
   }
-  if (!weft__on_owner(loop))
-    return remote_spawn(loop, fn, arg, handle, out);
-  return weft__task_new(loop, fn, arg, handle, out);
+  if (weft__on_owner(loop)) {
+    if (loop->closing) {
+      weft__misuse(caller, "the loop is closing");
+      return WEFT_EINVAL;
+    }
+    if (reserve_timers(loop) != 0)
+      return WEFT_ENOMEM;
+  }
+  weft_task_t *t = task_alloc(loop, fn, arg, handle);
+  if (!t)
+    return WEFT_ENOMEM;
+  *out = t;
+  return 0;
+}
+
+int weft__spawn_publish(weft_task_t *t) {
+  if (weft__on_owner(t->loop)) {
+    task_adopt(t->loop, t);
+    return 0;
+  }
+  t->spawn_msg.run = remote_spawn_run;
+  return weft__inbox_push(t->loop, &t->spawn_msg, true);
+}
+
+/* weft_spawn: *out gets the task even without a handle (the caller must not
+ * keep it past the task's end unless handle is true). */
+int weft__spawn(weft_loop_t *loop, weft_fn fn, void *arg, bool handle, weft_task_t **out,
+                const char *caller) {
+  weft_task_t *t;
+  int err = weft__spawn_prepare(loop, fn, arg, handle, &t, caller);
+  if (err)
+    return err;
+  if ((err = weft__spawn_publish(t)) != 0) {
+    free(t);
+    return err;
+  }
+  *out = t;
+  return 0;
 }
 
 int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task) {
@@ -336,9 +345,9 @@ typedef struct sleep_wait {
  * came early goes again for what is left: a sleep never ends early. */
 static void sleep_fire(weft__timer_t *timer) {
   sleep_wait_t *sw = weft__container_of(timer, sleep_wait_t, timer);
-  uint64_t now = uv_hrtime();
+  weft_loop_t *loop = sw->base.task->loop;
+  uint64_t now = loop->timers_now_ns;
   if (now < sw->end_ns) {
-    weft_loop_t *loop = sw->base.task->loop;
     uint64_t left_ms = (sw->end_ns - now + 999999) / 1000000;
     weft__timer_start(loop, timer, weft__now(loop) + left_ms);
     return;
@@ -360,7 +369,7 @@ int weft_sleep(uint64_t ms) {
   if (err)
     return err;
   weft_loop_t *loop = t->loop;
-  uv_update_time(&loop->uv);
+  uv_update_time(loop->uv);
   sleep_wait_t sw = {
     .base = {.task = t, .kind = WEFT_WAIT_SLEEP, .interrupt = sleep_interrupt,
              .arg = ms > INT32_MAX ? INT32_MAX : (int)ms},
@@ -390,7 +399,7 @@ int weft_yield(void) {
 /* The task's deadline from now + timeout_ms, by the loop's clock (read
  * afresh); never 0, which means none. */
 static uint64_t deadline_from_now(weft_task_t *t, uint64_t timeout_ms) {
-  uv_update_time(&t->loop->uv);
+  uv_update_time(t->loop->uv);
   uint64_t now = weft__now(t->loop);
   uint64_t due = timeout_ms > UINT64_MAX - now - 1 ? UINT64_MAX : now + timeout_ms;
   return due ? due : 1;

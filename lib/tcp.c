@@ -194,7 +194,7 @@ static int wait_readable(slot_t *sl, weft_task_t *t) {
     uv_poll_t *p = weft__malloc(sizeof *p);
     if (!p)
       return WEFT_ENOMEM;
-    int err = uv_poll_init(&loop->uv, p, sl->fd);
+    int err = uv_poll_init(loop->uv, p, sl->fd);
     if (err) {
       free(p);
       return err;

@@ -97,6 +97,10 @@ static void run_due(weft_loop_t *loop) {
 void weft__timers_cb(uv_timer_t *h) {
   weft_loop_t *loop = weft__container_of(h, weft_loop_t, timer);
   loop->armed_due = 0;
+  /* One precise reading for the whole batch: timers due together compare
+   * against the same instant, so a sleep's never-early check (task.c)
+   * cannot wake a later sleeper before an earlier one. */
+  loop->timers_now_ns = uv_hrtime();
   run_due(loop);
   /* A fired timer need not wake anyone (a wait_for timeout only starts a
    * cancellation): keep the uv_timer pointed at the next one regardless. */

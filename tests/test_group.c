@@ -9,6 +9,8 @@
  */
 #include "testutil.h"
 
+#include <errno.h>
+
 static int g_ended;   /* children that reached the end of their body */
 static int g_started; /* children that began to run */
 
@@ -269,7 +271,141 @@ static void group_empty_and_einval(void **state) {
   assert_int_equal(g_started, 0);
 }
 
+/* ------------------------------------------------------ across loops */
+
+/* Children on several loops of a pool, waited for from a plain thread and
+ * from a task of another loop: the first failure, wherever it happens,
+ * cancels the siblings on every loop, and the wait returns it once all have
+ * ended. */
+typedef struct xchild {
+  int fail_after_ms;      /* > 0: fails with -EIO after that long */
+  atomic_int rc;          /* what its sleep returned */
+  atomic_int ended;
+} xchild_t;
+
+static void *xchild_main(void *arg) {
+  xchild_t *c = arg;
+  if (c->fail_after_ms > 0) {
+    atomic_store(&c->rc, weft_sleep((uint64_t)c->fail_after_ms));
+    weft_task_fail(-EIO);
+  } else {
+    atomic_store(&c->rc, weft_sleep(10000));
+  }
+  atomic_store(&c->ended, 1);
+  return NULL;
+}
+
+#define NX 6
+
+static void spawn_children(weft_group_t *g, weft_pool_t *pool, xchild_t *c) {
+  for (int i = 0; i < NX; i++) {
+    c[i] = (xchild_t){.fail_after_ms = i == 3 ? 30 : 0};
+    atomic_init(&c[i].rc, 1);
+    assert_int_equal(weft_group_spawn(g, weft_pool_loop(pool, (unsigned)i % 2), xchild_main, &c[i]),
+                     0);
+  }
+}
+
+static void check_children(xchild_t *c) {
+  for (int i = 0; i < NX; i++) {
+    assert_int_equal(atomic_load(&c[i].ended), 1);
+    assert_int_equal(atomic_load(&c[i].rc), i == 3 ? 0 : WEFT_ECANCELED);
+  }
+}
+
+typedef struct xwait {
+  weft_pool_t *pool;
+  xchild_t c[NX];
+  int rc;
+} xwait_t;
+
+static void *xwait_task(void *arg) {
+  xwait_t *x = arg;
+  weft_group_t *g;
+  assert_int_equal(weft_group_new(&g), 0);
+  spawn_children(g, x->pool, x->c);
+  x->rc = weft_group_wait(g);
+  weft_group_release(g);
+  return NULL;
+}
+
+static void group_spans_loops(void **state) {
+  weft_pool_t *pool = wt_pool_of(2);
+  /* From a plain thread. */
+  xchild_t c[NX];
+  weft_group_t *g;
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_group_new(&g), 0);
+  spawn_children(g, pool, c);
+  assert_int_equal(weft_group_wait(g), -EIO);
+  check_children(c);
+  assert_true(wt_now_ms() - t0 < 5000);
+  /* A finished group takes no more children. */
+  assert_int_equal(weft_group_spawn(g, weft_pool_loop(pool, 0), xchild_main, &c[0]), WEFT_EINVAL);
+  weft_group_release(g);
+
+  /* From a task of a loop that is not the children's. */
+  xwait_t x = {.pool = pool};
+  assert_int_equal(weft_run(xwait_task, &x, NULL), 0);
+  assert_int_equal(x.rc, -EIO);
+  check_children(x.c);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+/* Released with children running on other loops: they are cancelled, and
+ * the group lives until the last of them has left it (ASan would see a
+ * child touch a freed group). */
+static void group_release_across_loops(void **state) {
+  weft_pool_t *pool = wt_pool_of(2);
+  xchild_t c[NX];
+  weft_group_t *g;
+  assert_int_equal(weft_group_new(&g), 0);
+  for (int i = 0; i < NX; i++) {
+    c[i] = (xchild_t){0};
+    atomic_init(&c[i].rc, 1);
+    assert_int_equal(weft_group_spawn(g, weft_pool_loop(pool, (unsigned)i % 2), xchild_main, &c[i]),
+                     0);
+  }
+  weft_group_release(g);
+  /* Every child has ended once both loops have no live task. */
+  for (unsigned l = 0; l < 2; l++) {
+    weft_stats_t st;
+    double until = wt_now_ms() + 10000;
+    do {
+      uv_sleep(1);
+      assert_int_equal(weft_loop_stats(weft_pool_loop(pool, l), &st), 0);
+    } while (st.live > 0 && wt_now_ms() < until);
+    assert_int_equal(st.live, 0);
+  }
+  for (int i = 0; i < NX; i++) {
+    /* Cancelled in its sleep, or before it ever ran. */
+    if (atomic_load(&c[i].ended))
+      assert_int_equal(atomic_load(&c[i].rc), WEFT_ECANCELED);
+    else
+      assert_int_equal(atomic_load(&c[i].rc), 1);
+  }
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+/* A plain thread may not wait for a group with a child on a loop it owns
+ * itself: that loop could never run meanwhile. */
+static void group_wait_refuses_own_loop(void **state) {
+  weft_loop_t *loop;
+  weft_group_t *g;
+  xchild_t c = {0};
+  assert_int_equal(weft_loop_new(&loop, NULL), 0);
+  assert_int_equal(weft_group_new(&g), 0);
+  assert_int_equal(weft_group_spawn(g, loop, xchild_main, &c), 0);
+  assert_int_equal(weft_group_wait(g), WEFT_ENOTASK);
+  weft_group_release(g);
+  assert_int_equal(weft_loop_close(loop), 0);
+  assert_int_equal(atomic_load(&c.ended), 0); /* cancelled before it ran */
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(group_spans_loops),
+    cmocka_unit_test(group_release_across_loops),
+    cmocka_unit_test(group_wait_refuses_own_loop),
     cmocka_unit_test(group_all_succeed),
     cmocka_unit_test(group_failure_cancels_siblings),
     cmocka_unit_test(group_spawn_after_failure),
