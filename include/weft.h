@@ -121,7 +121,6 @@ typedef enum weft_wait_kind {
   WEFT_WAIT_SLEEP,   /**< weft_sleep: a timer */
   WEFT_WAIT_JOIN,    /**< weft_await / weft_gather / weft_wait_for / weft_group_wait */
   WEFT_WAIT_THREAD,  /**< weft_to_thread */
-  WEFT_WAIT_OTHER,
   WEFT_WAIT_CHAN,    /**< weft_chan_send / weft_chan_recv */
   WEFT_WAIT_ACCEPT,  /**< weft_tcp_accept */
   WEFT_WAIT_CONNECT, /**< weft_tcp_connect */
@@ -616,10 +615,11 @@ typedef enum weft_listen_mode {
    * and alike (the usual server); a loop that is slow keeps getting its
    * share, though. */
   WEFT_LISTEN_REUSEPORT,
-  /** One socket; its acceptor (pool loop 0) hands connections round-robin to
-   * the loops through their inboxes. Even spread whatever the addresses
-   * (few clients, or one proxy in front), at the cost of a hand-off per
-   * connection. */
+  /** One socket; its acceptor (pool loop 0) hands each accepted connection
+   * round-robin to a loop, over that loop's channel of accepted descriptors
+   * (a weft_chan_t per loop, so a waiting weft_tcp_accept there is woken
+   * the channel's way). Even spread whatever the addresses (few clients,
+   * or one proxy in front), at the cost of a hand-off per connection. */
   WEFT_LISTEN_HANDOFF,
   /** As HANDOFF, but each connection goes to the loop with the fewest open
    * connections from this listener. Wins when connections live long and
@@ -748,8 +748,10 @@ WEFT_API weft_loop_t *weft_stream_loop(const weft_stream_t *s);
 /* ------------------------------------------------------ pool of loops */
 
 /** How weft_pool_shutdown ends the pool's work. */
-#define WEFT_DRAIN 0  /**< let every queued and running task finish first */
-#define WEFT_CANCEL 1 /**< cancel every pending task and wait for it to unwind */
+typedef enum weft_shutdown {
+  WEFT_DRAIN = 0,  /**< let every queued and running task finish first */
+  WEFT_CANCEL = 1, /**< cancel every pending task and wait for it to unwind */
+} weft_shutdown_t;
 
 /** Options for weft_pool_new; zero every field you do not set. */
 typedef struct weft_pool_opts {
@@ -773,6 +775,31 @@ WEFT_API unsigned weft_pool_size(const weft_pool_t *pool);
  * any-thread functions (weft_spawn, weft_loop_call_soon, weft_loop_stop).
  * Any thread; valid until weft_pool_shutdown returns. */
 WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
+
+/** Counters of the whole pool: *sum adds up every loop's (ready, waiting
+ * and live included), and per_loop, if not NULL, gets weft_pool_size(pool)
+ * snapshots, one per loop. Any thread but the pool's own workers (it
+ * blocks). Errors: WEFT_EINVAL (NULL, or from a worker), WEFT_ESHUTDOWN,
+ * WEFT_ENOMEM. */
+WEFT_API int weft_pool_stats(weft_pool_t *pool, weft_stats_t *sum, weft_stats_t *per_loop);
+
+/** The pool's loops in turn (round-robin). Any thread. */
+WEFT_API weft_loop_t *weft_pool_next(weft_pool_t *pool);
+
+/** Ends the pool and frees it. how = WEFT_DRAIN: spawns and
+ * weft_loop_call_soon onto a loop from any other thread than its own are
+ * refused from now on (WEFT_ESHUTDOWN), every task
+ * already spawned or queued runs to its end (tasks may still spawn tasks on
+ * their own loop), then each loop closes. how = WEFT_CANCEL: the same, but
+ * every pending task is cancelled first. Either way every loop is closed
+ * cleanly and every thread joined before it returns, and nothing queued is
+ * dropped silently: a task queued but never started ends with
+ * WEFT_ECANCELED in CANCEL mode, and runs in DRAIN mode. Must not be called
+ * from one of the pool's own threads. Errors: WEFT_EINVAL (NULL, a bad how,
+ * or called from a worker). */
+WEFT_API int weft_pool_shutdown(weft_pool_t *pool, weft_shutdown_t how);
+
+/* ------------------------------------------------------------- tracing */
 
 /** Starts recording a trace of every loop (each in a bounded ring of its
  * own, the last 65536 events per loop) for weft_trace_read to hand over,
@@ -818,29 +845,6 @@ WEFT_API void weft_trace_stop(void);
  * WEFT_EINVAL (no path: tracing never started, or started with NULL),
  * UV_EIO (the file could not be written). */
 WEFT_API int weft_trace_write(void);
-
-/** Counters of the whole pool: *sum adds up every loop's (ready, waiting
- * and live included), and per_loop, if not NULL, gets weft_pool_size(pool)
- * snapshots, one per loop. Any thread but the pool's own workers (it
- * blocks). Errors: WEFT_EINVAL (NULL, or from a worker), WEFT_ESHUTDOWN,
- * WEFT_ENOMEM. */
-WEFT_API int weft_pool_stats(weft_pool_t *pool, weft_stats_t *sum, weft_stats_t *per_loop);
-
-/** The pool's loops in turn (round-robin). Any thread. */
-WEFT_API weft_loop_t *weft_pool_next(weft_pool_t *pool);
-
-/** Ends the pool and frees it. how = WEFT_DRAIN: spawns and
- * weft_loop_call_soon onto a loop from any other thread than its own are
- * refused from now on (WEFT_ESHUTDOWN), every task
- * already spawned or queued runs to its end (tasks may still spawn tasks on
- * their own loop), then each loop closes. how = WEFT_CANCEL: the same, but
- * every pending task is cancelled first. Either way every loop is closed
- * cleanly and every thread joined before it returns, and nothing queued is
- * dropped silently: a task queued but never started ends with
- * WEFT_ECANCELED in CANCEL mode, and runs in DRAIN mode. Must not be called
- * from one of the pool's own threads. Errors: WEFT_EINVAL (NULL, a bad how,
- * or called from a worker). */
-WEFT_API int weft_pool_shutdown(weft_pool_t *pool, int how);
 
 #ifdef __cplusplus
 }

@@ -38,7 +38,7 @@ struct weft_pool {
 
 typedef struct shutdown_msg {
   weft__msg_t msg;
-  int how;
+  weft_shutdown_t how;
 } shutdown_msg_t;
 
 static void shutdown_run(weft__msg_t *m, weft_loop_t *loop) {
@@ -93,7 +93,7 @@ static void *worker_main(void *arg) {
 }
 
 /* Asks every started worker to finish and joins it; frees what is left. */
-static void pool_end(weft_pool_t *pool, int how) {
+static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
   for (unsigned i = 0; i < pool->n; i++) {
     weft_loop_t *loop = pool->workers[i].loop;
     if (!loop)
@@ -220,7 +220,7 @@ weft_loop_t *weft_pool_next(weft_pool_t *pool) {
   return pool->workers[i % pool->n].loop;
 }
 
-int weft_pool_shutdown(weft_pool_t *pool, int how) {
+int weft_pool_shutdown(weft_pool_t *pool, weft_shutdown_t how) {
   if (!pool || (how != WEFT_DRAIN && how != WEFT_CANCEL))
     return WEFT_EINVAL;
   for (unsigned i = 0; i < pool->n; i++) {
