@@ -17,8 +17,14 @@
 
 #define WEFT__POOL_MAX 1024
 
+typedef struct shutdown_msg {
+  weft__msg_t msg;
+  weft_shutdown_t how;
+} shutdown_msg_t;
+
 typedef struct worker {
   weft_pool_t *pool;
+  shutdown_msg_t shutdown; /* made with the pool, so ending it cannot fail */
   unsigned index;
   pthread_t thread;
   bool started;      /* the thread was created (and must be joined) */
@@ -36,11 +42,6 @@ struct weft_pool {
   int start_err;
 };
 
-typedef struct shutdown_msg {
-  weft__msg_t msg;
-  weft_shutdown_t how;
-} shutdown_msg_t;
-
 static void shutdown_run(weft__msg_t *m, weft_loop_t *loop) {
   shutdown_msg_t *sm = weft__container_of(m, shutdown_msg_t, msg);
   atomic_store_explicit(&loop->draining, 1, memory_order_relaxed);
@@ -48,7 +49,6 @@ static void shutdown_run(weft__msg_t *m, weft_loop_t *loop) {
     for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks; q = q->next)
       weft_task_cancel(weft__container_of(q, weft_task_t, all));
   }
-  free(sm);
 }
 
 static void *worker_main(void *arg) {
@@ -110,18 +110,12 @@ static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
     weft_loop_t *loop = pool->workers[i].loop;
     if (!loop)
       continue;
-    shutdown_msg_t *sm = weft__malloc(sizeof *sm);
-    if (sm) {
-      sm->msg.run = shutdown_run;
-      sm->how = how;
-      if (weft__inbox_push(loop, &sm->msg, false) == 0)
-        continue;
-      free(sm);
-    }
-    /* No memory for the message: draining by flag works as well, only the
-     * cancel of WEFT_CANCEL is lost, and the loop then drains instead. */
-    atomic_store_explicit(&loop->draining, 1, memory_order_relaxed);
-    weft__loop_ring(loop);
+    shutdown_msg_t *sm = &pool->workers[i].shutdown;
+    sm->msg.run = shutdown_run;
+    sm->how = how;
+    /* A worker's inbox stays open until its loop has drained: this runs. */
+    if (weft__inbox_push(loop, &sm->msg, false) != 0)
+      weft__fatal("weft_pool_shutdown: a worker's loop closed before it was asked to");
   }
   for (unsigned i = 0; i < pool->n; i++)
     if (pool->workers[i].started)
