@@ -163,10 +163,13 @@ static void *first_failure_ended_main(void *arg) {
   spawn_probes(p, t, 3);
   while (!(p[0].ended && p[1].ended && p[2].ended))
     assert_int_equal(weft_sleep(5), 0);
-  assert_true(p[1].t_end < p[0].t_end);
   /* Every task ended before the gather began, and the rule is still the
-   * order in which they ended, not their order in the array. */
-  assert_int_equal(weft_gather(t, 3, NULL, st), -9);
+   * order in which they ended, not their order in the array. p[1] sleeps
+   * less and normally ends first; a loaded machine (a slow sanitizer build
+   * starting the tasks far apart) may reverse that, and the rule holds the
+   * same way. */
+  int first = p[1].t_end < p[0].t_end ? -9 : -7;
+  assert_int_equal(weft_gather(t, 3, NULL, st), first);
   assert_int_equal(st[0], -7);
   assert_int_equal(st[1], -9);
   release_all(t, 3);
