@@ -28,22 +28,22 @@
 #include <stdlib.h>
 
 void weft__inbox_init(weft_loop_t *loop) {
-  pthread_mutex_init(&loop->inbox_lock, NULL);
-  pthread_cond_init(&loop->inbox_quiet, NULL);
-  loop->inbox_head = NULL;
-  loop->inbox_tail = NULL;
-  atomic_init(&loop->inbox_len, 0);
-  atomic_init(&loop->parked, 0);
-  atomic_init(&loop->rung, 0);
-  atomic_init(&loop->ringing, 0);
-  atomic_init(&loop->wakeups_sent, 0);
-  loop->inbox_closed = false;
-  loop->refuse_spawns = false;
+  pthread_mutex_init(&loop->inbox.lock, NULL);
+  pthread_cond_init(&loop->inbox.quiet, NULL);
+  loop->inbox.head = NULL;
+  loop->inbox.tail = NULL;
+  atomic_init(&loop->inbox.len, 0);
+  atomic_init(&loop->inbox.parked, 0);
+  atomic_init(&loop->inbox.rung, 0);
+  atomic_init(&loop->inbox.ringing, 0);
+  atomic_init(&loop->inbox.wakeups_sent, 0);
+  loop->inbox.closed = false;
+  loop->inbox.refuse_spawns = false;
 }
 
 void weft__inbox_destroy(weft_loop_t *loop) {
-  pthread_cond_destroy(&loop->inbox_quiet);
-  pthread_mutex_destroy(&loop->inbox_lock);
+  pthread_cond_destroy(&loop->inbox.quiet);
+  pthread_mutex_destroy(&loop->inbox.lock);
 }
 
 /* Writes to the wake-up fd. Called after ring_begin said so; the write is
@@ -54,27 +54,27 @@ void weft__inbox_destroy(weft_loop_t *loop) {
  * touches the loop no more once it has said so. */
 static void ring_end(weft_loop_t *loop) {
   weft__wakefd_signal(&loop->wakefd);
-  pthread_mutex_lock(&loop->inbox_lock);
-  if (atomic_fetch_sub_explicit(&loop->ringing, 1, memory_order_relaxed) == 1 &&
-      loop->inbox_closed)
-    pthread_cond_signal(&loop->inbox_quiet);
-  pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_lock(&loop->inbox.lock);
+  if (atomic_fetch_sub_explicit(&loop->inbox.ringing, 1, memory_order_relaxed) == 1 &&
+      loop->inbox.closed)
+    pthread_cond_signal(&loop->inbox.quiet);
+  pthread_mutex_unlock(&loop->inbox.lock);
 }
 
 /* With the inbox lock held: counts a ring about to happen, which closing
  * waits for before it closes the fd. */
 static void ring_begin(weft_loop_t *loop) {
-  atomic_fetch_add_explicit(&loop->ringing, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&loop->wakeups_sent, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&loop->inbox.ringing, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&loop->inbox.wakeups_sent, 1, memory_order_relaxed);
 }
 
 /* Rings the loop's wake-up, if its inbox is still open. Any thread. */
 void weft__loop_ring(weft_loop_t *loop) {
-  pthread_mutex_lock(&loop->inbox_lock);
-  bool ring = !loop->inbox_closed;
+  pthread_mutex_lock(&loop->inbox.lock);
+  bool ring = !loop->inbox.closed;
   if (ring)
     ring_begin(loop);
-  pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_unlock(&loop->inbox.lock);
   if (ring)
     ring_end(loop);
 }
@@ -85,23 +85,23 @@ int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn) {
    * there, and ends where the target runs it. */
   weft_loop_t *from = weft__tls.running;
   m->traced = from && from->trace && weft__trace_flow(from, true, (uintptr_t)m);
-  pthread_mutex_lock(&loop->inbox_lock);
-  if (loop->inbox_closed || (is_spawn && loop->refuse_spawns)) {
-    pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_lock(&loop->inbox.lock);
+  if (loop->inbox.closed || (is_spawn && loop->inbox.refuse_spawns)) {
+    pthread_mutex_unlock(&loop->inbox.lock);
     return WEFT_ESHUTDOWN;
   }
-  if (loop->inbox_tail)
-    loop->inbox_tail->next = m;
+  if (loop->inbox.tail)
+    loop->inbox.tail->next = m;
   else
-    loop->inbox_head = m;
-  loop->inbox_tail = m;
-  atomic_fetch_add_explicit(&loop->inbox_len, 1, memory_order_relaxed);
+    loop->inbox.head = m;
+  loop->inbox.tail = m;
+  atomic_fetch_add_explicit(&loop->inbox.len, 1, memory_order_relaxed);
   atomic_thread_fence(memory_order_seq_cst);
-  bool ring = atomic_load_explicit(&loop->parked, memory_order_acquire) &&
-              !atomic_exchange_explicit(&loop->rung, 1, memory_order_relaxed);
+  bool ring = atomic_load_explicit(&loop->inbox.parked, memory_order_acquire) &&
+              !atomic_exchange_explicit(&loop->inbox.rung, 1, memory_order_relaxed);
   if (ring)
     ring_begin(loop);
-  pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_unlock(&loop->inbox.lock);
   if (ring)
     ring_end(loop);
   return 0;
@@ -110,22 +110,22 @@ int weft__inbox_push(weft_loop_t *loop, weft__msg_t *m, bool is_spawn) {
 /* Declares the loop parked. Returns false (and stays unparked) if messages
  * are waiting, in which case the loop must not block. Loop thread only. */
 bool weft__inbox_park(weft_loop_t *loop) {
-  atomic_store_explicit(&loop->rung, 0, memory_order_relaxed);
-  atomic_store_explicit(&loop->parked, 1, memory_order_release);
+  atomic_store_explicit(&loop->inbox.rung, 0, memory_order_relaxed);
+  atomic_store_explicit(&loop->inbox.parked, 1, memory_order_release);
   atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load_explicit(&loop->inbox_len, memory_order_relaxed) > 0) {
-    atomic_store_explicit(&loop->parked, 0, memory_order_relaxed);
+  if (atomic_load_explicit(&loop->inbox.len, memory_order_relaxed) > 0) {
+    atomic_store_explicit(&loop->inbox.parked, 0, memory_order_relaxed);
     return false;
   }
   return true;
 }
 
 void weft__inbox_unpark(weft_loop_t *loop) {
-  atomic_store_explicit(&loop->parked, 0, memory_order_relaxed);
+  atomic_store_explicit(&loop->inbox.parked, 0, memory_order_relaxed);
 }
 
 bool weft__inbox_pending(weft_loop_t *loop) {
-  return atomic_load_explicit(&loop->inbox_len, memory_order_relaxed) > 0;
+  return atomic_load_explicit(&loop->inbox.len, memory_order_relaxed) > 0;
 }
 
 /* Runs at most budget messages (0: all of them, for closing). Messages left
@@ -133,15 +133,15 @@ bool weft__inbox_pending(weft_loop_t *loop) {
 size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
   if (!weft__inbox_pending(loop))
     return 0;
-  pthread_mutex_lock(&loop->inbox_lock);
-  weft__msg_t *m = loop->inbox_head;
-  weft__msg_t *last = loop->inbox_tail;  /* kept: putting back is O(1) */
-  loop->inbox_head = loop->inbox_tail = NULL;
-  pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_lock(&loop->inbox.lock);
+  weft__msg_t *m = loop->inbox.head;
+  weft__msg_t *last = loop->inbox.tail;  /* kept: putting back is O(1) */
+  loop->inbox.head = loop->inbox.tail = NULL;
+  pthread_mutex_unlock(&loop->inbox.lock);
   size_t n = 0;
   while (m && (budget == 0 || n < budget)) {
     weft__msg_t *next = m->next;
-    atomic_fetch_sub_explicit(&loop->inbox_len, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&loop->inbox.len, 1, memory_order_relaxed);
     n++;
     if (m->traced)
       weft__trace_flow(loop, false, (uintptr_t)m);
@@ -150,12 +150,12 @@ size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
   }
   if (m) {
     /* Put the rest back in front of whatever arrived meanwhile. */
-    pthread_mutex_lock(&loop->inbox_lock);
-    last->next = loop->inbox_head;
-    if (!loop->inbox_head)
-      loop->inbox_tail = last;
-    loop->inbox_head = m;
-    pthread_mutex_unlock(&loop->inbox_lock);
+    pthread_mutex_lock(&loop->inbox.lock);
+    last->next = loop->inbox.head;
+    if (!loop->inbox.head)
+      loop->inbox.tail = last;
+    loop->inbox.head = m;
+    pthread_mutex_unlock(&loop->inbox.lock);
   }
   loop->counters.inbox_in += n;
   return n;
@@ -164,16 +164,16 @@ size_t weft__inbox_drain(weft_loop_t *loop, size_t budget) {
 /* After this, pushes fail with WEFT_ESHUTDOWN and nothing new rings the
  * loop. What was already queued stays, for the closing loop to drain. */
 void weft__inbox_close(weft_loop_t *loop) {
-  pthread_mutex_lock(&loop->inbox_lock);
-  loop->inbox_closed = true;
-  pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_lock(&loop->inbox.lock);
+  loop->inbox.closed = true;
+  pthread_mutex_unlock(&loop->inbox.lock);
 }
 
 /* Waits until the rings that began before the close have written, so the
  * fd can be closed. They are a system call away from done. */
 void weft__inbox_quiesce(weft_loop_t *loop) {
-  pthread_mutex_lock(&loop->inbox_lock);
-  while (atomic_load_explicit(&loop->ringing, memory_order_relaxed) != 0)
-    pthread_cond_wait(&loop->inbox_quiet, &loop->inbox_lock);
-  pthread_mutex_unlock(&loop->inbox_lock);
+  pthread_mutex_lock(&loop->inbox.lock);
+  while (atomic_load_explicit(&loop->inbox.ringing, memory_order_relaxed) != 0)
+    pthread_cond_wait(&loop->inbox.quiet, &loop->inbox.lock);
+  pthread_mutex_unlock(&loop->inbox.lock);
 }

@@ -344,6 +344,33 @@ enum weft__goal {
 
 typedef struct weft__trace weft__trace_t;
 
+/* A loop's inbox (inbox.c): the one way work reaches it from another
+ * thread. */
+typedef struct weft__inbox {
+  pthread_mutex_t lock;
+  weft__msg_t *head;
+  weft__msg_t *tail;
+  atomic_size_t len;
+  atomic_int parked;         /* about to block, or blocked, in poll */
+  atomic_int rung;           /* a push rang the loop since it parked */
+  atomic_int ringing;        /* rings decided but not yet written (taken
+                                back under lock) */
+  pthread_cond_t quiet;      /* ringing reached 0 after the close */
+  bool closed;               /* under lock */
+  bool refuse_spawns;        /* under lock: the pool is shutting down */
+  atomic_uint_fast64_t wakeups_sent;
+  uint64_t wakeups_received;
+} weft__inbox_t;
+
+/* A loop's timers (timer.c): one uv_timer_t drives a heap of them. */
+typedef struct weft__timers {
+  weft__timer_t **heap;      /* min-heap of timers by (due, seq) */
+  size_t len, cap;
+  uint64_t seq;
+  uint64_t armed_due;        /* due the uv_timer points at; 0 = not armed */
+  uint64_t now_ns;           /* uv_hrtime() when the running timer batch began */
+} weft__timers_t;
+
 struct weft_loop {
   uv_loop_t *uv;             /* own_uv, or the application's (adopted) */
   uv_loop_t own_uv;          /* the libuv loop weft made, unless adopted */
@@ -366,11 +393,7 @@ struct weft_loop {
   weft__queue_t tasks;       /* every live task (for close and dumps) */
   weft__coro_t sched;        /* the loop thread's own context */
   weft_task_t *current;      /* the task running now, or NULL */
-  weft__timer_t **heap;      /* min-heap of timers by (due, seq) */
-  size_t heap_len, heap_cap;
-  uint64_t timer_seq;
-  uint64_t armed_due;        /* due the uv_timer points at; 0 = not armed */
-  uint64_t timers_now_ns;    /* uv_hrtime() when the running timer batch began */
+  weft__timers_t timers;     /* timer.c's */
   weft__stack_pool_t stacks;
   pthread_t owner;           /* the only thread that may drive the loop */
   bool running;
@@ -384,20 +407,7 @@ struct weft_loop {
   weft_stats_t counters;
   weft_event_fn on_event;
   void *event_arg;
-  /* The inbox (inbox.c). */
-  pthread_mutex_t inbox_lock;
-  weft__msg_t *inbox_head;
-  weft__msg_t *inbox_tail;
-  atomic_size_t inbox_len;
-  atomic_int parked;         /* about to block, or blocked, in poll */
-  atomic_int rung;           /* a push rang the loop since it parked */
-  atomic_int ringing;        /* rings decided but not yet written (taken
-                                back under inbox_lock) */
-  pthread_cond_t inbox_quiet; /* ringing reached 0 after the close */
-  bool inbox_closed;         /* under inbox_lock */
-  bool refuse_spawns;        /* under inbox_lock: the pool is shutting down */
-  atomic_uint_fast64_t wakeups_sent;
-  uint64_t wakeups_received;
+  weft__inbox_t inbox;       /* inbox.c's */
   char name[32];
   weft__trace_t *trace;      /* its trace ring while tracing (trace.c) */
   weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
@@ -522,6 +532,15 @@ void weft__stack_overflow_watch(void);
 
 void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns);
 void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns);
+/* The slow-callback watch around a round's poll: the time libuv's
+ * callbacks held the loop, blocked time (libuv's idle time, and waited_ns
+ * parked on the wake-up fd) not counted. Costs nothing while slow steps
+ * are not watched. */
+typedef struct weft__poll_watch {
+  uint64_t t0, idle0;
+} weft__poll_watch_t;
+void weft__poll_watch_begin(weft_loop_t *loop, weft__poll_watch_t *w);
+void weft__poll_watch_end(weft_loop_t *loop, const weft__poll_watch_t *w, uint64_t waited_ns);
 
 /* -------------------------------------------------------- registry.c */
 

@@ -18,7 +18,7 @@ _Thread_local weft__tls_t weft__tls;
  * loop is not parked again before its round drains the inbox. The round
  * looks at the stop flag itself. */
 static void answer_ring(weft_loop_t *loop) {
-  loop->wakeups_received++;
+  loop->inbox.wakeups_received++;
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
   weft__wakefd_drain(&loop->wakefd);
 }
@@ -543,14 +543,15 @@ static void loop_round(weft_loop_t *loop) {
   if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
     /* Tasks are ready, so the poll would not block: skip its system call
      * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
-    bool timer_due = loop->heap_len > 0 && weft__clock_reached(loop, loop->heap[0]->due);
+    bool timer_due = loop->timers.len > 0 && weft__clock_reached(loop, loop->timers.heap[0]->due);
     if (!timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY)
       return;
   }
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
-  uint64_t t0 = loop->slow_ns ? weft__coarse_ns() : 0;
-  uint64_t idle0 = loop->slow_ns ? uv_metrics_idle_time(loop->uv) : 0, waited = 0;
+  weft__poll_watch_t watch;
+  weft__poll_watch_begin(loop, &watch);
+  uint64_t waited = 0;
   if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
     run_uv(loop, UV_RUN_NOWAIT);
   } else {
@@ -562,11 +563,7 @@ static void loop_round(weft_loop_t *loop) {
     weft__inbox_unpark(loop);
   }
   loop->step_clock = weft__coarse_ns();
-  if (loop->slow_ns) {
-    uint64_t held = loop->step_clock - t0;
-    uint64_t idle = uv_metrics_idle_time(loop->uv) - idle0 + waited;
-    weft__callbacks_timed(loop, held > idle ? held - idle : 0);
-  }
+  weft__poll_watch_end(loop, &watch, waited);
 }
 
 static int run_begin(weft_loop_t *loop, enum weft__goal goal, const char *fn) {

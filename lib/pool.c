@@ -98,9 +98,9 @@ static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
     weft_loop_t *loop = pool->workers[i].loop;
     if (!loop)
       continue;
-    pthread_mutex_lock(&loop->inbox_lock);
-    loop->refuse_spawns = true;
-    pthread_mutex_unlock(&loop->inbox_lock);
+    pthread_mutex_lock(&loop->inbox.lock);
+    loop->inbox.refuse_spawns = true;
+    pthread_mutex_unlock(&loop->inbox.lock);
     /* Set now, not when the shutdown message comes up behind the queued
      * spawns: in CANCEL mode none of those may start. */
     if (how == WEFT_CANCEL)

@@ -28,6 +28,22 @@ void weft__step_timed(weft_loop_t *loop, weft_task_t *t, uint64_t ns) {
   }
 }
 
+void weft__poll_watch_begin(weft_loop_t *loop, weft__poll_watch_t *w) {
+  if (!loop->slow_ns)
+    return;
+  w->t0 = weft__coarse_ns();
+  w->idle0 = uv_metrics_idle_time(loop->uv);
+}
+
+/* loop->step_clock is the poll's end, read by the round. */
+void weft__poll_watch_end(weft_loop_t *loop, const weft__poll_watch_t *w, uint64_t waited_ns) {
+  if (!loop->slow_ns)
+    return;
+  uint64_t held = loop->step_clock - w->t0;
+  uint64_t idle = uv_metrics_idle_time(loop->uv) - w->idle0 + waited_ns;
+  weft__callbacks_timed(loop, held > idle ? held - idle : 0);
+}
+
 /* libuv's callbacks (timers, I/O, the application's own handles) held the
  * loop for ns, time blocked in the poll not counted. */
 void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns) {
@@ -48,8 +64,8 @@ static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
   out->stacks_pooled = loop->stacks.nwarm;
   out->stacks_guarded = loop->stacks.nguarded;
   out->stacks_canary = loop->stacks.ncanary;
-  out->wakeups_sent = atomic_load_explicit(&loop->wakeups_sent, memory_order_relaxed);
-  out->wakeups_received = loop->wakeups_received;
+  out->wakeups_sent = atomic_load_explicit(&loop->inbox.wakeups_sent, memory_order_relaxed);
+  out->wakeups_received = loop->inbox.wakeups_received;
   uint64_t now = uv_hrtime(), run = loop->run_ns;
   if (loop->running)
     run += now - loop->run_since;

@@ -195,7 +195,7 @@ void weft__task_complete(weft_task_t *t, int status) {
   __atomic_store_n(&t->status, status, __ATOMIC_RELEASE);
   /* A task that ends after its loop closed its inbox: someone may wait for
    * it in weft__task_wait_ended, having been refused by the inbox. */
-  if (loop->inbox_closed) {
+  if (loop->inbox.closed) {
     pthread_mutex_lock(&late_lock);
     pthread_cond_broadcast(&late_cond);
     pthread_mutex_unlock(&late_lock);
@@ -346,7 +346,7 @@ typedef struct sleep_wait {
 static void sleep_fire(weft__timer_t *timer) {
   sleep_wait_t *sw = weft__container_of(timer, sleep_wait_t, timer);
   weft_loop_t *loop = sw->base.task->loop;
-  uint64_t now = loop->timers_now_ns;
+  uint64_t now = loop->timers.now_ns;
   if (now < sw->end_ns) {
     uint64_t left_ms = (sw->end_ns - now + 999999) / 1000000;
     weft__timer_start(loop, timer, weft__now(loop) + left_ms);

@@ -46,49 +46,49 @@ static void sift_down(weft__timer_t **heap, size_t len, size_t i) {
 }
 
 int weft__timers_reserve(weft_loop_t *loop, size_t n) {
-  if (n <= loop->heap_cap)
+  if (n <= loop->timers.cap)
     return 0;
-  size_t cap = loop->heap_cap ? loop->heap_cap : 64;
+  size_t cap = loop->timers.cap ? loop->timers.cap : 64;
   while (cap < n)
     cap *= 2;
-  weft__timer_t **heap = weft__realloc(loop->heap, cap * sizeof *heap);
+  weft__timer_t **heap = weft__realloc(loop->timers.heap, cap * sizeof *heap);
   if (!heap)
     return WEFT_ENOMEM;
-  loop->heap = heap;
-  loop->heap_cap = cap;
+  loop->timers.heap = heap;
+  loop->timers.cap = cap;
   return 0;
 }
 
 void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due) {
   WEFT__ASSERT(!weft__timer_active(t));
-  WEFT__ASSERT(loop->heap_len < loop->heap_cap);
+  WEFT__ASSERT(loop->timers.len < loop->timers.cap);
   t->due = due;
-  t->seq = loop->timer_seq++;
-  place(loop->heap, loop->heap_len, t);
-  sift_up(loop->heap, loop->heap_len++);
+  t->seq = loop->timers.seq++;
+  place(loop->timers.heap, loop->timers.len, t);
+  sift_up(loop->timers.heap, loop->timers.len++);
 }
 
 void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t) {
   if (!weft__timer_active(t))
     return;
   size_t i = t->index;
-  weft__timer_t *last = loop->heap[--loop->heap_len];
+  weft__timer_t *last = loop->timers.heap[--loop->timers.len];
   t->index = WEFT__TIMER_IDLE;
   if (last == t)
     return;
-  place(loop->heap, i, last);
-  if (i > 0 && earlier(last, loop->heap[(i - 1) / 2]))
-    sift_up(loop->heap, i);
+  place(loop->timers.heap, i, last);
+  if (i > 0 && earlier(last, loop->timers.heap[(i - 1) / 2]))
+    sift_up(loop->timers.heap, i);
   else
-    sift_down(loop->heap, loop->heap_len, i);
+    sift_down(loop->timers.heap, loop->timers.len, i);
 }
 
 /* Fires every timer that is due. A timer's fire callback may start or stop
  * other timers; each pass takes the current minimum again. */
 static void run_due(weft_loop_t *loop) {
   uint64_t now = weft__now(loop);
-  while (loop->heap_len > 0 && loop->heap[0]->due <= now) {
-    weft__timer_t *t = loop->heap[0];
+  while (loop->timers.len > 0 && loop->timers.heap[0]->due <= now) {
+    weft__timer_t *t = loop->timers.heap[0];
     weft__timer_stop(loop, t);
     t->fire(t);
   }
@@ -96,11 +96,11 @@ static void run_due(weft_loop_t *loop) {
 
 void weft__timers_cb(uv_timer_t *h) {
   weft_loop_t *loop = weft__container_of(h, weft_loop_t, timer);
-  loop->armed_due = 0;
+  loop->timers.armed_due = 0;
   /* One precise reading for the whole batch: timers due together compare
    * against the same instant, so a sleep's never-early check (task.c)
    * cannot wake a later sleeper before an earlier one. */
-  loop->timers_now_ns = uv_hrtime();
+  loop->timers.now_ns = uv_hrtime();
   run_due(loop);
   /* A fired timer need not wake anyone (a wait_for timeout only starts a
    * cancellation): keep the uv_timer pointed at the next one regardless. */
@@ -108,23 +108,23 @@ void weft__timers_cb(uv_timer_t *h) {
 }
 
 void weft__timers_arm(weft_loop_t *loop) {
-  if (loop->heap_len == 0) {
-    if (loop->armed_due) {
+  if (loop->timers.len == 0) {
+    if (loop->timers.armed_due) {
       uv_timer_stop(&loop->timer);
-      loop->armed_due = 0;
+      loop->timers.armed_due = 0;
     }
     return;
   }
-  uint64_t due = loop->heap[0]->due;
-  if (due == loop->armed_due)
+  uint64_t due = loop->timers.heap[0]->due;
+  if (due == loop->timers.armed_due)
     return;
   uint64_t now = weft__now(loop);
   uv_timer_start(&loop->timer, weft__timers_cb, due > now ? due - now : 0, 0);
-  loop->armed_due = due;
+  loop->timers.armed_due = due;
 }
 
 void weft__timers_free(weft_loop_t *loop) {
-  free(loop->heap);
-  loop->heap = NULL;
-  loop->heap_len = loop->heap_cap = 0;
+  free(loop->timers.heap);
+  loop->timers.heap = NULL;
+  loop->timers.len = loop->timers.cap = 0;
 }
