@@ -2,7 +2,13 @@
  * between stacks. The loop's scheduler runs on the thread's own stack and every
  * task on a stack of its own; a task only ever switches to its scheduler and
  * back, so the side that resumes a coroutine is always the one it switched to.
- * The arch file (lib/arch/) provides the bare switch; this file wraps it. */
+ * The arch file (lib/arch/) provides the bare switch; this file wraps it.
+ *
+ * Under TSan a task runs as the fiber of its stack, which the pool keeps with
+ * the stack (stack.c): creating a fiber costs TSan milliseconds. The tasks
+ * that reuse one fiber follow each other on the loop's thread, and each
+ * switch synchronizes (flags 0), so TSan orders a task after the scheduler
+ * that started it and the scheduler after the task that ended before. */
 #include "internal.h"
 
 #if defined(WEFT_ASAN)
@@ -37,19 +43,11 @@ void weft__coro_init(weft__coro_t *c, weft__stack_t *s, void (*entry)(void)) {
   c->stack_lo = s->lo;
   c->stack_size = s->size;
   c->asan_fake = NULL;
-#if defined(WEFT_TSAN)
-  c->tsan_fiber = __tsan_create_fiber(0);
-#else
-  c->tsan_fiber = NULL;
-#endif
+  c->tsan_fiber = s->tsan_fiber;
   weft__ctx_make(&c->ctx, s->lo, s->size, entry);
 }
 
 void weft__coro_destroy(weft__coro_t *c) {
-#if defined(WEFT_TSAN)
-  if (c->tsan_fiber)
-    __tsan_destroy_fiber(c->tsan_fiber);
-#endif
   c->tsan_fiber = NULL;
 }
 
@@ -76,7 +74,9 @@ void weft__coro_started(weft__coro_t *self, weft__coro_t *from) {
   (void)from;
 }
 
-void weft__coro_exit(weft__coro_t *self, weft__coro_t *to) {
+/* Bare (WEFT__TSAN_BARE): TSan must not record a frame it will never see
+ * return. */
+WEFT__TSAN_BARE void weft__coro_exit(weft__coro_t *self, weft__coro_t *to) {
 #if defined(WEFT_ASAN)
   /* NULL: this stack will not be resumed, ASan may drop its fake stack. */
   __sanitizer_start_switch_fiber(NULL, to->stack_lo, to->stack_size);

@@ -66,6 +66,7 @@ typedef struct weft__stack {
   size_t map_len;      /* its length, guard page included */
   weft__slab_t *slab;  /* the slab it was carved from, or NULL */
   unsigned vg_id;      /* valgrind stack id */
+  void *tsan_fiber;    /* TSan builds: the fiber every task on it runs as */
 } weft__stack_t;
 
 /* A loop's stacks: warm ones are reused as they are (their pages stay
@@ -87,6 +88,7 @@ typedef struct weft__stack_pool {
 
 void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm_max);
 void weft__stack_pool_destroy(weft__stack_pool_t *p);
+/* Under TSan the stack comes with its fiber (stack.c says why). */
 weft__stack_t *weft__stack_get(weft__stack_pool_t *p);
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s);
 size_t weft__stack_round(size_t size);
@@ -100,18 +102,38 @@ typedef struct weft__coro {
   const void *stack_lo;  /* bounds reported to ASan at a switch into it */
   size_t stack_size;
   void *asan_fake;       /* ASan's fake stack of this side while suspended */
-  void *tsan_fiber;      /* TSan fiber (the thread's own for the scheduler) */
+  void *tsan_fiber;      /* TSan fiber: its stack's (the thread's own for the scheduler) */
 } weft__coro_t;
+
+/* A function whose frame TSan does not record. The base frame of a task's
+ * stack and the last switch away from it are such: TSan keeps a fiber's
+ * call stack across its switches, and a task that ends switches away for
+ * good from inside the frames that started it, so every frame recorded there
+ * would stay on its fiber, which the stack's next task reuses (stack.c). */
+#if !defined(WEFT_TSAN)
+#define WEFT__TSAN_BARE
+#elif defined(__clang__)
+/* clang's no_sanitize("thread") still records the frame. */
+#if !__has_attribute(disable_sanitizer_instrumentation)
+#error "a TSan build with clang needs clang 14 or later"
+#endif
+#define WEFT__TSAN_BARE __attribute__((disable_sanitizer_instrumentation))
+#else
+#define WEFT__TSAN_BARE __attribute__((no_sanitize_thread))
+#endif
 
 void weft__coro_init_thread(weft__coro_t *sched);
 void weft__coro_init(weft__coro_t *c, weft__stack_t *s, void (*entry)(void));
+/* Once the coroutine has exited; its stack, fiber included, goes back to the
+ * pool on its own. */
 void weft__coro_destroy(weft__coro_t *c);
 /* Asymmetric switches: a task only ever switches to its scheduler and back. */
 void weft__coro_switch(weft__coro_t *from, weft__coro_t *to);
 /* First thing a new coroutine does, on its own stack. */
 void weft__coro_started(weft__coro_t *self, weft__coro_t *from);
 /* The last switch away from a coroutine that has ended. */
-void weft__coro_exit(weft__coro_t *self, weft__coro_t *to) __attribute__((noreturn));
+WEFT__TSAN_BARE void weft__coro_exit(weft__coro_t *self, weft__coro_t *to)
+  __attribute__((noreturn));
 
 /* ---------------------------------------------------------------- timers */
 
@@ -323,7 +345,7 @@ void weft__task_complete(weft_task_t *t, int status);
  * its last tasks). */
 void weft__task_wait_ended(weft_task_t *t);
 extern atomic_uint_fast64_t weft__end_seq;
-void weft__task_entry(void) __attribute__((noreturn));
+WEFT__TSAN_BARE void weft__task_entry(void) __attribute__((noreturn));
 
 /* Join support (join.c): wakes every task awaiting t, which has ended. */
 void weft__join_notify(weft_task_t *t);

@@ -9,7 +9,12 @@
  * overflow is still caught, if later (see the picture in internal.h). Surplus warm stacks beyond the pool's
  * cap are unmapped (guarded) or handed back to the kernel with MADV_DONTNEED
  * (slab stacks, kept cold for reuse): that happens when a burst of tasks
- * ends, never on the spawn path. */
+ * ends, never on the spawn path.
+ *
+ * Under TSan each stack also carries the fiber its tasks run as: TSan takes
+ * milliseconds to create one (it maps and clears memory for it as for a
+ * thread), far more than a task's switch, so a warm stack keeps its fiber
+ * for the next task. A stack that turns cold or unmaps destroys it. */
 #include "internal.h"
 
 #include <signal.h>
@@ -27,7 +32,23 @@
 #define VALGRIND_STACK_DEREGISTER(id) ((void)(id))
 #endif
 
+#if defined(WEFT_TSAN)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #define SLAB_STACKS 256
+
+#if defined(WEFT_TSAN)
+/* TSan dies past 8128 threads and fibers alive at once, so a program sizes
+ * its concurrent tasks by that; fibers parked in warm stacks count too, and
+ * a loop cannot use another loop's. So they are capped for the whole
+ * process, well below a pool's warm_max times its loops: beyond the cap a
+ * warm stack gives its fiber up and the next task on it makes one again.
+ * Tasks spawned one after the other reuse a handful of stacks, so even a
+ * small cap keeps nearly every fiber they need. */
+#define TSAN_IDLE_FIBERS_MAX 1024
+static atomic_size_t idle_fibers; /* kept by warm stacks, all pools */
+#endif
 
 struct weft__slab {
   weft__slab_t *next;    /* the pool's list of slabs */
@@ -117,6 +138,7 @@ static weft__stack_t *stack_new_guarded(weft__stack_pool_t *p) {
   s->lo = (char *)map + page_size;
   s->size = p->stack_size;
   s->canary = &guarded_canary;
+  s->tsan_fiber = NULL;
   weft__queue_init(&s->node);
   stack_arm(s);
   p->nguarded++;
@@ -159,6 +181,7 @@ static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
    * lives there. */
   s->size = p->stack_size - 16;
   s->canary = (const uint64_t *)((char *)s->lo - sizeof(uint64_t));
+  s->tsan_fiber = NULL;
   weft__queue_init(&s->node);
   slab->carved++;
   stack_arm(s);
@@ -166,7 +189,53 @@ static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
   return s;
 }
 
-weft__stack_t *weft__stack_get(weft__stack_pool_t *p) {
+/* Gives a stack about to run a task the fiber it lacks, or takes the one it
+ * kept out of the idle count. */
+static void fiber_take(weft__stack_t *s) {
+#if defined(WEFT_TSAN)
+  if (s->tsan_fiber)
+    atomic_fetch_sub_explicit(&idle_fibers, 1, memory_order_relaxed);
+  else
+    s->tsan_fiber = __tsan_create_fiber(0);
+#else
+  (void)s;
+#endif
+}
+
+/* A warm stack keeps its fiber while the process-wide cap allows. */
+static void fiber_park(weft__stack_t *s) {
+#if defined(WEFT_TSAN)
+  if (atomic_fetch_add_explicit(&idle_fibers, 1, memory_order_relaxed) < TSAN_IDLE_FIBERS_MAX)
+    return;
+  atomic_fetch_sub_explicit(&idle_fibers, 1, memory_order_relaxed);
+  __tsan_destroy_fiber(s->tsan_fiber);
+  s->tsan_fiber = NULL;
+#else
+  (void)s;
+#endif
+}
+
+/* For a stack leaving use for the cold list or the kernel. */
+static void fiber_drop(weft__stack_t *s) {
+#if defined(WEFT_TSAN)
+  __tsan_destroy_fiber(s->tsan_fiber);
+#endif
+  s->tsan_fiber = NULL;
+}
+
+/* For a warm stack leaving the pool. */
+static void fiber_unpark(weft__stack_t *s) {
+#if defined(WEFT_TSAN)
+  if (s->tsan_fiber) {
+    atomic_fetch_sub_explicit(&idle_fibers, 1, memory_order_relaxed);
+    fiber_drop(s);
+  }
+#else
+  (void)s;
+#endif
+}
+
+static weft__stack_t *stack_get(weft__stack_pool_t *p) {
   weft__queue_t *q;
   if (!weft__queue_empty(&p->warm)) {
     q = weft__queue_head(&p->warm);
@@ -187,6 +256,13 @@ weft__stack_t *weft__stack_get(weft__stack_pool_t *p) {
   return s ? s : stack_new_canary(p);
 }
 
+weft__stack_t *weft__stack_get(weft__stack_pool_t *p) {
+  weft__stack_t *s = stack_get(p);
+  if (s)
+    fiber_take(s);
+  return s;
+}
+
 static void stack_unmap(weft__stack_pool_t *p, weft__stack_t *s) {
   VALGRIND_STACK_DEREGISTER(s->vg_id);
   munmap(s->map, s->map_len);
@@ -197,9 +273,13 @@ static void stack_unmap(weft__stack_pool_t *p, weft__stack_t *s) {
 
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
   if (p->nwarm < p->warm_max) {
+    fiber_park(s);
     weft__queue_insert_head(&p->warm, &s->node);
     p->nwarm++;
-  } else if (s->slab) {
+    return;
+  }
+  fiber_drop(s);
+  if (s->slab) {
     /* madvise works on whole pages, so this also zeroes the next slot's
      * canary (the slot's topmost word). Put it back: every task's canary was
      * checked when it last switched away, so nothing is being hidden. */
@@ -220,6 +300,7 @@ void weft__stack_pool_destroy(weft__stack_pool_t *p) {
       weft__queue_t *q = weft__queue_head(lists[i]);
       weft__queue_remove(q);
       weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
+      fiber_unpark(s);
       if (s->slab)
         VALGRIND_STACK_DEREGISTER(s->vg_id);
       else

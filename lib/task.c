@@ -206,14 +206,23 @@ void weft__task_complete(weft_task_t *t, int status) {
   weft__join_notify(t);
 }
 
-void weft__task_entry(void) {
+/* The task's whole life but its last switch. A frame of its own, which
+ * returns, so that TSan checks it and its callers' frames balance. */
+static __attribute__((noinline)) weft_task_t *task_run(void) {
   weft_loop_t *loop = weft__tls.running;
   weft_task_t *t = loop->current;
   weft__coro_started(&t->coro, &loop->sched);
   t->result = t->fn(t->arg);
   int status = t->fail ? t->fail : t->cancelled ? WEFT_ECANCELED : 0;
   weft__task_complete(t, status);
-  weft__coro_exit(&t->coro, &loop->sched);
+  return t;
+}
+
+/* The base frame of a task's stack. Bare (WEFT__TSAN_BARE): it never
+ * returns, and under TSan its stack's next task reuses the fiber. */
+WEFT__TSAN_BARE void weft__task_entry(void) {
+  weft_task_t *t = task_run();
+  weft__coro_exit(&t->coro, &weft__tls.running->sched);
 }
 
 typedef struct cancel_msg {

@@ -1,11 +1,13 @@
 /* Fault and race tests: many tasks cancelled at random await points
  * (sleep, channel, stream read, connect) with descriptors back to their
- * baseline; a pool shut down with ten thousand messages in flight, each
- * either delivered or left in the channel for its owner, none lost; a long
- * ping-pong between two loops with random delays under a watchdog; the
- * signals the workers block reaching only the application's thread of a
- * process with eight loops; and a fork from a running pool whose child
- * runs a loop of its own and exits cleanly.
+ * baseline; a hundred thousand tasks run one after another on one reused
+ * stack (and TSan fiber), in order and leaving nothing behind; a pool shut
+ * down with ten thousand messages in flight, each either delivered or left
+ * in the channel for its owner, none lost; a long ping-pong between two
+ * loops with random delays under a watchdog; the signals the workers block
+ * reaching only the application's thread of a process with eight loops; and
+ * a fork from a running pool whose child runs a loop of its own and exits
+ * cleanly.
  */
 #include "testutil.h"
 
@@ -50,9 +52,12 @@ static void *victim_main(void *arg) {
   victim_t *v = arg;
   cancel_fix_t *f = v->f;
   int rc = 0;
+  /* None of these waits can end before the task is cancelled, however long
+   * the tasks take to start (under TSan the round that starts them all took
+   * over a minute once, longer than a sleep of 60 s). */
   switch (v->kind) {
   case 0:
-    rc = weft_sleep(60000);
+    rc = weft_sleep(UINT64_MAX); /* due at the end of time: never */
     break;
   case 1: {
     void *m;
@@ -135,7 +140,8 @@ static void *cancel_main(void *arg) {
     t[j] = tmp;
   }
   for (unsigned i = 0; i < NCANCEL; i++) {
-    weft_task_cancel(t[i]);
+    /* Every victim is still waiting, or has not started yet. */
+    assert_int_equal(weft_task_cancel(t[i]), 0);
     if (rnd(&seed) % 64 == 0)
       for (unsigned k = rnd(&seed) % 4; k > 0; k--)
         weft_yield();
@@ -145,8 +151,10 @@ static void *cancel_main(void *arg) {
     assert_int_equal(weft_task_status(t[i]), WEFT_ECANCELED);
     weft_task_release(t[i]);
   }
-  /* A task cancelled before its first step ends without running. */
+  /* A task cancelled before its first step ends without running; every one
+   * that ran saw its wait cancelled. */
   assert_true(atomic_load(&f->ended) <= NCANCEL);
+  assert_int_equal(atomic_load(&f->cancelled), atomic_load(&f->ended));
   assert_int_equal(weft_listener_close(f->l), 0);
   weft_await(acc, NULL);
   weft_task_release(acc);
@@ -164,9 +172,49 @@ static void cancel_at_random_awaits(void **state) {
   cancel_fix_t f;
   memset(&f, 0, sizeof f);
   assert_int_equal(weft_run(cancel_main, &f, NULL), 0);
-  /* Most were cancelled in their wait; the others ended first. */
+  /* Most were cancelled in their wait, the others before they started. */
   assert_true(atomic_load(&f.cancelled) > NCANCEL / 2);
   assert_int_equal(wt_count_fds(), fds);
+}
+
+/* ------------------------------------------------ tasks on reused stacks */
+
+/* Tasks that each end in their first step all run on the same warm stack,
+ * one after the other, and under TSan as the same fiber (lib/stack.c). A
+ * plain counter that each bumps, with only the scheduler between one task
+ * and the next, checks that TSan sees each ordered after the one before. And
+ * TSan keeps each fiber's call stack: were an ended task's frames left on
+ * it, the next tasks would pile theirs on top, and TSan fails past 65536
+ * frames, fewer than NREUSE tasks leave (two frames each, at the least). */
+#define NREUSE 100000
+#define REUSE_BATCH 100
+
+static int reuse_count; /* plain, not atomic: TSan checks its order */
+
+static void *reuse_step(void *arg) {
+  (void)arg;
+  reuse_count++;
+  return NULL;
+}
+
+static void *reuse_main(void *arg) {
+  (void)arg;
+  weft_task_t *t[REUSE_BATCH];
+  for (int i = 0; i < NREUSE; i += REUSE_BATCH) {
+    for (int j = 0; j < REUSE_BATCH; j++)
+      assert_int_equal(weft_spawn(NULL, reuse_step, NULL, &t[j]), 0);
+    assert_int_equal(weft_gather(t, REUSE_BATCH, NULL, NULL), 0);
+    for (int j = 0; j < REUSE_BATCH; j++)
+      weft_task_release(t[j]);
+  }
+  return NULL;
+}
+
+static void tasks_on_reused_stacks(void **state) {
+  (void)state;
+  reuse_count = 0;
+  assert_int_equal(weft_run(reuse_main, NULL, NULL), 0);
+  assert_int_equal(reuse_count, NREUSE);
 }
 
 /* ---------------------------------------- shutdown with messages in flight */
@@ -411,6 +459,7 @@ static void fork_from_running_pool(void **state) {
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cancel_at_random_awaits),
+    cmocka_unit_test(tasks_on_reused_stacks),
     cmocka_unit_test(shutdown_with_messages_in_flight),
     cmocka_unit_test(pingpong_random_delays),
     cmocka_unit_test(signals_reach_app_thread),
