@@ -6,7 +6,9 @@
  * a loop costs one read(2) per burst of data and no epoll_ctl per call.
  * When a task waits on an empty buffer, libuv is handed the task's own
  * buffer for the next read (no copy). A full buffer stops reading from the
- * socket until a task takes some: backpressure, and bounded memory.
+ * socket until a task takes some: backpressure, and bounded memory. A read
+ * whose deadline passes while it waits first takes what the socket holds, so
+ * a late loop does not turn bytes that came in time into a timeout.
  *
  * Writing: a write of up to STAGE_PIECE_MAX bytes, on a stream with
  * nothing queued, is copied into the loop's stage and returns; at the end of
@@ -36,6 +38,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define RBUF_SIZE 16384
@@ -286,10 +289,47 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   }
 }
 
+/* Reads from the socket now, without waiting and behind libuv's back (its
+ * next read then finds nothing, which it takes in its stride): the count,
+ * 0 at end of stream or the socket's error (both recorded, as read_cb
+ * records them), or UV_EAGAIN when the socket holds nothing. */
+static ssize_t read_now(weft_stream_t *s, char *buf, size_t len) {
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)s->h, &fd) != 0)
+    return UV_EAGAIN;
+  ssize_t n;
+  do
+    n = recv(fd, buf, len, MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n > 0)
+    return n;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    return UV_EAGAIN;
+  s->rend = n == 0 ? 1 : -errno;
+  read_stop(s);
+  return s->rend == 1 ? 0 : s->rend;
+}
+
+/* A cancel cuts the read at once. A deadline first looks at the socket: a
+ * loop that ran late (a long round, a loaded machine) finds the deadline
+ * due and the peer's bytes readable in the same poll, and libuv runs due
+ * timers before it polls for I/O, so the deadline would win a race the
+ * bytes won. A deadline bounds how long the read waited for the peer, not
+ * how late the loop is: the read takes what the socket holds (or its end,
+ * or its error) and completes, and times out only if nothing is there. The
+ * task's next await point then reports the deadline as usual. */
 static bool reader_interrupt(weft__wait_t *base, int err) {
-  (void)err;
   io_wait_t *w = weft__container_of(base, io_wait_t, base);
-  w->s->reader = NULL;
+  weft_stream_t *s = w->s;
+  s->reader = NULL;
+  if (err == WEFT_ETIMEDOUT) {
+    WEFT__ASSERT(s->rlen == 0); /* a reader waits only on an empty buffer */
+    ssize_t n = read_now(s, w->buf, w->len);
+    if (n != UV_EAGAIN) {
+      wake_io(w, n);
+      return false; /* woken here, with what the socket held */
+    }
+  }
   return true;
 }
 

@@ -19,7 +19,11 @@
  *
  * Out of file descriptors, accept fails with EMFILE while the kernel's
  * queue stays readable: a loop that polled again would spin. The accepting
- * task sleeps 100 ms instead and tries again. */
+ * task sleeps 100 ms instead and tries again.
+ *
+ * Accepting waits only when nothing is queued, so a loop that finds many
+ * connections waiting hands them out in bursts of ACCEPT_BURST, with a poll
+ * of the loop between two bursts. */
 #include "internal.h"
 
 #include <errno.h>
@@ -32,6 +36,21 @@
 #define DEFAULT_BACKLOG 511
 #define DEFAULT_QUEUE 256
 #define EMFILE_PAUSE_MS 100
+/* Connections an accepting loop hands out between two of its polls, at
+ * most. Accepting does not wait while connections are queued (in the
+ * kernel, or in the loop's channel), and an application starts a task for
+ * each, whose first step runs in the next round. A loop that found hundreds
+ * queued (it was busy, the machine was loaded, a crowd came at once) would
+ * start them all before it polled again, since a round with tasks ready
+ * skips its poll (WEFT__POLL_EVERY): every other connection of the loop,
+ * the new ones' own first bytes included, would wait for all of them. Under
+ * TSan, where a new task's first step costs milliseconds, such a stretch
+ * outlasted the echo sample's 5 s idle deadline. Past this many, the next
+ * accept waits for the loop's next poll: a timer due at once, so no system
+ * call of its own. Small, so that a round stays short where starting a task
+ * is dear; a crowd of a thousand still comes in within some sixty polls.
+ * (nginx, by default, accepts one connection per event.) */
+#define ACCEPT_BURST 16
 
 typedef struct slot {
   weft_listener_t *l;
@@ -43,6 +62,12 @@ typedef struct slot {
   weft__queue_t waiters;
   /* HANDOFF, LEAST_LOADED: fds handed to this loop. */
   weft_chan_t *conns;
+  /* Connections handed out since this slot's loop last polled, as far as
+   * its accepts can tell (see ACCEPT_BURST): the count starts again after a
+   * wait that only a poll ends (the socket's readiness, a timer), not after
+   * a wait on the channel, which a message from another thread ends.
+   * Touched only on the slot's loop. */
+  unsigned burst;
   atomic_long open;            /* streams (and fds on the way) of this loop */
 } slot_t;
 
@@ -216,26 +241,74 @@ static int wait_readable(slot_t *sl, weft_task_t *t) {
   return weft__park(&w.base);
 }
 
+/* ---------------------------------------------- a burst, then a poll */
+
+typedef struct poll_wait {
+  weft__wait_t base;
+  weft__timer_t timer;
+} poll_wait_t;
+
+static void next_poll_fire(weft__timer_t *timer) {
+  poll_wait_t *w = weft__container_of(timer, poll_wait_t, timer);
+  weft__wake(&w->base, 0, WEFT_WAKE_DONE);
+}
+
+static bool next_poll_interrupt(weft__wait_t *base, int err) {
+  (void)err;
+  poll_wait_t *w = weft__container_of(base, poll_wait_t, base);
+  weft__timer_stop(base->task->loop, &w->timer);
+  return true;
+}
+
+/* Waits (await point) until t's loop has polled libuv. A timer due now does
+ * it: a round never skips its poll while a timer is due, and libuv runs the
+ * timer in that poll's iteration, just before it polls for I/O. */
+static int wait_next_poll(weft_task_t *t) {
+  weft_loop_t *loop = t->loop;
+  poll_wait_t w = {
+    .base = {.task = t, .kind = WEFT_WAIT_ACCEPT, .interrupt = next_poll_interrupt},
+  };
+  weft__timer_init(&w.timer, next_poll_fire);
+  w.base.what = &w.timer;
+  weft__timer_start(loop, &w.timer, weft__now(loop));
+  return weft__park(&w.base);
+}
+
+/* Before an accept from sl hands out another connection: past a burst, the
+ * loop polls first, and the count starts again. */
+static int burst_check(slot_t *sl, weft_task_t *t) {
+  if (sl->burst < ACCEPT_BURST)
+    return 0;
+  sl->burst = 0;
+  return wait_next_poll(t);
+}
+
 /* Accepts one connection from sl's socket in task t (await point). */
 static int accept_fd(slot_t *sl, weft_task_t *t, int *fd) {
   for (;;) {
     if (atomic_load_explicit(&sl->l->closed, memory_order_acquire))
       return WEFT_ECLOSED;
+    int err = burst_check(sl, t);
+    if (err)
+      return err;
     *fd = accept4(sl->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (*fd >= 0)
+    if (*fd >= 0) {
+      sl->burst++;
       return 0;
-    int err;
+    }
     switch (errno) {
     case EAGAIN:
 #if EAGAIN != EWOULDBLOCK
     case EWOULDBLOCK:
 #endif
+      sl->burst = 0;
       err = wait_readable(sl, t);
       break;
     case EMFILE:
     case ENFILE:
     case ENOBUFS:
     case ENOMEM:
+      sl->burst = 0;
       err = weft_sleep(EMFILE_PAUSE_MS);
       break;
     case EINVAL:
@@ -445,8 +518,11 @@ int weft_tcp_accept(weft_listener_t *l, weft_stream_t **out) {
       break;
     }
     void *msg;
-    if ((err = weft_chan_recv(sl->conns, &msg)) != 0)
+    if ((err = burst_check(sl, t)) == 0)
+      err = weft_chan_recv(sl->conns, &msg);
+    if (err)
       break;
+    sl->burst++;
     fd = (int)(intptr_t)msg;
     if (!atomic_load_explicit(&l->closed, memory_order_acquire))
       break;

@@ -132,11 +132,12 @@ static void serve(conn_t *c, echo_conn_t *h, char *buf) {
     /* The header deadline runs from a request's first byte; between
      * requests, the idle one. */
     uint64_t t = now_ms();
+    uint64_t read_end; /* about when the read's deadline falls */
     if (echo_conn_in_request(h)) {
-      uint64_t end = request_start + cfg->header_timeout_ms;
-      if (end <= t)
+      read_end = request_start + cfg->header_timeout_ms;
+      if (read_end <= t)
         break;
-      weft_deadline_set(end - t);
+      weft_deadline_set(read_end - t);
       idle_armed = 0;
     } else {
       request_start = 0;
@@ -144,14 +145,23 @@ static void serve(conn_t *c, echo_conn_t *h, char *buf) {
         weft_deadline_set(cfg->idle_timeout_ms + IDLE_SLACK_MS);
         idle_armed = t ? t : 1;
       }
+      read_end = idle_armed + cfg->idle_timeout_ms + IDLE_SLACK_MS;
     }
     c->idle = !echo_conn_in_request(h);
     ssize_t got = weft_stream_read(c->s, buf, READ_SIZE);
     c->idle = false;
     if (got <= 0)
       break;
+    /* A read returns the bytes that came in time even when the loop, late,
+     * saw its deadline first (weft_stream_read): the answer's writes then
+     * get a deadline of their own, or the first would fail at once. */
+    uint64_t after = now_ms();
+    if (after + IDLE_SLACK_MS >= read_end) {
+      weft_deadline_set(cfg->idle_timeout_ms);
+      idle_armed = 0;
+    }
     if (request_start == 0)
-      request_start = t;
+      request_start = after;
     if (echo_conn_feed(h, buf, (size_t)got) != 0) {
       weft_deadline_set(cfg->idle_timeout_ms);
       flush(c, h); /* the error response, then close */

@@ -4,9 +4,12 @@
  * queue, and small writes staged to the end of the round: coalesced, in
  * order, sent before close and while the writer waits elsewhere), close (a reply written just before close arrives; a reader
  * parked on a closed stream learns it), cancellation and deadlines at each
- * await point, handing a stream to another loop (bytes read ahead travel
- * with it), the three multi-loop accept modes, running out of file
- * descriptors, misuse, and a loop closed with streams left open.
+ * await point (a read whose deadline a late loop sees only after the peer's
+ * bytes came still gets them; a silent peer still times out), handing a
+ * stream to another loop (bytes read ahead travel with it), the three
+ * multi-loop accept modes, a crowd of connections accepted a burst per poll
+ * of the loop, running out of file descriptors, misuse, and a loop closed
+ * with streams left open.
  *
  * File descriptors are counted before and after the cases that open many,
  * so a socket left open fails the test.
@@ -907,6 +910,277 @@ static void tcp_out_of_fds(void **state) {
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
 }
 
+/* ------------------------------------------------- a loop that is late */
+
+/* Holds the loop's thread for ms, as a step that computes does. */
+static void compute_ms(double ms) {
+  double until = wt_now_ms() + ms;
+  while (wt_now_ms() < until)
+    ;
+}
+
+/* A read's deadline measures how long the peer was silent, not how late the
+ * loop is. Here the reader parks under a 50 ms deadline, the peer's bytes
+ * reach the socket at once, and then a step computes for 200 ms: the loop
+ * finds the deadline due and the bytes readable in the same poll (libuv runs
+ * due timers before it polls for I/O). The read returns the bytes, and the
+ * next one the peer's close, rather than WEFT_ETIMEDOUT. */
+static void *late_loop_main(void *arg) {
+  (void)arg;
+  weft_listener_t *l;
+  weft_stream_t *c, *s;
+  pair(&l, &c, &s);
+  /* Longer than a staged write, so it goes to the socket at once. */
+  static char big[8192];
+  for (size_t i = 0; i < sizeof big; i++)
+    big[i] = (char)('a' + i % 26);
+
+  reader_t r = {.s = s};
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(NULL, deadline_read, &r, &t), 0);
+  assert_int_equal(weft_yield(), 0); /* it runs first, and parks in the read */
+  assert_int_equal(weft_stream_write(c, big, sizeof big), 0);
+  compute_ms(200);
+  assert_int_equal(weft_await(t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(r.rc, (ssize_t)sizeof r.buf);
+  assert_memory_equal(r.buf, big, sizeof r.buf);
+  /* The rest follows in order. */
+  static char rest[sizeof big];
+  read_exactly(s, rest, sizeof big - sizeof r.buf);
+  assert_memory_equal(rest, big + sizeof r.buf, sizeof big - sizeof r.buf);
+
+  memset(&r, 0, sizeof r);
+  r.s = s;
+  r.rc = 1;
+  assert_int_equal(weft_spawn(NULL, deadline_read, &r, &t), 0);
+  assert_int_equal(weft_yield(), 0);
+  assert_int_equal(weft_stream_close(c), 0);
+  compute_ms(200);
+  assert_int_equal(weft_await(t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(r.rc, 0);
+
+  assert_int_equal(weft_stream_close(s), 0);
+  assert_int_equal(weft_listener_close(l), 0);
+  return NULL;
+}
+
+static void tcp_late_loop_reads_waiting_bytes(void **state) {
+  run_main_closes_fds(late_loop_main);
+}
+
+/* A connection that stayed silent still times out when the loop is late:
+ * nothing is read, and what the peer sends afterwards is read next. */
+static void *late_idle_main(void *arg) {
+  (void)arg;
+  weft_listener_t *l;
+  weft_stream_t *c, *s;
+  pair(&l, &c, &s);
+  reader_t r = {.s = s};
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(NULL, deadline_read, &r, &t), 0);
+  assert_int_equal(weft_yield(), 0);
+  compute_ms(200);
+  assert_int_equal(weft_await(t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(r.rc, WEFT_ETIMEDOUT);
+  assert_int_equal(weft_stream_write(c, "later", 5), 0);
+  char buf[5];
+  read_exactly(s, buf, 5);
+  assert_memory_equal(buf, "later", 5);
+  assert_int_equal(weft_stream_close(c), 0);
+  assert_int_equal(weft_stream_close(s), 0);
+  assert_int_equal(weft_listener_close(l), 0);
+  return NULL;
+}
+
+static void tcp_late_loop_idle_times_out(void **state) {
+  run_main_closes_fds(late_idle_main);
+}
+
+/* ------------------------------------------------ accepting in bursts */
+
+/* A loop's accepts hand out at most a burst of connections between two of
+ * its polls: a task per connection started all at once would hold every
+ * other connection of the loop (and the new ones' own first reads) for as
+ * long as those tasks take to start. Checked where the connections piled up
+ * while the loop was held, in each mode, and where they come one by one
+ * through a channel to a loop kept busy by a task that yields in a loop (a
+ * loop with tasks ready skips polls). BURST_MOST is lib/tcp.c's
+ * ACCEPT_BURST. */
+#define BURST_CLIENTS 300
+#define BURST_MOST 16
+
+typedef struct burst {
+  weft_listener_t *l;
+  atomic_int hold;          /* the accepting loop is held while set */
+  atomic_int held;
+  atomic_int accepted;      /* by loop 1 */
+  atomic_int other;         /* by loop 0 */
+  atomic_int spin;          /* loop 1's busy task goes on while set */
+  uv_prepare_t prep;
+  unsigned polls;           /* libuv iterations of loop 1 */
+  unsigned span_polls;      /* polls at the start of the current span */
+  int span, most;           /* accepted in the span; most in one span */
+  weft_stream_t *streams[2][BURST_CLIENTS];
+} burst_t;
+
+static void burst_count_poll(uv_prepare_t *h) {
+  ((burst_t *)h->data)->polls++;
+}
+
+/* On pool loop 1: holds the loop while the connections pile up, then
+ * accepts until the listener closes, counting how many it gets between two
+ * polls. */
+static void *burst_accept(void *arg) {
+  burst_t *b = arg;
+  assert_int_equal(uv_prepare_init(weft_loop_uv(weft_loop_current()), &b->prep), 0);
+  b->prep.data = b;
+  assert_int_equal(uv_prepare_start(&b->prep, burst_count_poll), 0);
+  atomic_store(&b->held, 1);
+  while (atomic_load(&b->hold))
+    uv_sleep(1);
+  weft_stream_t *s;
+  int n = 0;
+  while (n < BURST_CLIENTS && weft_tcp_accept(b->l, &s) == 0) {
+    if (b->polls != b->span_polls) {
+      b->span_polls = b->polls;
+      b->span = 0;
+    }
+    if (++b->span > b->most)
+      b->most = b->span;
+    b->streams[1][n++] = s;
+    atomic_store(&b->accepted, n);
+  }
+  uv_close((uv_handle_t *)&b->prep, NULL);
+  for (int i = 0; i < n; i++)
+    weft_stream_close(b->streams[1][i]);
+  weft_sleep(5); /* libuv finishes closing the prepare handle */
+  return NULL;
+}
+
+/* On pool loop 1, busy: steps of 2 ms, yielding in between. */
+static void *burst_spin(void *arg) {
+  burst_t *b = arg;
+  while (atomic_load(&b->spin)) {
+    compute_ms(2);
+    weft_yield();
+  }
+  return NULL;
+}
+
+/* On pool loop 0: takes its share and keeps it open (so LEAST_LOADED keeps
+ * sending loop 1 its half). */
+static void *burst_other(void *arg) {
+  burst_t *b = arg;
+  weft_stream_t *s;
+  int n = 0;
+  while (n < BURST_CLIENTS && weft_tcp_accept(b->l, &s) == 0) {
+    b->streams[0][n++] = s;
+    atomic_store(&b->other, n);
+  }
+  for (int i = 0; i < n; i++)
+    weft_stream_close(b->streams[0][i]);
+  return NULL;
+}
+
+/* busy: loop 1 is not held but kept busy while the connections come. */
+static void accept_burst_case(weft_listen_mode_t mode, bool busy) {
+  FILE *f = fopen("/proc/sys/net/core/somaxconn", "r");
+  int somaxconn = 0;
+  if (f) {
+    if (fscanf(f, "%d", &somaxconn) != 1)
+      somaxconn = 0;
+    fclose(f);
+  }
+  if (somaxconn < BURST_CLIENTS) {
+    print_message("net.core.somaxconn %d holds fewer than %d connections\n", somaxconn,
+                  BURST_CLIENTS);
+    skip();
+  }
+  int fds = wt_count_fds();
+  weft_pool_t *pool = wt_pool_of(2);
+  static burst_t b;
+  memset(&b, 0, sizeof b);
+  atomic_store(&b.hold, !busy);
+  atomic_store(&b.spin, busy);
+  weft_listen_opts_t opts = {.mode = mode, .pool = pool, .backlog = BURST_CLIENTS + 16,
+                             .queue = BURST_CLIENTS};
+  assert_int_equal(weft_tcp_listen(&b.l, HOST, 0, &opts), 0);
+  bool dispatched = mode == WEFT_LISTEN_HANDOFF || mode == WEFT_LISTEN_LEAST_LOADED;
+  weft_task_t *t[2] = {NULL, NULL}, *spinner = NULL;
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), burst_accept, &b, &t[1]), 0);
+  if (busy)
+    assert_int_equal(weft_spawn(weft_pool_loop(pool, 1), burst_spin, &b, &spinner), 0);
+  if (mode != WEFT_LISTEN_SINGLE) /* SINGLE: loop 1 alone accepts */
+    assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), burst_other, &b, &t[0]), 0);
+  assert_true(wt_wait_ge(&b.held, 1, 5000));
+
+  /* Plain blocking clients: the kernel completes each handshake whether or
+   * not the server has accepted. */
+  static int client[BURST_CLIENTS];
+  struct sockaddr_storage ss;
+  uv_ip4_addr(HOST, weft_listener_port(b.l), (struct sockaddr_in *)&ss);
+  for (int i = 0; i < BURST_CLIENTS; i++) {
+    client[i] = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(client[i] >= 0);
+    assert_int_equal(connect(client[i], (struct sockaddr *)&ss, sizeof(struct sockaddr_in)), 0);
+    if (busy)
+      uv_sleep(1); /* one by one, so loop 1 often finds its channel empty */
+  }
+  /* Handed over: loop 0 took its half once loop 1's half waits for it.
+   * REUSEPORT: loop 1's share waits in its own socket's queue already. */
+  if (dispatched && !busy)
+    assert_true(wt_wait_ge(&b.other, BURST_CLIENTS / 2, 10000));
+  atomic_store(&b.hold, 0);
+  double until = wt_now_ms() + 20000;
+  while (atomic_load(&b.accepted) + atomic_load(&b.other) < BURST_CLIENTS && wt_now_ms() < until)
+    uv_sleep(1);
+  int accepted = atomic_load(&b.accepted);
+  assert_int_equal(accepted + atomic_load(&b.other), BURST_CLIENTS);
+  atomic_store(&b.spin, 0);
+  if (spinner) {
+    assert_int_equal(weft_await(spinner, NULL), 0);
+    weft_task_release(spinner);
+  }
+  assert_int_equal(weft_listener_close(b.l), 0);
+  for (int i = 0; i < 2; i++) {
+    if (t[i]) {
+      assert_int_equal(weft_await(t[i], NULL), 0);
+      weft_task_release(t[i]);
+    }
+  }
+  print_message("loop 1 accepted %d, at most %d between two polls\n", accepted, b.most);
+  if (mode != WEFT_LISTEN_REUSEPORT) /* there the kernel's hash decides */
+    assert_true(accepted > BURST_MOST);
+  assert_true(b.most > 0 && b.most <= BURST_MOST);
+  for (int i = 0; i < BURST_CLIENTS; i++)
+    close(client[i]);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+  assert_int_equal(wt_count_fds(), fds);
+}
+
+static void tcp_accept_bursts_single(void **state) {
+  accept_burst_case(WEFT_LISTEN_SINGLE, false);
+}
+
+static void tcp_accept_bursts_reuseport(void **state) {
+  accept_burst_case(WEFT_LISTEN_REUSEPORT, false);
+}
+
+static void tcp_accept_bursts_handoff(void **state) {
+  accept_burst_case(WEFT_LISTEN_HANDOFF, false);
+}
+
+static void tcp_accept_bursts_least_loaded(void **state) {
+  accept_burst_case(WEFT_LISTEN_LEAST_LOADED, false);
+}
+
+static void tcp_accept_bursts_handoff_busy(void **state) {
+  accept_burst_case(WEFT_LISTEN_HANDOFF, true);
+}
+
 /* ---------------------------------------------------------- misuse */
 
 static void *misuse_main(void *arg) {
@@ -1067,6 +1341,13 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(tcp_mode_handoff),
     cmocka_unit_test(tcp_mode_least_loaded),
     cmocka_unit_test(tcp_out_of_fds),
+    cmocka_unit_test(tcp_late_loop_reads_waiting_bytes),
+    cmocka_unit_test(tcp_late_loop_idle_times_out),
+    cmocka_unit_test(tcp_accept_bursts_single),
+    cmocka_unit_test(tcp_accept_bursts_reuseport),
+    cmocka_unit_test(tcp_accept_bursts_handoff),
+    cmocka_unit_test(tcp_accept_bursts_least_loaded),
+    cmocka_unit_test(tcp_accept_bursts_handoff_busy),
     cmocka_unit_test(tcp_misuse),
     cmocka_unit_test(tcp_wrong_loop),
     cmocka_unit_test(tcp_loop_close_frees_streams),
