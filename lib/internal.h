@@ -393,6 +393,25 @@ typedef struct weft__timers {
   uint64_t now_ns;           /* uv_hrtime() when the running timer batch began */
 } weft__timers_t;
 
+/* A module's hooks into a loop's round (Redis' beforesleep): before_poll
+ * runs after the round's steps and inbox, before libuv polls; at_close when
+ * the loop closes, after its tasks and streams are gone. A module puts its
+ * record (in its own part of the loop) on loop->phases once, with
+ * weft__loop_phase_add. */
+typedef struct weft__phase {
+  weft__queue_t node;
+  void (*before_poll)(weft_loop_t *loop);
+  void (*at_close)(weft_loop_t *loop);
+} weft__phase_t;
+
+/* The stream writes a loop staged in this round (stream.c). */
+typedef struct weft__write_stage {
+  char *buf;                 /* STAGE_SIZE bytes, made at the first write */
+  size_t len;                /* bytes staged */
+  weft__queue_t streams;     /* the streams with bytes there */
+  weft__phase_t phase;       /* flushes them before the poll */
+} weft__write_stage_t;
+
 struct weft_loop {
   uv_loop_t *uv;             /* own_uv, or the application's (adopted) */
   uv_loop_t own_uv;          /* the libuv loop weft made, unless adopted */
@@ -444,11 +463,9 @@ struct weft_loop {
   weft_pool_t *pool;         /* the pool this loop works for, or NULL */
   unsigned pool_index;       /* its place in the pool */
   weft__queue_t io;          /* weft__io_t: weft's own open libuv handles */
-  /* Stream writes staged in this round (stream.c): the bytes, and the
-   * streams that have some there. */
-  char *stage;
-  size_t stage_len;
-  weft__queue_t staged;
+  weft__write_stage_t stage; /* stream.c's */
+  weft__queue_t phases;      /* weft__phase_t: modules' before-poll and
+                                close hooks, in the order they came */
   size_t nio;
   atomic_int draining;       /* a pool shutdown asked it to finish */
   atomic_int cancel_new;     /* WEFT_CANCEL shutdown: tasks not yet started
@@ -540,13 +557,17 @@ bool weft__loop_owns_handle(weft_loop_t *loop, const uv_handle_t *h);
 int weft__stream_from_fd(weft_loop_t *loop, int fd, void (*on_close)(void *arg), void *arg,
                          weft_stream_t **out);
 void weft__ignore_sigpipe(void);
-/* stream.c: hands the round's staged stream writes to the kernel (one
- * write per stream) and empties the stage. */
-void weft__stream_flush_staged(weft_loop_t *loop);
+/* stream.c, for tcp.c's connect: a stream on a fresh handle of loop; its
+ * handle; closing that handle (the close frees the stream). */
+int weft__stream_new(weft_loop_t *loop, weft_stream_t **out);
+uv_tcp_t *weft__stream_handle(weft_stream_t *s);
+void weft__stream_close_handle(weft_stream_t *s);
+/* loop.c: puts a module's phase record on the loop, once. */
+void weft__loop_phase_add(weft_loop_t *loop, weft__phase_t *ph);
 /* tcp.c: parses host and port into a socket address. */
 int weft__tcp_addr(const char *host, int port, struct sockaddr_storage *ss);
 
-/* stack.c: the SIGSEGV report of a guarded stack's overflow, for this
+/* overflow.c: the SIGSEGV report of a guarded stack's overflow, for this
  * thread. */
 void weft__stack_overflow_watch(void);
 

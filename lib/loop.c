@@ -185,7 +185,8 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   weft__queue_init(&loop->ready);
   weft__queue_init(&loop->tasks);
   weft__queue_init(&loop->io);
-  weft__queue_init(&loop->staged);
+  weft__queue_init(&loop->stage.streams);
+  weft__queue_init(&loop->phases);
   weft__inbox_init(loop);
   atomic_init(&loop->draining, 0);
   atomic_init(&loop->cancel_new, 0);
@@ -505,12 +506,13 @@ bool weft__loop_drained(weft_loop_t *loop) {
  * 1. Run every task that was ready when the round began, each until its next
  *    await (or its end). Tasks made ready during the round (spawned, yielded,
  *    woken) wait for the next round, so no task can starve the others by
- *    yielding and no flood of wake-ups stalls I/O polling. Then the small
- *    stream writes those steps made, staged until now, go to the kernel
- *    together: one write per stream, in one burst (stream.c).
+ *    yielding and no flood of wake-ups stalls I/O polling.
  * 2. Drain the inbox: spawns, cancels, calls and wake-ups from other threads,
  *    at most WEFT__INBOX_BUDGET of them, so a flood from other threads
- *    cannot starve the tasks already ready.
+ *    cannot starve the tasks already ready. Then the modules' before-poll
+ *    phases run (weft__phase_t): the stream module hands the small writes
+ *    the steps staged to the kernel together, one write per stream, in one
+ *    burst (stream.c).
  * 3. Poll libuv: blocking, when no task is ready, until the earliest weft
  *    timer, I/O, or a wake-up from another thread. The libuv callbacks that
  *    run here (timers, I/O) complete wait records and so move tasks from the
@@ -533,9 +535,16 @@ static void round_steps(weft_loop_t *loop) {
     loop->nready--;
     run_task(loop, weft__container_of(q, weft_task_t, node));
   }
-  if (loop->stage_len > 0)
-    weft__stream_flush_staged(loop);
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
+  for (weft__queue_t *q = loop->phases.next; q != &loop->phases; q = q->next) {
+    weft__phase_t *ph = weft__container_of(q, weft__phase_t, node);
+    if (ph->before_poll)
+      ph->before_poll(loop);
+  }
+}
+
+void weft__loop_phase_add(weft_loop_t *loop, weft__phase_t *ph) {
+  weft__queue_insert_tail(&loop->phases, &ph->node);
 }
 
 static void loop_round(weft_loop_t *loop) {
@@ -798,8 +807,12 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
     weft__io_t *io = weft__container_of(weft__queue_head(&loop->io), weft__io_t, node);
     io->force_close(io);
   }
-  free(loop->stage);
-  loop->stage = NULL;
+  while (!weft__queue_empty(&loop->phases)) {
+    weft__phase_t *ph = weft__container_of(weft__queue_head(&loop->phases), weft__phase_t, node);
+    weft__queue_remove(&ph->node);
+    if (ph->at_close)
+      ph->at_close(loop);
+  }
   weft__stack_pool_destroy(&loop->stacks);
   weft__timers_free(loop);
   close_own(loop, (uv_handle_t *)&loop->timer);

@@ -13,7 +13,7 @@
  * Writing: a write of up to STAGE_PIECE_MAX bytes, on a stream with
  * nothing queued, is copied into the loop's stage and returns; at the end of
  * the round's steps the loop hands each stream's staged bytes to the kernel
- * in one write(2) (weft__stream_flush_staged). The pieces a task writes in
+ * in one write(2) (flush_staged, the loop's before-poll phase). The pieces a task writes in
  * a step (a header, then a body) so cost one system call, and the round's
  * replies leave in one burst, while their peers are still busy with the
  * replies before: on a loopback echo benchmark that cut the server's CPU a
@@ -64,8 +64,8 @@ struct weft_stream {
   int werr;                 /* the first write error */
   io_wait_t *writer;        /* the task waiting for the queue to shrink */
   size_t wlimit;            /* ... below this many bytes */
-  weft__queue_t staged;     /* on loop->staged while it has staged bytes */
-  size_t soff, slen;        /* those bytes: loop->stage[soff, soff + slen) */
+  weft__queue_t staged;     /* on loop->stage.streams while it has staged bytes */
+  size_t soff, slen;        /* those bytes: loop->stage.buf[soff, soff + slen) */
   /* Who is told when the stream closes or leaves its loop. */
   void (*on_close)(void *arg);
   void *on_close_arg;
@@ -138,7 +138,7 @@ static void bind_handle(weft_stream_t *s, weft_loop_t *loop, uv_tcp_t *h) {
 }
 
 /* A stream for loop with a fresh handle (not yet on a socket). */
-static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
+int weft__stream_new(weft_loop_t *loop, weft_stream_t **out) {
   ignore_sigpipe();
   weft_stream_t *s = weft__calloc(1, sizeof *s);
   uv_tcp_t *h = weft__malloc(sizeof *h);
@@ -159,7 +159,7 @@ static int stream_new(weft_loop_t *loop, weft_stream_t **out) {
 }
 
 /* Closes s's handle; the close callback frees s. */
-static void stream_close_handle(weft_stream_t *s) {
+void weft__stream_close_handle(weft_stream_t *s) {
   weft__io_remove(s->loop, &s->io);
   uv_close((uv_handle_t *)s->h, free_stream_cb);
 }
@@ -169,7 +169,7 @@ static void force_close(weft__io_t *io) {
   weft_stream_t *s = weft__container_of(io, weft_stream_t, io);
   stage_flush(s);
   told_closed(s);
-  stream_close_handle(s);
+  weft__stream_close_handle(s);
 }
 
 static int adopt_fd(weft_stream_t *s, int fd) {
@@ -180,17 +180,21 @@ static int adopt_fd(weft_stream_t *s, int fd) {
   return 0;
 }
 
+uv_tcp_t *weft__stream_handle(weft_stream_t *s) {
+  return s->h;
+}
+
 int weft__stream_from_fd(weft_loop_t *loop, int fd, void (*on_close)(void *arg), void *arg,
                          weft_stream_t **out) {
   weft_stream_t *s;
-  int err = stream_new(loop, &s);
+  int err = weft__stream_new(loop, &s);
   if (err) {
     close(fd);
     return err;
   }
   if ((err = adopt_fd(s, fd)) != 0) {
     close(fd);
-    stream_close_handle(s);
+    weft__stream_close_handle(s);
     return err;
   }
   s->on_close = on_close;
@@ -446,7 +450,7 @@ static void stage_flush(weft_stream_t *s) {
   if (s->slen == 0)
     return;
   weft__queue_remove(&s->staged);
-  const char *p = s->loop->stage + s->soff;
+  const char *p = s->loop->stage.buf + s->soff;
   size_t len = s->slen;
   s->slen = 0;
   if (s->werr)
@@ -457,30 +461,42 @@ static void stage_flush(weft_stream_t *s) {
     s->werr = err;
 }
 
-void weft__stream_flush_staged(weft_loop_t *loop) {
-  while (!weft__queue_empty(&loop->staged))
-    stage_flush(weft__container_of(weft__queue_head(&loop->staged), weft_stream_t, staged));
-  loop->stage_len = 0;
+/* The loop's before-poll phase: hands each stream's staged bytes to the
+ * kernel (one write per stream) and empties the stage. */
+static void flush_staged(weft_loop_t *loop) {
+  while (!weft__queue_empty(&loop->stage.streams))
+    stage_flush(weft__container_of(weft__queue_head(&loop->stage.streams), weft_stream_t, staged));
+  loop->stage.len = 0;
 }
 
+/* When the loop closes (its streams are closed by then). */
+static void stage_free(weft_loop_t *loop) {
+  free(loop->stage.buf);
+  loop->stage.buf = NULL;
+}
 /* Stages p[0, len) after what s staged before. False where the bytes must
  * go out at once instead: nothing was staged then. */
 static bool stage(weft_stream_t *s, const char *p, size_t len) {
   weft_loop_t *loop = s->loop;
-  if (s->slen > 0 && s->soff + s->slen != loop->stage_len)
+  if (s->slen > 0 && s->soff + s->slen != loop->stage.len)
     stage_flush(s); /* another stream staged since: these go first */
-  if (loop->stage_len + len > STAGE_SIZE)
-    weft__stream_flush_staged(loop);
+  if (loop->stage.len + len > STAGE_SIZE)
+    flush_staged(loop);
   if (s->werr || s->wqueued > 0)
     return false;
-  if (!loop->stage && !(loop->stage = weft__malloc(STAGE_SIZE)))
-    return false;
-  if (s->slen == 0) {
-    s->soff = loop->stage_len;
-    weft__queue_insert_tail(&loop->staged, &s->staged);
+  if (!loop->stage.buf) {
+    if (!(loop->stage.buf = weft__malloc(STAGE_SIZE)))
+      return false;
+    loop->stage.phase.before_poll = flush_staged;
+    loop->stage.phase.at_close = stage_free;
+    weft__loop_phase_add(loop, &loop->stage.phase);
   }
-  memcpy(loop->stage + loop->stage_len, p, len);
-  loop->stage_len += len;
+  if (s->slen == 0) {
+    s->soff = loop->stage.len;
+    weft__queue_insert_tail(&loop->stage.streams, &s->staged);
+  }
+  memcpy(loop->stage.buf + loop->stage.len, p, len);
+  loop->stage.len += len;
   s->slen += len;
   return true;
 }
@@ -583,7 +599,7 @@ int weft_stream_close(weft_stream_t *s) {
     wake_io(w, WEFT_ECLOSED);
   }
   told_closed(s);
-  stream_close_handle(s);
+  weft__stream_close_handle(s);
   return result;
 }
 
@@ -660,67 +676,4 @@ int weft_stream_attach(weft_stream_t *s) {
 
 weft_loop_t *weft_stream_loop(const weft_stream_t *s) {
   return s ? s->loop : NULL;
-}
-
-/* ------------------------------------------------------------ connect */
-
-typedef struct connect_wait {
-  weft__wait_t base;
-  uv_connect_t req;
-  weft_stream_t *s;
-  bool abandoned;           /* interrupted: the handle is closing */
-} connect_wait_t;
-
-static void connect_cb(uv_connect_t *req, int status) {
-  connect_wait_t *w = req->data;
-  if (w->abandoned)
-    weft__wake(&w->base, w->base.interrupted,
-               w->base.interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
-  else
-    weft__wake(&w->base, status, WEFT_WAKE_DONE);
-}
-
-static bool connect_interrupt(weft__wait_t *base, int err) {
-  (void)err;
-  connect_wait_t *w = weft__container_of(base, connect_wait_t, base);
-  /* A connect cannot be taken back: closing the handle ends it, and its
-   * callback (UV_ECANCELED) wakes the task. */
-  w->abandoned = true;
-  stream_close_handle(w->s);
-  return false;
-}
-
-int weft_tcp_connect(weft_stream_t **out, const char *host, int port) {
-  weft_task_t *t;
-  int err = weft__await_begin(&t, "weft_tcp_connect");
-  if (err)
-    return err;
-  if (!out)
-    return WEFT_EINVAL;
-  *out = NULL;
-  struct sockaddr_storage ss;
-  if ((err = weft__tcp_addr(host, port, &ss)) != 0)
-    return err;
-  weft_stream_t *s;
-  if ((err = stream_new(t->loop, &s)) != 0)
-    return err;
-  connect_wait_t w = {
-    .base = {.task = t, .kind = WEFT_WAIT_CONNECT, .interrupt = connect_interrupt},
-    .s = s,
-  };
-  w.req.data = &w;
-  if ((err = uv_tcp_connect(&w.req, s->h, (const struct sockaddr *)&ss, connect_cb)) != 0) {
-    stream_close_handle(s);
-    return err;
-  }
-  err = weft__park(&w.base);
-  if (w.abandoned)
-    return err;
-  if (err) {
-    stream_close_handle(s);
-    return err;
-  }
-  uv_tcp_nodelay(s->h, 1);
-  *out = s;
-  return 0;
 }

@@ -560,3 +560,70 @@ int weft_listener_close(weft_listener_t *l) {
   listener_unref(l);
   return 0;
 }
+
+/* ------------------------------------------------------------ connect */
+
+/* weft_tcp_connect: a stream (stream.c) on a fresh handle, connected to
+ * host:port. A connect cannot be taken back: a cancel or deadline closes the
+ * handle, and the connect's callback (UV_ECANCELED) wakes the task. */
+
+typedef struct connect_wait {
+  weft__wait_t base;
+  uv_connect_t req;
+  weft_stream_t *s;
+  bool abandoned;           /* interrupted: the handle is closing */
+} connect_wait_t;
+
+static void connect_cb(uv_connect_t *req, int status) {
+  connect_wait_t *w = req->data;
+  if (w->abandoned)
+    weft__wake(&w->base, w->base.interrupted,
+               w->base.interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
+  else
+    weft__wake(&w->base, status, WEFT_WAKE_DONE);
+}
+
+static bool connect_interrupt(weft__wait_t *base, int err) {
+  (void)err;
+  connect_wait_t *w = weft__container_of(base, connect_wait_t, base);
+  /* A connect cannot be taken back: closing the handle ends it, and its
+   * callback (UV_ECANCELED) wakes the task. */
+  w->abandoned = true;
+  weft__stream_close_handle(w->s);
+  return false;
+}
+
+int weft_tcp_connect(weft_stream_t **out, const char *host, int port) {
+  weft_task_t *t;
+  int err = weft__await_begin(&t, "weft_tcp_connect");
+  if (err)
+    return err;
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  struct sockaddr_storage ss;
+  if ((err = weft__tcp_addr(host, port, &ss)) != 0)
+    return err;
+  weft_stream_t *s;
+  if ((err = weft__stream_new(t->loop, &s)) != 0)
+    return err;
+  connect_wait_t w = {
+    .base = {.task = t, .kind = WEFT_WAIT_CONNECT, .interrupt = connect_interrupt},
+    .s = s,
+  };
+  w.req.data = &w;
+  if ((err = uv_tcp_connect(&w.req, weft__stream_handle(s), (const struct sockaddr *)&ss, connect_cb)) != 0) {
+    weft__stream_close_handle(s);
+    return err;
+  }
+  err = weft__park(&w.base);
+  if (w.abandoned)
+    return err;
+  if (err) {
+    weft__stream_close_handle(s);
+    return err;
+  }
+  uv_tcp_nodelay(weft__stream_handle(s), 1);
+  *out = s;
+  return 0;
+}

@@ -139,7 +139,10 @@ static void *nested_main(void *arg) {
   double took = wt_now_ms() - t0;
   assert_int_equal(weft_deadline_pop(), 0);
   assert_int_equal(weft_deadline_pop(), 0);
-  assert_true(took >= 100 && took < 4000);
+  /* Deadlines are by the loop's millisecond clock, which may read a coarse
+   * tick (a few ms) behind the precise one: hence 90, not 100, below. What
+   * is checked is that the outer 100 ms bound the sleep, not the inner 5 s. */
+  assert_true(took >= 90 && took < 4000);
 
   /* An inner, shorter scope ends on time; popped, the outer one is back. */
   assert_int_equal(weft_deadline_push(5000), 0);
@@ -147,7 +150,7 @@ static void *nested_main(void *arg) {
   t0 = wt_now_ms();
   assert_int_equal(weft_sleep(10000), WEFT_ETIMEDOUT);
   took = wt_now_ms() - t0;
-  assert_true(took >= 50 && took < 4000);
+  assert_true(took >= 40 && took < 4000);
   /* Passed: every await of the scope says so at once. */
   assert_int_equal(weft_yield(), WEFT_ETIMEDOUT);
   assert_int_equal(weft_deadline_pop(), 0);
