@@ -590,11 +590,14 @@ void weft__poll_watch_end(weft_loop_t *loop, const weft__poll_watch_t *w, uint64
 void weft__loops_add(weft_loop_t *loop, const char *name);
 void weft__loops_remove(weft_loop_t *loop);
 size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void *arg);
-/* Pushes m to loop's inbox if loop is still registered (not yet freed),
- * for a sender that holds nothing that keeps loop alive; compares
- * pointers only, so loop may be dangling. WEFT_ESHUTDOWN if it is gone. */
-int weft__loops_push(weft_loop_t *loop, weft__msg_t *m);
-/* trace.c's part of the fork guard. */
+/* Runs fn(loop, arg) under the registry's lock if loop is still registered
+ * (not yet freed), for a caller that holds nothing that keeps loop alive;
+ * compares pointers only, so loop may be dangling. Returns whether it ran. */
+bool weft__loops_with(weft_loop_t *loop, void (*fn)(weft_loop_t *loop, void *arg), void *arg);
+/* The weft loop built on uv, or NULL. */
+weft_loop_t *weft__loops_find_uv(const uv_loop_t *uv);
+/* trace.c's part of the fork guard, handed to the registry. */
+void weft__fork_guard_trace(void (*prepare)(void), void (*done)(void));
 void weft__trace_fork_prepare(void);
 void weft__trace_fork_done(void);
 

@@ -68,6 +68,14 @@ static void node_fired(join_node_t *node, int status) {
 
 static void unregister_run(weft__msg_t *m, weft_loop_t *loop);
 
+/* Under the registry's lock, with the target's loop still registered. A
+ * refusal (a closed inbox) means that loop has ended the target and its
+ * FIRE is on the way. */
+static void push_unregister(weft_loop_t *loop, void *arg) {
+  join_node_t *node = arg;
+  weft__inbox_push(loop, &node->unreg_msg, false);
+}
+
 static bool join_interrupt(weft__wait_t *w, int err) {
   join_wait_t *jw = weft__container_of(w, join_wait_t, waiter.base);
   if (!jw->shielded) {
@@ -92,7 +100,7 @@ static bool join_interrupt(weft__wait_t *w, int err) {
        * be freed at any moment: a pool shutting down). Refused, or a
        * closed inbox: that loop has ended the target and its FIRE is on
        * the way. */
-      weft__loops_push(node->target->loop, &node->unreg_msg);
+      weft__loops_with(node->target->loop, push_unregister, node);
     }
     /* Else the target has ended: its FIRE is in this loop's inbox or on
      * its way, and its loop may be gone already, so nothing is sent

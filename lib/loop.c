@@ -728,6 +728,13 @@ static uv_handle_t *user_handle(weft_loop_t *loop) {
   return c.user;
 }
 
+bool weft_is_internal_handle(const uv_handle_t *h) {
+  /* The loop is looked up on the thread that runs it, which alone changes
+   * its list of I/O handles, and it cannot be freed meanwhile. */
+  weft_loop_t *loop = h ? weft__loops_find_uv(h->loop) : NULL;
+  return loop && weft__loop_owns_handle(loop, h);
+}
+
 bool weft__loop_owns_handle(weft_loop_t *loop, const uv_handle_t *h) {
   if (h == (const uv_handle_t *)&loop->timer || h == (const uv_handle_t *)&loop->wakeup)
     return true;

@@ -4,7 +4,8 @@
  * A fork while another thread holds one of weft's process-wide locks would
  * leave the child's copy locked for good, so the guard makes fork wait for
  * all of them: the registry's, the log sink's (diag.c) and the trace
- * rings' (trace.c), always taken in that order. */
+ * rings' (trace.c, through the hooks it hands over), always taken in that
+ * order. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -13,14 +14,28 @@ static pthread_mutex_t loops_lock = PTHREAD_MUTEX_INITIALIZER;
 static weft__queue_t loops = {&loops, &loops};
 static atomic_uint loops_made;
 
+/* trace.c's part, set when tracing reads its environment: a pointer, so
+ * this file calls nothing of the loop's core. */
+static void (*trace_prepare)(void);
+static void (*trace_done)(void);
+
+void weft__fork_guard_trace(void (*prepare)(void), void (*done)(void)) {
+  pthread_mutex_lock(&loops_lock);
+  trace_prepare = prepare;
+  trace_done = done;
+  pthread_mutex_unlock(&loops_lock);
+}
+
 static void fork_prepare(void) {
   pthread_mutex_lock(&loops_lock);
   weft__log_fork_prepare();
-  weft__trace_fork_prepare();
+  if (trace_prepare)
+    trace_prepare();
 }
 
 static void fork_done(void) {
-  weft__trace_fork_done();
+  if (trace_done)
+    trace_done();
   weft__log_fork_done();
   pthread_mutex_unlock(&loops_lock);
 }
@@ -63,31 +78,29 @@ size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void
   return n;
 }
 
-int weft__loops_push(weft_loop_t *loop, weft__msg_t *m) {
-  int err = WEFT_ESHUTDOWN;
+bool weft__loops_with(weft_loop_t *loop, void (*fn)(weft_loop_t *loop, void *arg), void *arg) {
+  bool found = false;
   pthread_mutex_lock(&loops_lock);
-  for (weft__queue_t *q = loops.next; q != &loops; q = q->next) {
+  for (weft__queue_t *q = loops.next; q != &loops && !found; q = q->next) {
     if (weft__container_of(q, weft_loop_t, registry) == loop) {
-      err = weft__inbox_push(loop, m, false);
-      break;
+      fn(loop, arg);
+      found = true;
     }
   }
   pthread_mutex_unlock(&loops_lock);
-  return err;
+  return found;
 }
 
-bool weft_is_internal_handle(const uv_handle_t *h) {
-  if (!h)
-    return false;
-  bool ours = false;
+weft_loop_t *weft__loops_find_uv(const uv_loop_t *uv) {
+  weft_loop_t *found = NULL;
   pthread_mutex_lock(&loops_lock);
-  for (weft__queue_t *q = loops.next; q != &loops && !ours; q = q->next) {
+  for (weft__queue_t *q = loops.next; q != &loops && !found; q = q->next) {
     weft_loop_t *loop = weft__container_of(q, weft_loop_t, registry);
-    if (loop->uv == h->loop)
-      ours = weft__loop_owns_handle(loop, h);
+    if (loop->uv == uv)
+      found = loop;
   }
   pthread_mutex_unlock(&loops_lock);
-  return ours;
+  return found;
 }
 
 const char *weft_loop_name(const weft_loop_t *loop) {

@@ -73,6 +73,7 @@ void weft__trace_fork_done(void) {
 }
 
 static void read_env(void) {
+  weft__fork_guard_trace(weft__trace_fork_prepare, weft__trace_fork_done);
   const char *p = getenv("WEFT_TRACE");
   if (p && p[0] && weft_trace_start(p) == 0) {
     exit_writer = getpid();
