@@ -349,9 +349,10 @@ typedef struct sleep_wait {
 } sleep_wait_t;
 
 /* The timer is in the loop's whole milliseconds, read from a clock that may
- * be coarse: a 3 ms sleep begun late in a millisecond could fire after 2.1
- * ms of real time. So the precise clock has the last word, and a timer that
- * came early goes again for what is left: a sleep never ends early. */
+ * be coarse: a 3 ms sleep due 3 ms after the loop's (late) reading could
+ * fire after 2.1 ms of real time. So the due time comes from the precise
+ * clock (weft_sleep), and the precise clock also has the last word here: a
+ * timer that came early anyway goes again for what is left. */
 static void sleep_fire(weft__timer_t *timer) {
   sleep_wait_t *sw = weft__container_of(timer, sleep_wait_t, timer);
   weft_loop_t *loop = sw->base.task->loop;
@@ -386,9 +387,13 @@ int weft_sleep(uint64_t ms) {
   weft__timer_init(&sw.timer, sleep_fire);
   sw.base.what = &sw.timer;
   uint64_t start = uv_hrtime();
-  sw.end_ns = ms > (UINT64_MAX - start) / 1000000 ? UINT64_MAX : start + ms * 1000000;
-  uint64_t now = weft__now(loop);
-  weft__timer_start(loop, &sw.timer, ms > UINT64_MAX - now ? UINT64_MAX : now + ms);
+  sw.end_ns = ms > (UINT64_MAX - start) / 1000000 - 1 ? UINT64_MAX : start + ms * 1000000;
+  /* Due at the first loop millisecond at or after the precise end. The
+   * loop's clock (libuv's, on the same epoch, perhaps coarse) never runs
+   * ahead of the precise one, so the timer cannot fire early; and sleeps
+   * begun in order end in order, equal ones first in, first out. */
+  uint64_t due = sw.end_ns == UINT64_MAX ? UINT64_MAX : (sw.end_ns + 999999) / 1000000;
+  weft__timer_start(loop, &sw.timer, due);
   return weft__park(&sw.base);
 }
 
