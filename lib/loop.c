@@ -699,18 +699,25 @@ static bool is_weft_io(weft_loop_t *loop, uv_handle_t *h) {
   return false;
 }
 
+/* The loop's own handles: its timer and wake-up, and an adopted loop's
+ * phase handles. */
+static bool loop_handle(const weft_loop_t *loop, const uv_handle_t *h) {
+  return h == (const uv_handle_t *)&loop->timer || h == (const uv_handle_t *)&loop->wakeup ||
+         (loop->adopted && (h == (const uv_handle_t *)&loop->prepare ||
+                            h == (const uv_handle_t *)&loop->check ||
+                            h == (const uv_handle_t *)&loop->idle));
+}
+
 static void count_handle(uv_handle_t *h, void *arg) {
   handle_census_t *c = arg;
-  if (h == (uv_handle_t *)&c->loop->timer || h == (uv_handle_t *)&c->loop->wakeup ||
-      uv_is_closing(h))
+  if (loop_handle(c->loop, h) || uv_is_closing(h))
     return;
   c->open++;
 }
 
 static void find_user_handle(uv_handle_t *h, void *arg) {
   handle_census_t *c = arg;
-  if (h == (uv_handle_t *)&c->loop->timer || h == (uv_handle_t *)&c->loop->wakeup ||
-      uv_is_closing(h) || c->user || is_weft_io(c->loop, h))
+  if (loop_handle(c->loop, h) || uv_is_closing(h) || c->user || is_weft_io(c->loop, h))
     return;
   c->user = h;
 }
@@ -736,13 +743,7 @@ bool weft_is_internal_handle(const uv_handle_t *h) {
 }
 
 bool weft__loop_owns_handle(weft_loop_t *loop, const uv_handle_t *h) {
-  if (h == (const uv_handle_t *)&loop->timer || h == (const uv_handle_t *)&loop->wakeup)
-    return true;
-  if (loop->adopted && (h == (const uv_handle_t *)&loop->prepare ||
-                        h == (const uv_handle_t *)&loop->check ||
-                        h == (const uv_handle_t *)&loop->idle))
-    return true;
-  return is_weft_io(loop, (uv_handle_t *)h);
+  return loop_handle(loop, h) || is_weft_io(loop, (uv_handle_t *)h);
 }
 
 void weft__io_add(weft_loop_t *loop, weft__io_t *io, uv_handle_t *h,
