@@ -74,7 +74,12 @@ static void wake_task(weft__waiter_t *w, int result) {
 void weft__waiter_wake(weft__waiter_t *w, int result) {
   if (!w->loop) {
     if (w->posting) {
-      /* Inside weft__waiter_post's work, which holds the lock. */
+      /* Inside weft__waiter_post's work, which holds the lock. posting is
+       * read unlocked: only a post sets it, under the lock, so a waker
+       * that is not inside a post reads false for a waiter whose every
+       * wake comes from posts (a join), or that never posts (a group).
+       * Do not wake a plain waiter from outside its posts while others
+       * post to it. */
       w->done = true;
       w->result = result;
       pthread_cond_signal(&w->cond);
