@@ -293,7 +293,8 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   if (cut)
     cancel_pending(&jw);
   int result = cut;
-  if (!jw.waiter.done || plain) {
+  /* A plain waiter's done is read under its lock only: plain goes first. */
+  if (plain || !jw.waiter.done) {
     if (has_timeout && !cut) {
       weft_loop_t *loop = self->loop;
       uv_update_time(loop->uv);
