@@ -19,6 +19,23 @@
  *   gather_100k_ms      100k tasks that sleep 100 ms, gathered
  *   rss_per_task_bytes  resident memory per sleeping task in that run
  *
+ * Synchronisation, in one task on one loop, nothing ever waiting:
+ *
+ *   sem_ns              weft_sem_acquire + weft_sem_post of a semaphore with
+ *                       one permit
+ *   mutex_ns            weft_mutex_lock + weft_mutex_unlock
+ *   chan_try_pair_ns    weft_chan_try_recv of one message + weft_chan_try_send
+ *                       of it back, on two channels that always hold messages
+ *                       (alternately one and the other)
+ *   select2_ns          weft_select (WEFT_FOREVER) over RECV cases on those
+ *                       two channels, both always ready, + weft_chan_try_send
+ *                       of the message back to the channel it came from: the
+ *                       same refill, so select2_vs_try_pair, their ratio,
+ *                       compares one select over 2 with one try_recv.
+ *                       `./run bench` prints Go's select over 2 ready
+ *                       buffered channels timed the same way beside it
+ *                       (bench/go/select.go, go_select2_ns)
+ *
  * Across loops, on the pool's worker threads:
  *
  *   chan_msgs_per_s_cap64, chan_msgs_per_s_cap1024
@@ -29,6 +46,11 @@
  *   pingpong_rtt_us     a round trip between tasks of two loops through two
  *                       channels of capacity 1, the loops parking meanwhile
  *   pingpong_busy_rtt_us  the same with both loops kept busy
+ *   sem_pingpong_busy_rtt_us
+ *                       the same round trip through two semaphores (post one,
+ *                       acquire the other), both loops busy, runs alternating
+ *                       with pingpong_busy_rtt_us's, and sem_vs_chan_pingpong,
+ *                       their ratio
  *   wakeup_us           weft_loop_call_soon from a plain thread to a parked
  *                       loop until the callback runs (median), beside
  *   eventfd_wakeup_us   the floor: a thread in epoll_wait woken through an
@@ -95,6 +117,9 @@
 #define WAKE_SAMPLES 2000
 #define WAKE_GAP_US 200          /* sleep after each wake-up sample */
 #define REMOTE_SPAWNS 100000u
+#define SYNC_OPS 1000000u        /* pairs a run, synchronisation figures */
+#define SELECT_CAP 64u           /* capacity of the two select channels */
+#define SELECT_FILL 8u           /* messages each always holds */
 
 static void die(const char *what, int err) {
   fprintf(stderr, "weft-bench: %s: %s\n", what, weft_strerror(err));
@@ -158,9 +183,14 @@ static struct {
   size_t rss_live;
   const char *rss_when;
   double all_started_ms;
+  double sem_ns, sem_med, mutex_ns, mutex_med;
+  double try_pair_ns, try_pair_med, select2_ns, select2_med;
+  double select2_ratio, select2_ratio_med; /* per run, select2 / try pair */
   chan_fig_t chan64, chan1024, chanbusy;
   double pp_us, pp_med, ppbusy_us, ppbusy_med;
   size_t pp_n, ppbusy_n;
+  double sempp_us, sempp_med, sempp_ratio, sempp_ratio_med;
+  size_t sempp_n;
   double wake_us, wake_min, wake_p90, efd_us, efd_min, efd_p90;
   double rspawn_ns, rspawn_med, rspawn_done_ns, rspawn_done_med;
 } R;
@@ -374,6 +404,144 @@ static void *spawn_main(void *arg) {
   for (int r = 0; r < RUNS; r++)
     v[r] = spawn_batches(SPAWN_BATCHES);
   R.spawn_ns = min_median(v, RUNS, &R.spawn_med);
+  return NULL;
+}
+
+/* -------------------------------------------------- synchronisation */
+
+/* Uncontended: one task on one loop, so nothing ever waits and each figure
+ * is the fast path alone. The calls' statuses are OR-ed together and
+ * checked after the timed loop, so checking costs no branch inside it (but
+ * for select's index, which is used at once). */
+
+__attribute__((noinline)) static double time_sem(weft_sem_t *sem, unsigned n) {
+  int err = 0;
+  uint64_t t0 = uv_hrtime();
+  for (unsigned i = 0; i < n; i++) {
+    err |= weft_sem_acquire(sem);
+    err |= weft_sem_post(sem);
+  }
+  uint64_t t1 = uv_hrtime();
+  if (err != 0)
+    die("weft_sem_acquire / weft_sem_post", err);
+  return (double)(t1 - t0) / n;
+}
+
+__attribute__((noinline)) static double time_mutex(weft_mutex_t *mu, unsigned n) {
+  int err = 0;
+  uint64_t t0 = uv_hrtime();
+  for (unsigned i = 0; i < n; i++) {
+    err |= weft_mutex_lock(mu);
+    err |= weft_mutex_unlock(mu);
+  }
+  uint64_t t1 = uv_hrtime();
+  if (err != 0)
+    die("weft_mutex_lock / weft_mutex_unlock", err);
+  return (double)(t1 - t0) / n;
+}
+
+/* The baseline of select2: a try_recv from one of the two channels and the
+ * try_send that puts the message back, alternating between them, so each
+ * keeps SELECT_FILL messages. */
+__attribute__((noinline)) static double time_try_pair(weft_chan_t **ch, unsigned n) {
+  int err = 0;
+  void *msg;
+  uint64_t t0 = uv_hrtime();
+  for (unsigned i = 0; i < n; i++) {
+    weft_chan_t *c = ch[i & 1];
+    err |= weft_chan_try_recv(c, &msg);
+    err |= weft_chan_try_send(c, msg);
+  }
+  uint64_t t1 = uv_hrtime();
+  if (err != 0)
+    die("weft_chan_try_recv / weft_chan_try_send", err);
+  return (double)(t1 - t0) / n;
+}
+
+/* One select over the two channels, both ready, then the same try_send of
+ * the message back to the channel it came from. */
+__attribute__((noinline)) static double time_select2(weft_chan_t **ch, unsigned n) {
+  weft_select_case_t cases[2];
+  unsigned bad = 0;
+  int err = 0;
+
+  memset(cases, 0, sizeof cases);
+  for (int k = 0; k < 2; k++) {
+    cases[k].op = WEFT_SELECT_RECV;
+    cases[k].chan = ch[k];
+  }
+  uint64_t t0 = uv_hrtime();
+  for (unsigned i = 0; i < n; i++) {
+    int k = weft_select(cases, 2, WEFT_FOREVER);
+    if ((unsigned)k > 1u) /* an error; stop before indexing with it */
+      die("weft_select", k);
+    bad |= (unsigned)cases[k].err;
+    err |= weft_chan_try_send(ch[k], cases[k].msg);
+  }
+  uint64_t t1 = uv_hrtime();
+  if (bad != 0)
+    die("weft_select (a case's err)", (int)bad);
+  if (err != 0)
+    die("weft_chan_try_send (select refill)", err);
+  return (double)(t1 - t0) / n;
+}
+
+/* Runs of the four alternate, like the switches', so a change of clock
+ * speed or a neighbour's load hits them alike, and select2's ratio to the
+ * try pair is taken within each run. */
+static void *sync_main(void *arg) {
+  double vs[RUNS], vm[RUNS], vt[RUNS], vx[RUNS], vr[RUNS];
+  weft_sem_t *sem;
+  weft_mutex_t *mu;
+  weft_chan_t *ch[2];
+  void *msg;
+  int err;
+  (void)arg;
+
+  if ((err = weft_sem_new(&sem, 1)) != 0)
+    die("weft_sem_new", err);
+  if ((err = weft_mutex_new(&mu)) != 0)
+    die("weft_mutex_new", err);
+  for (int k = 0; k < 2; k++) {
+    if ((err = weft_chan_new(&ch[k], SELECT_CAP)) != 0)
+      die("weft_chan_new", err);
+    for (uintptr_t i = 0; i < SELECT_FILL; i++)
+      if ((err = weft_chan_try_send(ch[k], (void *)i)) != 0)
+        die("weft_chan_try_send (fill)", err);
+  }
+  /* The first pass warms up and is not kept. */
+  for (int r = -1; r < RUNS; r++) {
+    unsigned n = r < 0 ? SYNC_OPS / 10 : SYNC_OPS;
+    double s = time_sem(sem, n), m = time_mutex(mu, n);
+    double t = time_try_pair(ch, n), x = time_select2(ch, n);
+    if (r >= 0) {
+      vs[r] = s;
+      vm[r] = m;
+      vt[r] = t;
+      vx[r] = x;
+      vr[r] = x / t;
+    }
+  }
+  R.sem_ns = min_median(vs, RUNS, &R.sem_med);
+  R.mutex_ns = min_median(vm, RUNS, &R.mutex_med);
+  R.try_pair_ns = min_median(vt, RUNS, &R.try_pair_med);
+  R.select2_ns = min_median(vx, RUNS, &R.select2_med);
+  min_median(vr, RUNS, &R.select2_ratio_med);
+  R.select2_ratio = R.select2_ns / R.try_pair_ns;
+  for (int k = 0; k < 2; k++) {
+    unsigned left = 0;
+    weft_chan_close(ch[k]);
+    while (weft_chan_try_recv(ch[k], &msg) == 0)
+      left++;
+    if (left != SELECT_FILL) {
+      fprintf(stderr, "weft-bench: a select channel ended with %u messages, not %u\n", left,
+              SELECT_FILL);
+      exit(1);
+    }
+    weft_chan_release(ch[k]);
+  }
+  if ((err = weft_mutex_free(mu)) != 0 || (err = weft_sem_free(sem)) != 0)
+    die("weft_mutex_free / weft_sem_free", err);
   return NULL;
 }
 
@@ -648,11 +816,17 @@ static void bench_chan(size_t capacity, int busy, chan_fig_t *f) {
 
 /* --------------------------------------------------------- ping-pong */
 
+/* The client on loop 0 hands a token to the server on loop 1 and waits for
+ * it back: through two channels of capacity 1 (send ping, receive pong), or
+ * through two semaphores with no permit (post ping, acquire pong). */
 typedef struct pingpong {
+  int use_sem;
   weft_chan_t *ping, *pong;
+  weft_sem_t *sping, *spong;
   size_t n;
   uint64_t t0, t1;
-  atomic_int stop; /* ends the spinners */
+  atomic_int done;  /* the semaphore server's end: set before the last post */
+  atomic_int stop;  /* ends the spinners */
 } pingpong_t;
 
 static void *pp_server(void *arg) {
@@ -668,10 +842,33 @@ static void *pp_server(void *arg) {
   return NULL;
 }
 
+static void *pp_sem_server(void *arg) {
+  pingpong_t *p = arg;
+  int err;
+
+  for (;;) {
+    if ((err = weft_sem_acquire(p->sping)) != 0)
+      die("weft_sem_acquire (ping)", err);
+    if (atomic_load_explicit(&p->done, memory_order_acquire))
+      return NULL;
+    if ((err = weft_sem_post(p->spong)) != 0)
+      die("weft_sem_post (pong)", err);
+  }
+}
+
 static void pp_rounds(pingpong_t *p, size_t n) {
   void *msg;
   int err;
 
+  if (p->use_sem) {
+    for (size_t i = 0; i < n; i++) {
+      if ((err = weft_sem_post(p->sping)) != 0)
+        die("weft_sem_post (ping)", err);
+      if ((err = weft_sem_acquire(p->spong)) != 0)
+        die("weft_sem_acquire (pong)", err);
+    }
+    return;
+  }
   for (uintptr_t i = 0; i < n; i++) {
     if ((err = weft_chan_send(p->ping, (void *)i)) != 0)
       die("weft_chan_send (ping)", err);
@@ -686,6 +883,7 @@ static void pp_rounds(pingpong_t *p, size_t n) {
 static void *pp_client(void *arg) {
   pingpong_t *p = arg;
   uint64_t until;
+  int err;
 
   pp_rounds(p, PINGPONG_WARMUP);
   p->t0 = uv_hrtime();
@@ -695,44 +893,80 @@ static void *pp_client(void *arg) {
     p->n += 16;
   } while (uv_hrtime() < until);
   p->t1 = uv_hrtime();
-  weft_chan_close(p->ping);
+  if (p->use_sem) {
+    atomic_store_explicit(&p->done, 1, memory_order_release);
+    if ((err = weft_sem_post(p->sping)) != 0)
+      die("weft_sem_post (end)", err);
+  } else {
+    weft_chan_close(p->ping);
+  }
   atomic_store_explicit(&p->stop, 1, memory_order_relaxed);
   return NULL;
 }
 
+/* One run on the pool's loops 0 and 1; returns microseconds per round trip
+ * and adds the round trips to *rounds. busy: a spinner on each loop keeps
+ * it from ever parking, so every handoff goes through the inbox without a
+ * ring. */
+static double pp_once(weft_pool_t *pool, int busy, int use_sem, size_t *rounds) {
+  pingpong_t p;
+  weft_task_t *spin[2] = {NULL, NULL};
+  int err = 0;
+
+  memset(&p, 0, sizeof p);
+  p.use_sem = use_sem;
+  atomic_init(&p.done, 0);
+  atomic_init(&p.stop, 0);
+  if (use_sem) {
+    if ((err = weft_sem_new(&p.sping, 0)) != 0 || (err = weft_sem_new(&p.spong, 0)) != 0)
+      die("weft_sem_new", err);
+  } else if ((err = weft_chan_new(&p.ping, 1)) != 0 || (err = weft_chan_new(&p.pong, 1)) != 0) {
+    die("weft_chan_new", err);
+  }
+  if (busy)
+    for (unsigned i = 0; i < 2; i++)
+      spin[i] = spawn_on(weft_pool_loop(pool, i), spinner, &p.stop);
+  weft_task_t *server = spawn_on(weft_pool_loop(pool, 1), use_sem ? pp_sem_server : pp_server, &p);
+  weft_task_t *client = spawn_on(weft_pool_loop(pool, 0), pp_client, &p);
+  gather_two(client, server);
+  if (busy)
+    gather_two(spin[0], spin[1]);
+  if (use_sem) {
+    if ((err = weft_sem_free(p.sping)) != 0 || (err = weft_sem_free(p.spong)) != 0)
+      die("weft_sem_free", err);
+  } else {
+    weft_chan_release(p.ping);
+    weft_chan_release(p.pong);
+  }
+  *rounds += p.n;
+  return (double)(p.t1 - p.t0) / 1e3 / (double)p.n;
+}
+
 /* Round trips between a task on loop 0 and one on loop 1 through two
- * channels of capacity 1. busy: a spinner on each loop keeps it from ever
- * parking, so every handoff goes through the inbox without a ring. Returns
- * microseconds per round trip; *median as usual, *rounds the round trips
- * of all runs. */
+ * channels of capacity 1, the loops parked between messages or (busy) kept
+ * busy. Returns microseconds per round trip; *median as usual, *rounds the
+ * round trips of all runs. With busy, each run is followed by one of the
+ * same through two semaphores, into R.sempp_*, so the two see the same
+ * machine and their ratio is taken run by run. */
 static double bench_pingpong(int busy, double *median, size_t *rounds) {
-  double v[XRUNS];
+  double v[XRUNS], vs[XRUNS], vr[XRUNS];
   weft_pool_t *pool = start_pool(2);
 
   *rounds = 0;
+  if (busy)
+    R.sempp_n = 0;
   for (int r = 0; r < XRUNS; r++) {
-    pingpong_t p;
-    weft_task_t *spin[2] = {NULL, NULL};
-    int err;
-
-    memset(&p, 0, sizeof p);
-    atomic_init(&p.stop, 0);
-    if ((err = weft_chan_new(&p.ping, 1)) != 0 || (err = weft_chan_new(&p.pong, 1)) != 0)
-      die("weft_chan_new", err);
-    if (busy)
-      for (unsigned i = 0; i < 2; i++)
-        spin[i] = spawn_on(weft_pool_loop(pool, i), spinner, &p.stop);
-    weft_task_t *server = spawn_on(weft_pool_loop(pool, 1), pp_server, &p);
-    weft_task_t *client = spawn_on(weft_pool_loop(pool, 0), pp_client, &p);
-    gather_two(client, server);
-    if (busy)
-      gather_two(spin[0], spin[1]);
-    weft_chan_release(p.ping);
-    weft_chan_release(p.pong);
-    v[r] = (double)(p.t1 - p.t0) / 1e3 / (double)p.n;
-    *rounds += p.n;
+    v[r] = pp_once(pool, busy, 0, rounds);
+    if (busy) {
+      vs[r] = pp_once(pool, busy, 1, &R.sempp_n);
+      vr[r] = vs[r] / v[r];
+    }
   }
   stop_pool(pool);
+  if (busy) {
+    R.sempp_us = min_median(vs, XRUNS, &R.sempp_med);
+    min_median(vr, XRUNS, &R.sempp_ratio_med);
+  }
   return min_median(v, XRUNS, median);
 }
 
@@ -898,6 +1132,7 @@ static void bench_across_loops(void) {
   bench_chan(1024, 1, &R.chanbusy);
   R.pp_us = bench_pingpong(0, &R.pp_med, &R.pp_n);
   R.ppbusy_us = bench_pingpong(1, &R.ppbusy_med, &R.ppbusy_n);
+  R.sempp_ratio = R.sempp_us / R.ppbusy_us;
   bench_wakeup();
   bench_remote_spawn();
 }
@@ -956,6 +1191,26 @@ static void print_single_thread(void) {
          R.rss_during / 1048576.0);
   printf("rss_per_task_bytes %.0f bytes\n", R.rss_per_task);
 
+  printf("# synchronisation: one task on one loop, nothing ever waits; min of %d\n"
+         "#   runs of %u pairs each, the runs of the four figures alternating\n",
+         RUNS, SYNC_OPS);
+  printf("# sem_ns: weft_sem_acquire + weft_sem_post, one permit (median %.1f)\n",
+         R.sem_med);
+  printf("sem_ns %.1f ns\n", R.sem_ns);
+  printf("# mutex_ns: weft_mutex_lock + weft_mutex_unlock (median %.1f)\n", R.mutex_med);
+  printf("mutex_ns %.1f ns\n", R.mutex_ns);
+  printf("# chan_try_pair_ns: weft_chan_try_recv + weft_chan_try_send of the message\n"
+         "#   back, alternating between two channels of capacity %u that hold %u\n"
+         "#   messages each (median %.1f)\n",
+         SELECT_CAP, SELECT_FILL, R.try_pair_med);
+  printf("chan_try_pair_ns %.1f ns\n", R.try_pair_ns);
+  printf("# select2_ns: weft_select(WEFT_FOREVER) over RECV cases on those two\n"
+         "#   channels, both always ready, + weft_chan_try_send of the message back\n"
+         "#   to its channel (median %.1f); select2_vs_try_pair = select2_ns /\n"
+         "#   chan_try_pair_ns (median of the runs' own ratios %.2f)\n",
+         R.select2_med, R.select2_ratio_med);
+  printf("select2_ns %.1f ns\n", R.select2_ns);
+  printf("select2_vs_try_pair %.2f x\n", R.select2_ratio);
 }
 
 
@@ -1001,6 +1256,7 @@ int main(int argc, char **argv) {
       weft_trace_stop();
     }
     run_task_bench(spawn_main, "weft_run (spawn)");
+    run_task_bench(sync_main, "weft_run (synchronisation)");
   }
   bench_across_loops();
 
@@ -1042,6 +1298,15 @@ int main(int argc, char **argv) {
          "#   so neither loop ever parks; %zu round trips in all (median %.2f)\n",
          R.ppbusy_n, R.ppbusy_med);
   printf("pingpong_busy_rtt_us %.2f us\n", R.ppbusy_us);
+  printf("# sem_pingpong_busy_rtt_us: the same round trip through two semaphores\n"
+         "#   with no permit (loop 0 posts one and acquires the other, loop 1 the\n"
+         "#   reverse), both loops busy, each run right after one of\n"
+         "#   pingpong_busy_rtt_us's; %zu round trips in all (median %.2f);\n"
+         "#   sem_vs_chan_pingpong = the two minimums' ratio (median of the runs'\n"
+         "#   own ratios %.2f)\n",
+         R.sempp_n, R.sempp_med, R.sempp_ratio_med);
+  printf("sem_pingpong_busy_rtt_us %.2f us\n", R.sempp_us);
+  printf("sem_vs_chan_pingpong %.2f x\n", R.sempp_ratio);
   printf("# wakeup_us: a plain thread calls weft_loop_call_soon on the parked loop of\n"
          "#   a pool of 1; the callback stamps uv_hrtime; median of %d samples, one\n"
          "#   every ~%d us (min %.1f, 90th percentile %.1f)\n",

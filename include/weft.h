@@ -27,6 +27,10 @@
  *   deadline passed a few ms before: the await then goes on as if it were
  *   still ahead (it may complete at once), and a wait it begins is cut at
  *   the loop's next poll. Never early: no await sees a deadline before it.
+ * - Out-parameters: a call that makes a new object takes the pointer that
+ *   receives it first (weft_chan_new(&ch, cap), weft_tcp_connect(&s, host,
+ *   port)); a call on an existing object takes that object first and its
+ *   out-parameters after (weft_tcp_accept(l, &s), weft_chan_recv(ch, &msg)).
  */
 #ifndef WEFT_H
 #define WEFT_H
@@ -96,6 +100,10 @@ typedef struct weft_pool weft_pool_t;
 typedef struct weft_chan weft_chan_t;
 typedef struct weft_listener weft_listener_t;
 typedef struct weft_stream weft_stream_t;
+typedef struct weft_sem weft_sem_t;
+typedef struct weft_mutex weft_mutex_t;
+typedef struct weft_event weft_event_t;
+typedef struct weft_cond weft_cond_t;
 
 /** A task body. It runs on its own stack and may call await points; what it
  * returns is the task's result. To end with an error, call weft_task_fail()
@@ -105,14 +113,14 @@ typedef void *(*weft_fn)(void *arg);
 /** What a loop reports to an event hook (weft_loop_opts_t.on_event). The hook
  * runs on the loop's thread, inside the scheduler, and must not call await
  * points, spawn, or cancel: it is for recording what happens. */
-typedef enum weft_event_kind {
+typedef enum weft_loop_event_kind {
   WEFT_EV_ROUND = 1,  /**< a scheduling round begins; .count = tasks ready */
   WEFT_EV_STEP,       /**< .task starts running a step */
   WEFT_EV_PARK,       /**< .task stopped its step at the await .wait */
   WEFT_EV_WAKE,       /**< .task made ready again by .wait's completion (.detail = cause) */
   WEFT_EV_DONE,       /**< .task ended; .status = its final status */
   WEFT_EV_SPAWN,      /**< .task was created */
-} weft_event_kind_t;
+} weft_loop_event_kind_t;
 
 /** What a parked task waits on; also names .detail for WEFT_EV_WAKE. */
 typedef enum weft_wait_kind {
@@ -126,6 +134,11 @@ typedef enum weft_wait_kind {
   WEFT_WAIT_CONNECT, /**< weft_tcp_connect */
   WEFT_WAIT_READ,    /**< weft_stream_read */
   WEFT_WAIT_WRITE,   /**< weft_stream_write, close or detach: the write queue */
+  WEFT_WAIT_SEM,     /**< weft_sem_acquire */
+  WEFT_WAIT_MUTEX,   /**< weft_mutex_lock, or weft_cond_wait taking its mutex back */
+  WEFT_WAIT_EVENT,   /**< weft_event_wait */
+  WEFT_WAIT_COND,    /**< weft_cond_wait */
+  WEFT_WAIT_SELECT,  /**< weft_select */
 } weft_wait_kind_t;
 
 /** Why a task was made ready (WEFT_EV_WAKE's .detail). */
@@ -135,8 +148,8 @@ typedef enum weft_wake_cause {
   WEFT_WAKE_DEADLINE,  /**< its deadline or a wait_for timeout passed */
 } weft_wake_cause_t;
 
-typedef struct weft_event {
-  weft_event_kind_t kind;
+typedef struct weft_loop_event {
+  weft_loop_event_kind_t kind;
   uint64_t time_ns;        /**< monotonic clock (uv_hrtime) when it happened */
   uint64_t round;          /**< the scheduling round it happened in */
   weft_task_t *task;       /**< NULL for WEFT_EV_ROUND */
@@ -144,9 +157,9 @@ typedef struct weft_event {
   int detail;              /**< WAKE: a weft_wake_cause_t; PARK on SLEEP: the ms asked */
   int status;              /**< DONE: the task's final status */
   size_t count;            /**< ROUND: tasks in the ready queue */
-} weft_event_t;
+} weft_loop_event_t;
 
-typedef void (*weft_event_fn)(const weft_event_t *ev, void *arg);
+typedef void (*weft_loop_event_fn)(const weft_loop_event_t *ev, void *arg);
 
 /** Options for weft_loop_new. Zero every field you do not set: a zero means
  * the default. */
@@ -154,7 +167,7 @@ typedef struct weft_loop_opts {
   size_t stack_size;      /**< bytes of stack per task; 0 = WEFT_STACK_SIZE_DEFAULT.
                              Rounded up to whole pages; at least WEFT_STACK_SIZE_MIN. */
   size_t stack_pool_max;  /**< warm stacks kept for reuse; 0 = 1024 */
-  weft_event_fn on_event; /**< optional hook, see weft_event_t */
+  weft_loop_event_fn on_event; /**< optional hook, see weft_loop_event_t */
   void *event_arg;        /**< passed to on_event */
   const char *name;       /**< the loop's name (copied, at most 31 bytes kept);
                                NULL: "loop-<n>", or "weft-<i>" for a pool's loop i */
@@ -510,11 +523,23 @@ WEFT_API const char *weft_switch_method(void);
 WEFT_API int weft_group_new(weft_group_t **g);
 
 /** Spawns fn(arg) on loop (NULL as in weft_spawn) as a child of g. Any
- * thread; never suspends. Errors: those of weft_spawn; WEFT_ECANCELED if a
- * child has already failed or the group's waiter was cancelled (the group
- * is cancelling); WEFT_EINVAL after weft_group_wait returned or after
- * weft_group_release. */
+ * thread. Never suspends, unless the group has a limit
+ * (weft_group_set_limit) and that many children run: then it waits for one
+ * of them to end (an await point in a task; a plain thread blocks; in a
+ * libuv callback, which cannot wait, it returns WEFT_EAGAIN). Errors: those
+ * of weft_spawn; WEFT_ECANCELED if a child has already failed or the
+ * group's waiter was cancelled (the group is cancelling); WEFT_ECANCELED or
+ * WEFT_ETIMEDOUT if the spawning task is cancelled or its deadline passes
+ * while it waits for room (nothing was spawned); WEFT_EINVAL after
+ * weft_group_wait returned or after weft_group_release. */
 WEFT_API int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg);
+
+/** Go's errgroup.SetLimit: at most limit children of g run at once (0: no
+ * limit, the default); weft_group_spawn beyond it waits for a child to end.
+ * Set it before the first spawn. Any thread. Errors: WEFT_EINVAL (g NULL or
+ * released, limit above WEFT_SEM_MAX), WEFT_EBUSY (children were spawned
+ * already), WEFT_ENOMEM. */
+WEFT_API int weft_group_set_limit(weft_group_t *g, size_t limit);
 
 /** Waits until every child has ended. Returns 0, or the first child failure.
  * If the calling task is cancelled (or its deadline passes) every child is
@@ -586,9 +611,188 @@ WEFT_API weft_chan_t *weft_chan_retain(weft_chan_t *ch);
 
 /** Drops one reference; the last one frees the channel. Messages still in
  * it are not freed (the channel does not own them): close and drain it
- * first if they hold memory. No task may be waiting on it then. Any thread.
- * NULL is ignored. */
+ * first if they hold memory. Every call on a channel must be made under a
+ * reference its caller holds until the call returns: a sender whose
+ * message a receiver has already taken is still inside weft_chan_send, so
+ * a receiver that drops the last reference as soon as the message arrives
+ * frees the channel under the sender. Give each party its own reference
+ * (weft_chan_retain). Any thread. NULL is ignored. */
 WEFT_API void weft_chan_release(weft_chan_t *ch);
+
+/* ------------------------------------------------ synchronisation */
+
+/* asyncio's Semaphore, Lock, Event and Condition, and wait(FIRST_COMPLETED)
+ * and Go's select. Every primitive here works between tasks on any loops
+ * and plain threads alike: a task suspends (an await point: cancellation
+ * and deadlines apply), a plain thread (one that runs no loop) blocks, and a
+ * libuv callback on a loop's thread, which may not wait, gets WEFT_ENOTASK
+ * from the calls that could wait. Waiters are served first come, first
+ * served, and a wake-up is never lost to a cancel or a deadline: a waiter
+ * that was handed a permit, the lock or a signal before its cut takes it
+ * (returns 0; the cancel is seen at its next await), otherwise it returns
+ * the cut's error and the permit, lock or signal goes to the next waiter.
+ *
+ * Freeing: each primitive has a _free call, from any thread, that refuses
+ * (WEFT_EBUSY, nothing freed) while anyone waits on it or, for a mutex,
+ * holds it. Freeing one that a task or thread may still reach is a
+ * use-after-free like any other: free it once every user has finished. */
+
+/** Most permits a semaphore may hold (weft_sem_post beyond it fails). */
+#define WEFT_SEM_MAX ((size_t)0x7fffffff)
+
+/** Creates a counting semaphore with permits permits (0 to WEFT_SEM_MAX).
+ * Any thread. Errors: WEFT_EINVAL, WEFT_ENOMEM. */
+WEFT_API int weft_sem_new(weft_sem_t **sem, size_t permits);
+
+/** Takes one permit, waiting while there is none (await point; a plain
+ * thread blocks). FIFO: a permit posted while others wait goes to the one
+ * that has waited longest, so a stream of weft_sem_try_acquire cannot
+ * starve it. Returns 0; WEFT_ECANCELED or WEFT_ETIMEDOUT (no permit taken);
+ * WEFT_ENOTASK in a libuv callback; WEFT_EINVAL. */
+WEFT_API int weft_sem_acquire(weft_sem_t *sem);
+
+/** Takes one permit if one is free and nobody waits for it; never waits.
+ * Any thread, any context. Returns 0, WEFT_EAGAIN, WEFT_EINVAL. */
+WEFT_API int weft_sem_try_acquire(weft_sem_t *sem);
+
+/** Gives one permit back: to the longest waiter if one waits (it is woken),
+ * else to the count. Any thread, any context; never suspends. Returns 0;
+ * WEFT_ENOBUFS if the count is at WEFT_SEM_MAX (nothing changed);
+ * WEFT_EINVAL. */
+WEFT_API int weft_sem_post(weft_sem_t *sem);
+
+/** Permits free now (a snapshot). Any thread. 0 for NULL. */
+WEFT_API size_t weft_sem_value(const weft_sem_t *sem);
+
+/** Frees a semaphore. Any thread. Returns 0 (NULL included); WEFT_EBUSY if
+ * someone waits on it (nothing freed). */
+WEFT_API int weft_sem_free(weft_sem_t *sem);
+
+/** Creates an unlocked mutex. Any thread. Errors: WEFT_EINVAL, WEFT_ENOMEM. */
+WEFT_API int weft_mutex_new(weft_mutex_t **mu);
+
+/** Locks mu, waiting while another task or thread holds it (await point; a
+ * plain thread blocks). Unlike a pthread mutex it may be held across await
+ * points: a task that waits for it lets its loop run other tasks. The
+ * holder is the calling task (or, outside a task, the calling thread); it
+ * alone may unlock. FIFO, like the semaphore. Returns 0; WEFT_EDEADLK if
+ * the caller holds it already (not recursive); WEFT_ECANCELED or
+ * WEFT_ETIMEDOUT (not locked); WEFT_ENOTASK in a libuv callback;
+ * WEFT_EINVAL. */
+WEFT_API int weft_mutex_lock(weft_mutex_t *mu);
+
+/** Locks mu if it is free and nobody waits for it; never waits. Any thread
+ * (not a libuv callback: it has no task to hold the lock). Returns 0,
+ * WEFT_EAGAIN, WEFT_EDEADLK (the caller holds it), WEFT_ENOTASK,
+ * WEFT_EINVAL. */
+WEFT_API int weft_mutex_try_lock(weft_mutex_t *mu);
+
+/** Unlocks mu, handing it to the longest waiter if one waits. Only its
+ * holder may unlock it; never suspends. Returns 0; WEFT_EPERM if the
+ * caller does not hold it (a misuse, reported in debug builds; nothing
+ * changes); WEFT_EINVAL. */
+WEFT_API int weft_mutex_unlock(weft_mutex_t *mu);
+
+/** Frees a mutex. Any thread. Returns 0 (NULL included); WEFT_EBUSY if it is
+ * held or waited on (nothing freed). */
+WEFT_API int weft_mutex_free(weft_mutex_t *mu);
+
+/** Creates an event, not set. Any thread. Errors: WEFT_EINVAL, WEFT_ENOMEM. */
+WEFT_API int weft_event_new(weft_event_t **ev);
+
+/** Sets the event: every waiter is woken, and later waits return at once
+ * until weft_event_clear. Any thread, any context; never suspends. Returns
+ * 0 (also if it was set already), WEFT_EINVAL. */
+WEFT_API int weft_event_set(weft_event_t *ev);
+
+/** Clears the event: later waits wait again. Waiters that a set woke still
+ * return 0. Any thread. Returns 0, WEFT_EINVAL. */
+WEFT_API int weft_event_clear(weft_event_t *ev);
+
+/** Waits until the event is set (at once if it is; await point; a plain
+ * thread blocks). Returns 0; WEFT_ECANCELED or WEFT_ETIMEDOUT if the task
+ * was cut before a set reached it (a set event is still taken over a
+ * pending cancel: as for every await point, the cancel is seen first when
+ * the call begins); WEFT_ENOTASK in a libuv callback; WEFT_EINVAL. */
+WEFT_API int weft_event_wait(weft_event_t *ev);
+
+/** Whether the event is set now. Any thread. false for NULL. */
+WEFT_API bool weft_event_is_set(const weft_event_t *ev);
+
+/** Frees an event. Any thread. Returns 0 (NULL included); WEFT_EBUSY if
+ * someone waits on it (nothing freed). */
+WEFT_API int weft_event_free(weft_event_t *ev);
+
+/** Creates a condition variable. Any thread. Errors: WEFT_EINVAL,
+ * WEFT_ENOMEM. */
+WEFT_API int weft_cond_new(weft_cond_t **cv);
+
+/** Unlocks mu, which the caller must hold, and waits for a signal or a
+ * broadcast of cv (await point; a plain thread blocks), then locks mu again
+ * before it returns: on every return but WEFT_EPERM and WEFT_EINVAL the
+ * caller holds mu, also after a cancel or a deadline (taking mu back is not
+ * cut short). Wake-ups come only from signals and broadcasts, but as with
+ * any condition variable, test the condition in a loop: another holder may
+ * have changed it before mu was taken back. Returns 0; WEFT_ECANCELED or
+ * WEFT_ETIMEDOUT (no signal consumed: it went to another waiter);
+ * WEFT_EPERM (the caller does not hold mu); WEFT_ENOTASK in a libuv
+ * callback; WEFT_EINVAL. */
+WEFT_API int weft_cond_wait(weft_cond_t *cv, weft_mutex_t *mu);
+
+/** Wakes the longest waiter of cv, if any. Any thread; never suspends.
+ * Returns 0, WEFT_EINVAL. */
+WEFT_API int weft_cond_signal(weft_cond_t *cv);
+
+/** Wakes every waiter of cv. Any thread; never suspends. Returns 0,
+ * WEFT_EINVAL. */
+WEFT_API int weft_cond_broadcast(weft_cond_t *cv);
+
+/** Frees a condition variable. Any thread. Returns 0 (NULL included);
+ * WEFT_EBUSY if someone waits on it (nothing freed). */
+WEFT_API int weft_cond_free(weft_cond_t *cv);
+
+/** asyncio.wait(tasks, return_when=FIRST_COMPLETED): waits until at least
+ * one of the n tasks (on any loops) has ended and sets *index to one that
+ * has (the first to end, as far as the waiter saw); the others keep
+ * running and may be awaited later. Await point; a plain thread blocks (not
+ * on a task of a loop it owns). A cancel pending as the call begins, or a
+ * deadline already passed, behaves as for weft_await: every task still
+ * running is cancelled and waited for, and the call returns the error; so
+ * does a cut while it waits. Returns 0; WEFT_ECANCELED or WEFT_ETIMEDOUT;
+ * WEFT_EINVAL (n 0, NULL, a handle that is not a live task), WEFT_EDEADLK
+ * (the caller is among the tasks), WEFT_ENOTASK, WEFT_ENOMEM. */
+WEFT_API int weft_wait_any(weft_task_t **tasks, size_t n, size_t *index);
+
+/** weft_select_case_t.op */
+#define WEFT_SELECT_RECV 1
+#define WEFT_SELECT_SEND 2
+
+/** One case of weft_select. */
+typedef struct weft_select_case {
+  int op;              /**< WEFT_SELECT_RECV or WEFT_SELECT_SEND */
+  weft_chan_t *chan;   /**< the channel; a case with NULL is never ready (Go's nil channel) */
+  void *msg;           /**< SEND: the message; RECV: the message received */
+  int err;             /**< for the chosen case: 0 or WEFT_ECLOSED */
+} weft_select_case_t;  /* may grow fields after these */
+
+/** Go's select: performs exactly one of the n cases that can go ahead (a
+ * send with room, a receive with a message, or either on a closed channel,
+ * which is ready with err WEFT_ECLOSED and moves nothing) and returns its
+ * index; the other cases are not touched. When several are ready, each is
+ * picked about as often (the cases are tried from a random start). When
+ * none is, it waits up to timeout_ms: 0 polls, WEFT_FOREVER waits without
+ * limit (an await point in a task, cut by cancellation and deadlines; a
+ * plain thread blocks). Returns the index (0 to n - 1); WEFT_EAGAIN (a
+ * poll found nothing ready); WEFT_ETIMEDOUT (timeout_ms passed, or the
+ * task's deadline); WEFT_ECANCELED; WEFT_ENOTASK in a libuv callback (a
+ * poll works there); WEFT_EINVAL (cases NULL, n 0 or above
+ * WEFT_SELECT_MAX, an op that is neither). On every error no message was
+ * sent or taken, and none is lost: a message offered to this select while
+ * it was being cut goes to another receiver. */
+WEFT_API int weft_select(weft_select_case_t *cases, size_t n, uint64_t timeout_ms);
+
+/** Most cases one weft_select takes. */
+#define WEFT_SELECT_MAX 64
 
 /* ---------------------------------------------------------------- TCP */
 
@@ -824,7 +1028,7 @@ WEFT_API int weft_trace_start(const char *path);
  * name, and the task's name then ("" for WEFT_EV_ROUND). */
 typedef struct weft_trace_record {
   const char *loop;
-  weft_event_t ev;
+  weft_loop_event_t ev;
   const char *task_name;
 } weft_trace_record_t;
 

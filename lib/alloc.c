@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <stdlib.h>
+#include <sys/mman.h>
 
 static atomic_long fail_countdown; /* 0: off; n: the nth allocation fails */
 
@@ -34,4 +35,27 @@ void *weft__realloc(void *p, size_t n) {
 
 void *weft__aligned_alloc(size_t align, size_t n) {
   return fail_now() ? NULL : aligned_alloc(align, n);
+}
+
+/* Large zeroed blocks come straight from the kernel: their pages are
+ * zero-filled when first touched, so the block costs the same whatever its
+ * size until it is used (calloc would clear a block it reuses). */
+#define ZALLOC_MAP (64 * 1024)
+
+void *weft__zalloc(size_t n) {
+  if (n < ZALLOC_MAP)
+    return weft__calloc(1, n);
+  if (fail_now())
+    return NULL;
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void weft__zfree(void *p, size_t n) {
+  if (!p)
+    return;
+  if (n < ZALLOC_MAP)
+    free(p);
+  else
+    munmap(p, n);
 }

@@ -41,13 +41,16 @@
 #define CLOSED ((uint64_t)1 << 63)   /* in the tail: no more sends */
 #define LINE 64
 
+/* A cell's stamp is kept less twice its index, so that a new ring is all
+ * zeroes and costs nothing per cell (weft__zalloc): the stamp of cell i is
+ * seq + 2i. */
 typedef struct cell {
-  _Atomic uint64_t seq;     /* 2p: free for position p; 2p + 1: holds its message */
+  _Atomic uint64_t seq;     /* 2p - 2i: free for position p; 2p + 1 - 2i: holds its message */
   void *msg;
 } cell_t;
 
 typedef struct waitlist {
-  weft__queue_t list;       /* chan_waiter_t, oldest first, under the lock */
+  weft__queue_t list;       /* weft__chan_rec_t, oldest first, under the lock */
   atomic_uint len;          /* its length, written under the lock */
 } waitlist_t;
 
@@ -63,11 +66,10 @@ struct weft_chan {
   waitlist_t receivers;     /* waiting for a message */
 };
 
+/* A send or receive of one task or thread waiting on its own. */
 typedef struct chan_waiter {
+  weft__chan_rec_t rec;
   weft__waiter_t waiter;    /* a task or a plain thread (waiter.c) */
-  weft__queue_t link;       /* on a wait list while pending */
-  waitlist_t *wl;
-  weft_chan_t *ch;
 } chan_waiter_t;
 
 int weft_chan_new(weft_chan_t **out, size_t capacity) {
@@ -83,13 +85,11 @@ int weft_chan_new(weft_chan_t **out, size_t capacity) {
   if (!ch)
     return WEFT_ENOMEM;
   memset(ch, 0, sizeof *ch);
-  ch->cells = weft__malloc(capacity * sizeof *ch->cells);
+  ch->cells = weft__zalloc(capacity * sizeof *ch->cells);
   if (!ch->cells) {
     free(ch);
     return WEFT_ENOMEM;
   }
-  for (size_t i = 0; i < capacity; i++)
-    atomic_init(&ch->cells[i].seq, 2 * (uint64_t)i);
   ch->cap = capacity;
   ch->mask = (capacity & (capacity - 1)) == 0 ? capacity - 1 : 0;
   atomic_init(&ch->tail, 0);
@@ -118,14 +118,14 @@ void weft_chan_release(weft_chan_t *ch) {
   if (!weft__queue_empty(&ch->senders.list) || !weft__queue_empty(&ch->receivers.list))
     weft__fatal("weft_chan_release: the last reference was dropped while tasks wait on the channel");
   pthread_mutex_destroy(&ch->lock);
-  free(ch->cells);
+  weft__zfree(ch->cells, ch->cap * sizeof *ch->cells);
   free(ch);
 }
 
 /* ------------------------------------------------------------ the ring */
 
-static cell_t *cell_at(weft_chan_t *ch, uint64_t pos) {
-  return &ch->cells[ch->mask ? pos & ch->mask : pos % ch->cap];
+static uint64_t index_of(const weft_chan_t *ch, uint64_t pos) {
+  return ch->mask ? pos & ch->mask : pos % ch->cap;
 }
 
 /* Tests only: called by a sender between claiming its cell and writing it,
@@ -137,8 +137,9 @@ static int ring_send(weft_chan_t *ch, void *msg) {
   for (;;) {
     if (pos & CLOSED)
       return WEFT_ECLOSED;
-    cell_t *c = cell_at(ch, pos);
-    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    uint64_t i = index_of(ch, pos);
+    cell_t *c = &ch->cells[i];
+    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire) + 2 * i;
     int64_t dif = (int64_t)(seq - 2 * pos);
     if (dif == 0) {
       if (atomic_compare_exchange_weak_explicit(&ch->tail, &pos, pos + 1, memory_order_relaxed,
@@ -146,7 +147,7 @@ static int ring_send(weft_chan_t *ch, void *msg) {
         if (weft__chan_claimed_hook)
           weft__chan_claimed_hook(ch);
         c->msg = msg;
-        atomic_store_explicit(&c->seq, 2 * pos + 1, memory_order_release);
+        atomic_store_explicit(&c->seq, 2 * pos + 1 - 2 * i, memory_order_release);
         return 0;
       }
     } else if (dif < 0) {
@@ -160,14 +161,15 @@ static int ring_send(weft_chan_t *ch, void *msg) {
 static int ring_recv(weft_chan_t *ch, void **msg) {
   uint64_t pos = atomic_load_explicit(&ch->head, memory_order_relaxed);
   for (;;) {
-    cell_t *c = cell_at(ch, pos);
-    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+    uint64_t i = index_of(ch, pos);
+    cell_t *c = &ch->cells[i];
+    uint64_t seq = atomic_load_explicit(&c->seq, memory_order_acquire) + 2 * i;
     int64_t dif = (int64_t)(seq - (2 * pos + 1));
     if (dif == 0) {
       if (atomic_compare_exchange_weak_explicit(&ch->head, &pos, pos + 1, memory_order_relaxed,
                                                 memory_order_relaxed)) {
         *msg = c->msg;
-        atomic_store_explicit(&c->seq, 2 * (pos + ch->cap), memory_order_release);
+        atomic_store_explicit(&c->seq, 2 * (pos + ch->cap) - 2 * i, memory_order_release);
         return 0;
       }
     } else if (dif < 0) {
@@ -183,27 +185,27 @@ static int ring_recv(weft_chan_t *ch, void **msg) {
 
 /* ------------------------------------------------------------- waiting */
 
-static bool chan_interrupt(weft__wait_t *base, int err);
-
-static void unlink_waiter(chan_waiter_t *w) {
-  weft__queue_remove(&w->link);
-  atomic_fetch_sub_explicit(&w->wl->len, 1, memory_order_relaxed);
+static void unlink_rec(weft__chan_rec_t *r) {
+  weft__queue_remove(&r->link);
+  atomic_fetch_sub_explicit(&((waitlist_t *)r->wl)->len, 1, memory_order_relaxed);
 }
 
-/* Called with ch->lock held: w leaves its list and its owner is woken to
+/* Called with ch->lock held: r leaves its list and its owner is told to
  * try again. */
-static void wake_waiter(chan_waiter_t *w) {
-  unlink_waiter(w);
-  weft__waiter_wake(&w->waiter, 0);
+static void wake_rec(weft__chan_rec_t *r) {
+  unlink_rec(r);
+  r->fire(r);
 }
 
 static void notify_all(weft_chan_t *ch, waitlist_t *wl) {
+  (void)ch;
   while (!weft__queue_empty(&wl->list))
-    wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
+    wake_rec(weft__container_of(weft__queue_head(&wl->list), weft__chan_rec_t, link));
 }
 
 /* After a change to the ring that a waiter of wl may be waiting for: wakes
- * the oldest one, if any. The fence pairs with the one in wait_once.
+ * the oldest one, if any. The fence pairs with the one in wait_once (and
+ * weft_select's, after it enlists).
  *
  * On a closed channel it wakes every waiter instead. A sender may have
  * claimed its cell before the close and written it after: the receivers
@@ -219,21 +221,52 @@ static void notify(weft_chan_t *ch, waitlist_t *wl) {
   if (closed)
     notify_all(ch, wl);
   else if (!weft__queue_empty(&wl->list))
-    wake_waiter(weft__container_of(weft__queue_head(&wl->list), chan_waiter_t, link));
+    wake_rec(weft__container_of(weft__queue_head(&wl->list), weft__chan_rec_t, link));
   pthread_mutex_unlock(&ch->lock);
+}
+
+static void chan_waiter_fire(weft__chan_rec_t *r) {
+  weft__waiter_wake(&weft__container_of(r, chan_waiter_t, rec)->waiter, 0);
 }
 
 static bool chan_interrupt(weft__wait_t *base, int err) {
   (void)err;
   chan_waiter_t *w = weft__container_of(base, chan_waiter_t, waiter.base);
-  pthread_mutex_lock(&w->ch->lock);
-  bool pending = weft__queue_linked(&w->link);
-  if (pending)
-    unlink_waiter(w);
-  pthread_mutex_unlock(&w->ch->lock);
   /* Not pending: its wake-up is on the way (perhaps in an inbox, inside
    * this record); the task takes it and tries once more. */
+  return weft__chan_delist(&w->rec);
+}
+
+/* ----------------------------------------------- records, for select */
+
+static waitlist_t *list_of(weft_chan_t *ch, bool send) {
+  return send ? &ch->senders : &ch->receivers;
+}
+
+static void enlist_locked(weft__chan_rec_t *r) {
+  weft__queue_insert_tail(&((waitlist_t *)r->wl)->list, &r->link);
+  atomic_fetch_add_explicit(&((waitlist_t *)r->wl)->len, 1, memory_order_relaxed);
+}
+
+void weft__chan_enlist(weft__chan_rec_t *r, weft_chan_t *ch, bool send) {
+  r->ch = ch;
+  r->wl = list_of(ch, send);
+  pthread_mutex_lock(&ch->lock);
+  enlist_locked(r);
+  pthread_mutex_unlock(&ch->lock);
+}
+
+bool weft__chan_delist(weft__chan_rec_t *r) {
+  pthread_mutex_lock(&r->ch->lock);
+  bool pending = weft__queue_linked(&r->link);
+  if (pending)
+    unlink_rec(r);
+  pthread_mutex_unlock(&r->ch->lock);
   return pending;
+}
+
+void weft__chan_pass(weft__chan_rec_t *r) {
+  notify(r->ch, r->wl);
 }
 
 /* One operation: a send (send true, msg the message) or a receive. */
@@ -246,7 +279,14 @@ typedef struct op {
 static int try_op(op_t *op) {
   int err = op->send ? ring_send(op->ch, op->msg) : ring_recv(op->ch, &op->msg);
   if (err == 0)
-    notify(op->ch, op->send ? &op->ch->receivers : &op->ch->senders);
+    notify(op->ch, list_of(op->ch, !op->send));
+  return err;
+}
+
+int weft__chan_try(weft_chan_t *ch, bool send, void **msg) {
+  op_t op = {.ch = ch, .send = send, .msg = *msg};
+  int err = try_op(&op);
+  *msg = op.msg;
   return err;
 }
 
@@ -256,21 +296,20 @@ static int try_op(op_t *op) {
  * wake-up (try again), or the cancel or deadline error. */
 static int wait_once(op_t *op, weft_task_t *t) {
   weft_chan_t *ch = op->ch;
-  chan_waiter_t w = {.ch = ch, .wl = op->send ? &ch->senders : &ch->receivers};
+  chan_waiter_t w = {.rec = {.ch = ch, .wl = list_of(ch, op->send), .fire = chan_waiter_fire}};
   weft__waiter_init(&w.waiter, t, WEFT_WAIT_CHAN, ch, chan_interrupt);
   w.waiter.base.arg = op->send;
 
   pthread_mutex_lock(&ch->lock);
-  weft__queue_insert_tail(&w.wl->list, &w.link);
-  atomic_fetch_add_explicit(&w.wl->len, 1, memory_order_relaxed);
+  enlist_locked(&w.rec);
   atomic_thread_fence(memory_order_seq_cst);
   int err = op->send ? ring_send(ch, op->msg) : ring_recv(ch, &op->msg);
   if (err != WEFT_EAGAIN) {
-    unlink_waiter(&w);
+    unlink_rec(&w.rec);
     pthread_mutex_unlock(&ch->lock);
     weft__waiter_destroy(&w.waiter);
     if (err == 0)
-      notify(ch, op->send ? &ch->receivers : &ch->senders);
+      notify(ch, list_of(ch, !op->send));
     return err;
   }
   pthread_mutex_unlock(&ch->lock);
@@ -280,18 +319,9 @@ static int wait_once(op_t *op, weft_task_t *t) {
   return err ? err : WEFT_EAGAIN;
 }
 
-/* Who is calling: a task (*t set), a plain thread (NULL), or a libuv
- * callback on a loop's thread, which may not wait. */
-static int caller(weft_task_t **t, const char *fn) {
-  *t = NULL;
-  if (!weft__tls.running)
-    return 0;
-  return weft__await_begin(t, fn);
-}
-
 static int blocking_op(op_t *op, const char *fn) {
   weft_task_t *t;
-  int err = caller(&t, fn);
+  int err = weft__waiter_caller(&t, fn);
   if (err)
     return err;
   if (!op->ch)

@@ -83,6 +83,11 @@ static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
   case WEFT_WAIT_CONNECT: fprintf(f, "connect"); break;
   case WEFT_WAIT_READ: fprintf(f, "stream read %p", w->what); break;
   case WEFT_WAIT_WRITE: fprintf(f, "stream write queue %p", w->what); break;
+  case WEFT_WAIT_SEM: fprintf(f, "semaphore %p", w->what); break;
+  case WEFT_WAIT_MUTEX: fprintf(f, "mutex %p", w->what); break;
+  case WEFT_WAIT_EVENT: fprintf(f, "event %p", w->what); break;
+  case WEFT_WAIT_COND: fprintf(f, "condition %p", w->what); break;
+  case WEFT_WAIT_SELECT: fprintf(f, "select over %d cases", w->arg); break;
   default: fprintf(f, "other"); break;
   }
 }

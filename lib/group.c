@@ -26,6 +26,8 @@ struct weft_group {
   bool waited;              /* weft_group_wait has returned */
   bool released;            /* the owner gave it back */
   weft__waiter_t *waiter;   /* the waiting task or plain thread, if any */
+  bool spawned;             /* a spawn has begun: the limit is fixed */
+  weft_sem_t *room;         /* weft_group_set_limit: one permit per child that may run */
 };
 
 int weft_group_new(weft_group_t **out) {
@@ -44,6 +46,7 @@ int weft_group_new(weft_group_t **out) {
 static void group_unref(weft_group_t *g) {
   if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
     return;
+  weft_sem_free(g->room);
   pthread_mutex_destroy(&g->lock);
   free(g);
 }
@@ -64,24 +67,66 @@ static void wake_if_empty(weft_group_t *g) {
   }
 }
 
+int weft_group_set_limit(weft_group_t *g, size_t limit) {
+  if (!g || limit > WEFT_SEM_MAX)
+    return WEFT_EINVAL;
+  weft_sem_t *room = NULL;
+  if (limit > 0) {
+    int err = weft_sem_new(&room, limit);
+    if (err)
+      return err;
+  }
+  pthread_mutex_lock(&g->lock);
+  int err = g->released ? WEFT_EINVAL : g->spawned ? WEFT_EBUSY : 0;
+  if (!err) {
+    weft_sem_t *old = g->room;
+    g->room = room;
+    room = old;
+  }
+  pthread_mutex_unlock(&g->lock);
+  weft_sem_free(room);
+  if (err == WEFT_EBUSY)
+    weft__misuse("weft_group_set_limit", "children were spawned already");
+  return err;
+}
+
+/* Waits for room under the group's limit, if it has one. */
+static int take_room(weft_group_t *g, weft_sem_t **room) {
+  pthread_mutex_lock(&g->lock);
+  g->spawned = true;
+  *room = g->room;
+  pthread_mutex_unlock(&g->lock);
+  if (!*room)
+    return 0;
+  if (weft__tls.running && !weft__current())
+    return weft_sem_try_acquire(*room); /* a libuv callback cannot wait */
+  return weft_sem_acquire(*room);
+}
+
 int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg) {
   weft_task_t *t;
+  weft_sem_t *room;
   if (!g)
     return WEFT_EINVAL;
-  int err = weft__spawn_prepare(loop, fn, arg, false, &t, "weft_group_spawn");
+  int err = take_room(g, &room);
   if (err)
     return err;
-  pthread_mutex_lock(&g->lock);
-  if (g->waited || g->released) {
-    pthread_mutex_unlock(&g->lock);
-    free(t);
-    weft__misuse("weft_group_spawn", "the group's wait has already returned, or it was released");
-    return WEFT_EINVAL;
+  err = weft__spawn_prepare(loop, fn, arg, false, &t, "weft_group_spawn");
+  if (err) {
+    if (room)
+      weft_sem_post(room);
+    return err;
   }
-  if (g->err || g->aborting) {
+  pthread_mutex_lock(&g->lock);
+  if (g->waited || g->released || g->err || g->aborting) {
+    err = g->waited || g->released ? WEFT_EINVAL : WEFT_ECANCELED;
     pthread_mutex_unlock(&g->lock);
     free(t);
-    return WEFT_ECANCELED;
+    if (room)
+      weft_sem_post(room);
+    if (err == WEFT_EINVAL)
+      weft__misuse("weft_group_spawn", "the group's wait has already returned, or it was released");
+    return err;
   }
   t->group = g;
   weft__queue_insert_tail(&g->children, &t->group_link);
@@ -96,6 +141,8 @@ int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg) 
     g->nchildren--;
     wake_if_empty(g);
     pthread_mutex_unlock(&g->lock);
+    if (room)
+      weft_sem_post(room);
     group_unref(g);
     free(t);
   }
@@ -114,7 +161,10 @@ void weft__group_child_done(weft_task_t *t) {
     cancel_children(g);
   }
   wake_if_empty(g);
+  weft_sem_t *room = g->room;
   pthread_mutex_unlock(&g->lock);
+  if (room)
+    weft_sem_post(room);
   group_unref(g);
 }
 

@@ -231,6 +231,90 @@ void weft__waiter_post(weft__waiter_t *w, weft__msg_t *m);
 void weft__waiter_lock(weft__waiter_t *w);
 void weft__waiter_unlock(weft__waiter_t *w);
 
+/* Who calls a call that may wait: a task (*t set; a pending cancel or a
+ * passed deadline is returned), a plain thread (*t NULL, returns 0), or a
+ * libuv callback on a loop's thread, which may not wait (WEFT_ENOTASK). */
+int weft__waiter_caller(weft_task_t **t, const char *fn);
+
+/* ------------------------------------------------------------ wait queue */
+
+/* A FIFO of waiters, each handed what it waits for (a permit, a lock, a
+ * signal) by whoever grants it: the core of semaphores, mutexes, events
+ * and condition variables (waitq.c). The lock guards the list; len mirrors
+ * its length for lock-free fast paths, which pair with it as a Dekker pair:
+ * a waiter enters (len + 1, seq_cst) and then looks at the state once more,
+ * a granter changes the state (seq_cst) and then looks at len, so one of
+ * them always sees the other. */
+typedef struct weft__waitq {
+  pthread_mutex_t lock;
+  weft__queue_t list;       /* weft__qwait_t, oldest first */
+  atomic_size_t len;        /* the list's length, written under the lock */
+} weft__waitq_t;
+
+typedef struct weft__qwait {
+  weft__waiter_t waiter;
+  weft__queue_t link;       /* on q->list while waiting */
+  weft__waitq_t *q;
+  void *token;              /* the waiter's identity (a mutex's holder) */
+} weft__qwait_t;
+
+void weft__waitq_init(weft__waitq_t *q);
+void weft__waitq_destroy(weft__waitq_t *q);
+/* Under q->lock: w joins the tail. cut: cancellation and deadlines may end
+ * the wait (else only a grant does). */
+void weft__waitq_enter(weft__waitq_t *q, weft__qwait_t *w, weft_task_t *t, weft_wait_kind_t kind,
+                       const void *what, void *token, bool cut);
+/* Under q->lock: w leaves again without waiting (it got what it wanted). */
+void weft__waitq_leave(weft__qwait_t *w);
+/* After unlocking q: waits for w's grant. Returns 0 (granted) or the
+ * error that cut the wait (w was taken off the list: nothing granted). */
+int weft__waitq_sleep(weft__qwait_t *w);
+/* Under q->lock: the oldest waiter, or NULL. */
+weft__qwait_t *weft__waitq_head(weft__waitq_t *q);
+/* Under q->lock: w, on the list, is granted: off the list, and woken. */
+void weft__waitq_grant(weft__qwait_t *w);
+/* Under q->lock: grants every waiter. */
+void weft__waitq_grant_all(weft__waitq_t *q);
+static inline size_t weft__waitq_len(weft__waitq_t *q) {
+  return atomic_load_explicit(&q->len, memory_order_seq_cst);
+}
+
+/* The identity that holds a mutex: the current task, else the calling
+ * thread. */
+void *weft__holder_token(void);
+
+/* Mutex internals that weft_cond_wait uses (mutex.c). */
+bool weft__mutex_held_by(const weft_mutex_t *mu, void *token);
+void weft__mutex_release(weft_mutex_t *mu);
+/* Takes mu for token, waiting as needed; not cut by cancel or deadline. */
+void weft__mutex_take(weft_mutex_t *mu, weft_task_t *t, void *token);
+
+/* ------------------------------------------------- channel wait records */
+
+/* A waiter's place on one of a channel's wait lists (chan.c). A channel
+ * that made the progress it waits for takes the oldest record off its list,
+ * under the channel's lock, and calls its fire. A channel's own send or
+ * receive has one record; weft_select has one per case (select.c). */
+typedef struct weft__chan_rec weft__chan_rec_t;
+struct weft__chan_rec {
+  weft__queue_t link;
+  weft_chan_t *ch;
+  void *wl;                                /* the channel's list it is on */
+  void (*fire)(weft__chan_rec_t *r);       /* under the channel's lock */
+};
+
+/* One try of a send (*msg the message) or a receive (into *msg) that never
+ * waits, and tells the channel's waiters of its progress: 0, WEFT_EAGAIN,
+ * WEFT_ECLOSED. */
+int weft__chan_try(weft_chan_t *ch, bool send, void **msg);
+/* r joins the senders' (send) or receivers' list of ch. The caller fences
+ * (seq_cst) after its last enlist and before it tries again. */
+void weft__chan_enlist(weft__chan_rec_t *r, weft_chan_t *ch, bool send);
+/* r leaves its list. false: it was taken off by a wake (fire ran or runs). */
+bool weft__chan_delist(weft__chan_rec_t *r);
+/* A wake r took but did not use goes to the next waiter of its list. */
+void weft__chan_pass(weft__chan_rec_t *r);
+
 /* --------------------------------------------------------------- inbox */
 
 /* A message for a loop from another thread (weft__msg_t, above). It lives
@@ -446,7 +530,7 @@ struct weft_loop {
   uint64_t round;
   unsigned rounds_unpolled;  /* rounds since libuv was last polled */
   weft_stats_t counters;
-  weft_event_fn on_event;
+  weft_loop_event_fn on_event;
   void *event_arg;
   weft__inbox_t inbox;       /* inbox.c's */
   char name[32];
@@ -506,14 +590,14 @@ uint64_t weft__coarse_ns(void);
  * early; may be false late where the tick was held off. */
 bool weft__clock_reached(weft_loop_t *loop, uint64_t due);
 
-void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
+void weft__emit(weft_loop_t *loop, weft_loop_event_kind_t kind, weft_task_t *t,
                 weft_wait_kind_t wait, int detail, int status);
 #define WEFT__EMIT(loop, ...) \
   do { if ((loop)->on_event || (loop)->trace) weft__emit((loop), __VA_ARGS__); } while (0)
 
 /* trace.c */
 void weft__trace_loop_new(weft_loop_t *loop);
-void weft__trace_record(weft_loop_t *loop, const weft_event_t *ev);
+void weft__trace_record(weft_loop_t *loop, const weft_loop_event_t *ev);
 bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id);
 
 void weft__ready(weft_loop_t *loop, weft_task_t *t);
@@ -610,6 +694,10 @@ void *weft__calloc(size_t n, size_t size);
 void *weft__realloc(void *p, size_t n);
 void *weft__aligned_alloc(size_t align, size_t n);
 void weft__alloc_fail_nth(long n);
+/* n zeroed bytes whose cost does not grow with n until they are touched
+ * (large blocks are mapped from the kernel); free with weft__zfree(p, n). */
+void *weft__zalloc(size_t n);
+void weft__zfree(void *p, size_t n);
 
 /* ------------------------------------------------------------- diag.c */
 

@@ -46,12 +46,28 @@ struct join_wait {
   join_node_t *nodes;
   size_t n;
   weft__timer_t timeout; /* weft_wait_for only */
+  bool any;             /* weft_wait_any: the first task to end ends it */
+  bool got;             /* any: one has ended (index); the rest detach */
+  size_t index;
 };
 
 static void cancel_pending(join_wait_t *jw) {
   for (size_t i = 0; i < jw->n; i++)
-    if (!jw->nodes[i].fired)
+    if (!jw->nodes[i].fired && !jw->nodes[i].unregistered)
       weft_task_cancel(jw->nodes[i].target);
+}
+
+static void detach(join_wait_t *jw);
+
+/* weft_wait_any: node's target is the first seen to end. Unless a cut
+ * came first (then every task is cancelled and waited for, as for an
+ * await), the other nodes detach and their tasks run on. */
+static void any_ended(join_wait_t *jw, join_node_t *node) {
+  if (!jw->any || jw->got || node->unregistered || jw->waiter.base.interrupted)
+    return;
+  jw->got = true;
+  jw->index = (size_t)(node - jw->nodes);
+  detach(jw);
 }
 
 /* A node's target has ended (or the node was unregistered): the waiter's
@@ -62,6 +78,7 @@ static void node_fired(join_node_t *node, int status) {
   node->fired = true;
   if (!node->unregistered && status != 0 && jw->first_err == 0)
     jw->first_err = status;
+  any_ended(jw, node);
   if (--jw->pending == 0)
     weft__waiter_wake(&jw->waiter, jw->waiter.base.interrupted);
 }
@@ -76,18 +93,14 @@ static void push_unregister(weft_loop_t *loop, void *arg) {
   weft__inbox_push(loop, &node->unreg_msg, false);
 }
 
-static bool join_interrupt(weft__wait_t *w, int err) {
-  join_wait_t *jw = weft__container_of(w, join_wait_t, waiter.base);
-  if (!jw->shielded) {
-    cancel_pending(jw);
-    return false;
-  }
-  /* Shielded: leave the awaited tasks alone. Local nodes come off at once;
-   * a remote node's memory is in use until its loop answers. node_fired
-   * is not called here: the wake it would make is this hook's answer. */
+/* Takes every node not yet fired off its target, leaving the tasks alone.
+ * Local nodes come off at once; a remote node's memory is in use until its
+ * loop answers. node_fired is not called for them: whoever detaches wakes
+ * the waiter (or the last answer does). */
+static void detach(join_wait_t *jw) {
   for (size_t i = 0; i < jw->n; i++) {
     join_node_t *node = &jw->nodes[i];
-    if (node->fired)
+    if (node->fired || node->unregistered)
       continue;
     node->unregistered = true;
     if (!node->remote) {
@@ -106,6 +119,17 @@ static bool join_interrupt(weft__wait_t *w, int err) {
      * its way, and its loop may be gone already, so nothing is sent
      * there. */
   }
+}
+
+static bool join_interrupt(weft__wait_t *w, int err) {
+  (void)err;
+  join_wait_t *jw = weft__container_of(w, join_wait_t, waiter.base);
+  if (!jw->shielded) {
+    cancel_pending(jw);
+    return false;
+  }
+  /* Shielded: leave the awaited tasks alone. */
+  detach(jw);
   return jw->pending == 0;
 }
 
@@ -212,7 +236,7 @@ static void nodes_put(join_node_t *nodes, join_node_t *small) {
  * task (ended or not, so the answer does not depend on timing; the owner is
  * copied into the task, so the check works after the loop is gone). */
 static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_ms,
-                bool has_timeout, int *first_err, bool *joined, const char *fn) {
+                bool has_timeout, int *first_err, bool *joined, size_t *any, const char *fn) {
   weft_task_t *self = NULL;
   bool plain = weft__tls.running == NULL;
   *joined = false;
@@ -246,11 +270,23 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
     }
   }
 
+  /* weft_wait_any with a task ended already: nothing to wait for (unless
+   * a cut must cancel the others and wait for them). */
+  if (any && !cut) {
+    for (size_t i = 0; i < n; i++) {
+      if (weft_task_status(tasks[i]) != WEFT_EPENDING) {
+        *any = i;
+        *joined = true;
+        return 0;
+      }
+    }
+  }
+
   join_node_t small[SMALL_JOIN];
   join_node_t *nodes = nodes_get(small, n);
   if (!nodes)
     return WEFT_ENOMEM;
-  join_wait_t jw = {.shielded = shielded, .nodes = nodes, .n = n};
+  join_wait_t jw = {.shielded = shielded, .nodes = nodes, .n = n, .any = any != NULL};
   weft__waiter_init(&jw.waiter, self, WEFT_WAIT_JOIN, n == 1 ? tasks[0] : NULL, join_interrupt);
   weft__timer_init(&jw.timeout, join_timeout);
   jw.first_err = first_ended_failure(tasks, n);
@@ -284,6 +320,7 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
       node->fired = true;
       jw.pending--;
       weft__task_wait_ended(t);
+      any_ended(&jw, node);
     }
   }
   if (--jw.pending == 0) /* the set-up's own count */
@@ -311,6 +348,13 @@ static int join(weft_task_t **tasks, size_t n, bool shielded, uint64_t timeout_m
   weft__waiter_destroy(&jw.waiter);
   *first_err = jw.first_err;
   *joined = true;
+  if (any) {
+    *any = jw.index;
+    /* The first task ended before any cut: the wait succeeded (a cancel
+     * stays pending for the next await). */
+    if (jw.got)
+      result = 0;
+  }
   nodes_put(nodes, small);
   return result;
 }
@@ -319,7 +363,7 @@ static int await_one(weft_task_t *task, void **result, bool shielded, uint64_t m
                      bool has_timeout, const char *fn) {
   int first_err;
   bool joined;
-  int err = join(&task, 1, shielded, ms, has_timeout, &first_err, &joined, fn);
+  int err = join(&task, 1, shielded, ms, has_timeout, &first_err, &joined, NULL, fn);
   if (joined && result && weft_task_status(task) != WEFT_EPENDING)
     *result = task->result;
   /* The caller's own cancellation or timeout wins over the task's status. */
@@ -341,7 +385,7 @@ int weft_wait_for(weft_task_t *task, uint64_t timeout_ms, void **result) {
 int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses) {
   int first_err;
   bool joined;
-  int err = join(tasks, n, false, 0, false, &first_err, &joined, "weft_gather");
+  int err = join(tasks, n, false, 0, false, &first_err, &joined, NULL, "weft_gather");
   if (!joined)
     return err;
   for (size_t i = 0; i < n; i++) {
@@ -351,4 +395,19 @@ int weft_gather(weft_task_t **tasks, size_t n, void **results, int *statuses) {
       statuses[i] = weft_task_status(tasks[i]);
   }
   return err ? err : first_err;
+}
+
+int weft_wait_any(weft_task_t **tasks, size_t n, size_t *index) {
+  if (n == 0 || !index) {
+    weft__misuse("weft_wait_any", "n is 0 or index is NULL");
+    return WEFT_EINVAL;
+  }
+  *index = n;
+  int first_err;
+  bool joined;
+  size_t i = n;
+  int err = join(tasks, n, false, 0, false, &first_err, &joined, &i, "weft_wait_any");
+  if (joined && err == 0)
+    *index = i;
+  return err;
 }

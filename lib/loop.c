@@ -248,9 +248,9 @@ uv_loop_t *weft_loop_uv(weft_loop_t *loop) {
   return loop->uv;
 }
 
-void weft__emit(weft_loop_t *loop, weft_event_kind_t kind, weft_task_t *t,
+void weft__emit(weft_loop_t *loop, weft_loop_event_kind_t kind, weft_task_t *t,
                 weft_wait_kind_t wait, int detail, int status) {
-  weft_event_t ev = {
+  weft_loop_event_t ev = {
     .kind = kind,
     .time_ns = uv_hrtime(),
     .round = loop->round,

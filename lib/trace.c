@@ -28,7 +28,7 @@
 enum { EV_FLOW_OUT = 100, EV_FLOW_IN };
 
 typedef struct trace_ev {
-  weft_event_t ev;          /* as the event hook saw it; .task an identity only */
+  weft_loop_event_t ev;          /* as the event hook saw it; .task an identity only */
   uint64_t id;              /* the task's id, or the arrow's */
   char name[24];            /* the task's name then */
 } trace_ev_t;
@@ -122,7 +122,7 @@ void weft__trace_loop_new(weft_loop_t *loop) {
 }
 
 /* From weft__emit, on the loop's thread. */
-void weft__trace_record(weft_loop_t *loop, const weft_event_t *ev) {
+void weft__trace_record(weft_loop_t *loop, const weft_loop_event_t *ev) {
   weft__trace_t *tr = loop->trace;
   if (!atomic_load_explicit(&tracing, memory_order_relaxed))
     return;
@@ -151,7 +151,7 @@ bool weft__trace_flow(weft_loop_t *loop, bool out, uint64_t id) {
   pthread_mutex_lock(&tr->lock);
   trace_ev_t *e = &tr->ev[tr->n++ % RING_EVENTS];
   memset(e, 0, sizeof *e);
-  e->ev.kind = (weft_event_kind_t)(out ? EV_FLOW_OUT : EV_FLOW_IN);
+  e->ev.kind = (weft_loop_event_kind_t)(out ? EV_FLOW_OUT : EV_FLOW_IN);
   e->ev.time_ns = uv_hrtime();
   e->ev.round = loop->round;
   e->id = id;
@@ -172,6 +172,11 @@ static const char *wait_name(unsigned w) {
   case WEFT_WAIT_CONNECT: return "connect";
   case WEFT_WAIT_READ: return "read";
   case WEFT_WAIT_WRITE: return "write";
+  case WEFT_WAIT_SEM: return "semaphore";
+  case WEFT_WAIT_MUTEX: return "mutex";
+  case WEFT_WAIT_EVENT: return "event";
+  case WEFT_WAIT_COND: return "condition";
+  case WEFT_WAIT_SELECT: return "select";
   default: return "other";
   }
 }
@@ -238,8 +243,8 @@ static void write_ring(FILE *f, weft__trace_t *tr, uint64_t t0, bool *first) {
     case EV_FLOW_IN:
       fprintf(f, ",\n{\"name\":\"message\",\"cat\":\"handoff\",\"ph\":\"%s\",%s\"id\":%llu,"
                  "\"pid\":1,\"tid\":%u,\"ts\":%.3f}",
-              e->ev.kind == (weft_event_kind_t)EV_FLOW_OUT ? "s" : "f",
-              e->ev.kind == (weft_event_kind_t)EV_FLOW_IN ? "\"bp\":\"e\"," : "",
+              e->ev.kind == (weft_loop_event_kind_t)EV_FLOW_OUT ? "s" : "f",
+              e->ev.kind == (weft_loop_event_kind_t)EV_FLOW_IN ? "\"bp\":\"e\"," : "",
               (unsigned long long)e->id, tr->tid, ts);
       break;
     default:

@@ -790,7 +790,7 @@ static int run_computing(model_t *one, model_t *pool) {
 /* ------------------------------------------------- inside the loop (trace) */
 
 typedef struct record {
-  weft_event_t ev;
+  weft_loop_event_t ev;
   char name[32]; /* the task's name when the event happened */
 } record_t;
 

@@ -9,8 +9,9 @@
 # 2. Every weft_ function README's asyncio table names is declared in
 #    include/weft.h, unless its row says "planned"; and a row that says
 #    "planned" names at least one function weft.h does not declare yet. In
-#    the table `weft_tcp_listen` / `_accept` stands for weft_tcp_accept too,
-#    and `weft_chan_*` for at least one weft_chan_ function.
+#    the table a name that starts with `_` takes the noun of the full name
+#    before it (`weft_sem_try_acquire` / `_post` is weft_sem_post), and
+#    `weft_chan_*` stands for at least one weft_chan_ function.
 set -u
 src=$1
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/weft-docs.XXXXXX") || exit 1
@@ -47,7 +48,7 @@ awk -F'|' '
         name = substr(code, RSTART, RLENGTH)
         code = substr(code, RSTART + RLENGTH)
         if (name ~ /^_/ && prev != "") {
-          base = prev; sub(/_[a-z0-9]*$/, "", base); name = base name
+          match(prev, /^weft_[a-z0-9]+/); name = substr(prev, 1, RLENGTH) name
         }
         if (name !~ /^_/) { out = out " " name; prev = name }
       }

@@ -11,11 +11,11 @@
 
 #define MAX_EVENTS 4096
 
-static weft_event_t g_ev[MAX_EVENTS];
+static weft_loop_event_t g_ev[MAX_EVENTS];
 static size_t g_nev;
 static size_t g_dropped;
 
-static void record_event(const weft_event_t *ev, void *arg) {
+static void record_event(const weft_loop_event_t *ev, void *arg) {
   (*(int *)arg)++;
   if (g_nev < MAX_EVENTS)
     g_ev[g_nev++] = *ev;
@@ -46,7 +46,7 @@ static int run_recorded(weft_fn fn, void *arg, weft_task_t **task) {
 
 /* Index of the first event at or after from that matches kind and task
  * (task NULL matches any task), or -1. */
-static long find(size_t from, weft_event_kind_t kind, const weft_task_t *task) {
+static long find(size_t from, weft_loop_event_kind_t kind, const weft_task_t *task) {
   for (size_t i = from; i < g_nev; i++) {
     if (g_ev[i].kind == kind && (task == NULL || g_ev[i].task == task))
       return (long)i;
@@ -54,7 +54,7 @@ static long find(size_t from, weft_event_kind_t kind, const weft_task_t *task) {
   return -1;
 }
 
-static size_t count(weft_event_kind_t kind, const weft_task_t *task) {
+static size_t count(weft_loop_event_kind_t kind, const weft_task_t *task) {
   size_t n = 0;
   for (size_t i = 0; i < g_nev; i++) {
     if (g_ev[i].kind == kind && (task == NULL || g_ev[i].task == task))
@@ -70,7 +70,7 @@ static void check_common(void) {
   uint64_t last_round_seen = 0;
   int any_round = 0;
   for (size_t i = 0; i < g_nev; i++) {
-    const weft_event_t *e = &g_ev[i];
+    const weft_loop_event_t *e = &g_ev[i];
     if (i > 0) {
       assert_true(e->time_ns >= g_ev[i - 1].time_ns);
       assert_true(e->round >= g_ev[i - 1].round);

@@ -1,0 +1,85 @@
+/* Events (asyncio.Event): a flag that waiters wait to see set, for tasks on
+ * any loops and plain threads. A set wakes every waiter through the wait
+ * queue (waitq.c); a wait on a set event returns at once without the lock.
+ * The flag and the queue's length pair up as a semaphore's count does
+ * (sem.c), so a set never misses a waiter that is just arriving. */
+#include "internal.h"
+
+#include <stdlib.h>
+
+struct weft_event {
+  atomic_bool set;
+  weft__waitq_t q;
+};
+
+int weft_event_new(weft_event_t **out) {
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  weft_event_t *ev = weft__malloc(sizeof *ev);
+  if (!ev)
+    return WEFT_ENOMEM;
+  atomic_init(&ev->set, false);
+  weft__waitq_init(&ev->q);
+  *out = ev;
+  return 0;
+}
+
+int weft_event_free(weft_event_t *ev) {
+  if (!ev)
+    return 0;
+  pthread_mutex_lock(&ev->q.lock);
+  bool busy = !weft__queue_empty(&ev->q.list);
+  pthread_mutex_unlock(&ev->q.lock);
+  if (busy) {
+    weft__misuse("weft_event_free", "tasks or threads wait on the event");
+    return WEFT_EBUSY;
+  }
+  weft__waitq_destroy(&ev->q);
+  free(ev);
+  return 0;
+}
+
+int weft_event_set(weft_event_t *ev) {
+  if (!ev)
+    return WEFT_EINVAL;
+  atomic_store_explicit(&ev->set, true, memory_order_seq_cst);
+  if (weft__waitq_len(&ev->q) == 0)
+    return 0;
+  pthread_mutex_lock(&ev->q.lock);
+  weft__waitq_grant_all(&ev->q);
+  pthread_mutex_unlock(&ev->q.lock);
+  return 0;
+}
+
+int weft_event_clear(weft_event_t *ev) {
+  if (!ev)
+    return WEFT_EINVAL;
+  atomic_store_explicit(&ev->set, false, memory_order_seq_cst);
+  return 0;
+}
+
+bool weft_event_is_set(const weft_event_t *ev) {
+  return ev && atomic_load_explicit(&ev->set, memory_order_acquire);
+}
+
+int weft_event_wait(weft_event_t *ev) {
+  weft_task_t *t;
+  int err = weft__waiter_caller(&t, "weft_event_wait");
+  if (err)
+    return err;
+  if (!ev)
+    return WEFT_EINVAL;
+  if (atomic_load_explicit(&ev->set, memory_order_acquire))
+    return 0;
+  weft__qwait_t w;
+  pthread_mutex_lock(&ev->q.lock);
+  weft__waitq_enter(&ev->q, &w, t, WEFT_WAIT_EVENT, ev, NULL, true);
+  if (atomic_load_explicit(&ev->set, memory_order_seq_cst)) {
+    weft__waitq_leave(&w);
+    pthread_mutex_unlock(&ev->q.lock);
+    return 0;
+  }
+  pthread_mutex_unlock(&ev->q.lock);
+  return weft__waitq_sleep(&w);
+}
