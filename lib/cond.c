@@ -31,13 +31,8 @@ int weft_cond_new(weft_cond_t **out) {
 int weft_cond_free(weft_cond_t *cv) {
   if (!cv)
     return 0;
-  pthread_mutex_lock(&cv->q.lock);
-  bool busy = !weft__queue_empty(&cv->q.list);
-  pthread_mutex_unlock(&cv->q.lock);
-  if (busy) {
-    weft__misuse("weft_cond_free", "tasks or threads wait on the condition");
+  if (!weft__waitq_idle(&cv->q, "weft_cond_free"))
     return WEFT_EBUSY;
-  }
   weft__waitq_destroy(&cv->q);
   free(cv);
   return 0;
@@ -68,23 +63,13 @@ int weft_cond_wait(weft_cond_t *cv, weft_mutex_t *mu) {
 int weft_cond_signal(weft_cond_t *cv) {
   if (!cv)
     return WEFT_EINVAL;
-  if (weft__waitq_len(&cv->q) == 0)
-    return 0;
-  pthread_mutex_lock(&cv->q.lock);
-  weft__qwait_t *w = weft__waitq_head(&cv->q);
-  if (w)
-    weft__waitq_grant(w);
-  pthread_mutex_unlock(&cv->q.lock);
+  weft__waitq_wake(&cv->q, false);
   return 0;
 }
 
 int weft_cond_broadcast(weft_cond_t *cv) {
   if (!cv)
     return WEFT_EINVAL;
-  if (weft__waitq_len(&cv->q) == 0)
-    return 0;
-  pthread_mutex_lock(&cv->q.lock);
-  weft__waitq_grant_all(&cv->q);
-  pthread_mutex_unlock(&cv->q.lock);
+  weft__waitq_wake(&cv->q, true);
   return 0;
 }

@@ -28,13 +28,8 @@ int weft_event_new(weft_event_t **out) {
 int weft_event_free(weft_event_t *ev) {
   if (!ev)
     return 0;
-  pthread_mutex_lock(&ev->q.lock);
-  bool busy = !weft__queue_empty(&ev->q.list);
-  pthread_mutex_unlock(&ev->q.lock);
-  if (busy) {
-    weft__misuse("weft_event_free", "tasks or threads wait on the event");
+  if (!weft__waitq_idle(&ev->q, "weft_event_free"))
     return WEFT_EBUSY;
-  }
   weft__waitq_destroy(&ev->q);
   free(ev);
   return 0;
@@ -44,11 +39,7 @@ int weft_event_set(weft_event_t *ev) {
   if (!ev)
     return WEFT_EINVAL;
   atomic_store_explicit(&ev->set, true, memory_order_seq_cst);
-  if (weft__waitq_len(&ev->q) == 0)
-    return 0;
-  pthread_mutex_lock(&ev->q.lock);
-  weft__waitq_grant_all(&ev->q);
-  pthread_mutex_unlock(&ev->q.lock);
+  weft__waitq_wake(&ev->q, true);
   return 0;
 }
 

@@ -273,8 +273,13 @@ int weft__waitq_sleep(weft__qwait_t *w);
 weft__qwait_t *weft__waitq_head(weft__waitq_t *q);
 /* Under q->lock: w, on the list, is granted: off the list, and woken. */
 void weft__waitq_grant(weft__qwait_t *w);
-/* Under q->lock: grants every waiter. */
-void weft__waitq_grant_all(weft__waitq_t *q);
+/* Not under the lock: grants the oldest waiter (all: every waiter), if
+ * any. The caller changed what waiters wait for first (seq_cst), so a
+ * waiter it does not see here will see that change. */
+void weft__waitq_wake(weft__waitq_t *q, bool all);
+/* Whether nobody waits (a primitive may be freed); locks q. fn names the
+ * free call, for the misuse line when somebody does. */
+bool weft__waitq_idle(weft__waitq_t *q, const char *fn);
 static inline size_t weft__waitq_len(weft__waitq_t *q) {
   return atomic_load_explicit(&q->len, memory_order_seq_cst);
 }

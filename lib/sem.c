@@ -39,13 +39,8 @@ int weft_sem_new(weft_sem_t **out, size_t permits) {
 int weft_sem_free(weft_sem_t *sem) {
   if (!sem)
     return 0;
-  pthread_mutex_lock(&sem->q.lock);
-  bool busy = !weft__queue_empty(&sem->q.list);
-  pthread_mutex_unlock(&sem->q.lock);
-  if (busy) {
-    weft__misuse("weft_sem_free", "tasks or threads wait on the semaphore");
+  if (!weft__waitq_idle(&sem->q, "weft_sem_free"))
     return WEFT_EBUSY;
-  }
   weft__waitq_destroy(&sem->q);
   free(sem);
   return 0;

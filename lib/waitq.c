@@ -70,10 +70,26 @@ void weft__waitq_grant(weft__qwait_t *w) {
   weft__waiter_wake(&w->waiter, 0);
 }
 
-void weft__waitq_grant_all(weft__waitq_t *q) {
+void weft__waitq_wake(weft__waitq_t *q, bool all) {
+  if (weft__waitq_len(q) == 0)
+    return;
+  pthread_mutex_lock(&q->lock);
   weft__qwait_t *w;
-  while ((w = weft__waitq_head(q)) != NULL)
+  while ((w = weft__waitq_head(q)) != NULL) {
     weft__waitq_grant(w);
+    if (!all)
+      break;
+  }
+  pthread_mutex_unlock(&q->lock);
+}
+
+bool weft__waitq_idle(weft__waitq_t *q, const char *fn) {
+  pthread_mutex_lock(&q->lock);
+  bool idle = weft__queue_empty(&q->list);
+  pthread_mutex_unlock(&q->lock);
+  if (!idle)
+    weft__misuse(fn, "tasks or threads wait on it");
+  return idle;
 }
 
 void *weft__holder_token(void) {
