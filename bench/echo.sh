@@ -33,6 +33,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." || exit 1
 # by this PID and never by name.
 SERVER_PID=
 SERVER_PORT=
+WORK_DIR=
 stop_server_on_exit() {
   if [[ -n $SERVER_PID ]]; then
     kill -KILL "$SERVER_PID" 2>/dev/null
@@ -209,7 +210,9 @@ cmd_bench_echo() {
   CLK_TCK=$(getconf CLK_TCK) || die "getconf CLK_TCK failed"
   local dir
   dir=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench-echo.XXXXXX") || die "mktemp failed"
-  trap 'stop_server_on_exit; rm -rf -- "$dir"' EXIT
+  # A global for the EXIT trap: it runs after this function's locals are gone.
+  WORK_DIR=$dir
+  trap 'stop_server_on_exit; rm -rf -- "$WORK_DIR"' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
 
