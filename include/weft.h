@@ -782,7 +782,9 @@ typedef struct weft_select_case {
  * picked about as often (the cases are tried from a random start). When
  * none is, it waits up to timeout_ms: 0 polls, WEFT_FOREVER waits without
  * limit (an await point in a task, cut by cancellation and deadlines; a
- * plain thread blocks). Returns the index (0 to n - 1); WEFT_EAGAIN (a
+ * plain thread blocks). Unless it polls, a cancel pending (or a deadline
+ * passed) as it begins returns that error at once, ready cases or not, as
+ * for every await point. Returns the index (0 to n - 1); WEFT_EAGAIN (a
  * poll found nothing ready); WEFT_ETIMEDOUT (timeout_ms passed, or the
  * task's deadline); WEFT_ECANCELED; WEFT_ENOTASK in a libuv callback (a
  * poll works there); WEFT_EINVAL (cases NULL, n 0 or above

@@ -13,12 +13,15 @@
  * loses the race lets the wake end the wait instead.
  *
  * Each wake a record took is a channel's "try again" meant for one waiter.
- * A select uses at most one of them (the case it performs). After the
- * select, every other case whose record was woken passes its wake on to
- * the next waiter of that list, so a message offered to a select that took
- * something else, or was cut, reaches another receiver: nothing is lost
- * and nothing taken twice. A woken select that finds nothing ready (another
- * party was faster) enlists again. */
+ * A select uses at most one of them: the case it performs, and only when it
+ * performs it in the try after a wake. After the select, every other wake
+ * its records took goes on to the next waiter of that list, so a message
+ * offered to a select that took something else, was cut, or had already
+ * taken a message before the wake came, reaches another receiver: nothing
+ * is lost and nothing taken twice. A woken select that finds nothing ready
+ * (another party was faster) enlists again. tests/model/select.pml checks
+ * this protocol with SPIN; it found the lost wake-up of the rule that
+ * passed on only the other cases' wakes. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -155,13 +158,19 @@ int weft_select(weft_select_case_t *cases, size_t n, uint64_t timeout_ms) {
   int err = check_cases(cases, n);
   if (err)
     return err;
-  size_t start = random_below(n);
-  int chosen = try_all(cases, n, start);
-  if (chosen >= 0 || timeout_ms == 0)
+  if (timeout_ms == 0) {
+    /* A poll: no await point, so any context may poll. */
+    int chosen = try_all(cases, n, random_below(n));
     return chosen >= 0 ? chosen : WEFT_EAGAIN;
+  }
+  /* An await point: a pending cancel or a passed deadline is seen first,
+   * as by a channel's send or receive. */
   weft_task_t *t;
   if ((err = weft__waiter_caller(&t, "weft_select")) != 0)
     return err;
+  int chosen = try_all(cases, n, random_below(n));
+  if (chosen >= 0)
+    return chosen;
 
   select_rec_t small[SMALL_SELECT];
   select_rec_t *recs = n > SMALL_SELECT ? weft__malloc(n * sizeof *recs) : small;
@@ -184,10 +193,16 @@ int weft_select(weft_select_case_t *cases, size_t n, uint64_t timeout_ms) {
     weft__timer_start(t->loop, &sw.timeout,
                       timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + timeout_ms);
   }
+  /* Whether the case performed was taken by the try inside wait_once,
+   * with the records still on their lists: then a wake its record took
+   * came after the take, for progress the select did not use. */
+  bool early = false;
   for (;;) {
     chosen = wait_once(cases, n, recs, t, &sw, untilp, &err);
-    if (chosen >= 0 || err)
+    if (chosen >= 0 || err) {
+      early = chosen >= 0;
       break;
+    }
     /* Woken: try again. A cancel or deadline that came meanwhile counts
      * only if this try finds nothing, so the wake-up is not lost. */
     if ((chosen = try_all(cases, n, random_below(n))) >= 0)
@@ -206,7 +221,7 @@ int weft_select(weft_select_case_t *cases, size_t n, uint64_t timeout_ms) {
   if (t)
     weft__timer_stop(t->loop, &sw.timeout);
   for (size_t i = 0; i < n; i++)
-    if (recs[i].woken && (int)i != chosen)
+    if (recs[i].woken && ((int)i != chosen || early))
       weft__chan_pass(&recs[i].rec);
   if (recs != small)
     free(recs);
