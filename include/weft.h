@@ -427,7 +427,8 @@ WEFT_API weft_task_t *weft_task_current(void);
  * so does every await after it, until the deadline is cleared or moved. A
  * new call replaces the base deadline (later or earlier: the task's own
  * idle timeout, pushed forward on every request); pushed scopes still bound
- * it. Never suspends. WEFT_ENOTASK outside a task. */
+ * it. Never suspends. WEFT_ENOTASK outside a task; WEFT_ENOMEM (a task's
+ * first deadline allocates room for its deadlines). */
 WEFT_API int weft_deadline_set(uint64_t timeout_ms);
 
 /** Removes the calling task's base deadline (pushed scopes stay).
@@ -440,7 +441,8 @@ WEFT_API int weft_deadline_clear(void);
  * deadline and every scope pushed: an inner scope never extends an outer
  * one, so a helper that bounds its own work cannot lift its caller's
  * bound. Scopes nest up to 8 deep. Never suspends. Errors: WEFT_ENOTASK
- * outside a task; WEFT_ENOBUFS with 8 scopes pushed already. */
+ * outside a task; WEFT_ENOBUFS with 8 scopes pushed already; WEFT_ENOMEM
+ * (a task's first push allocates room for its scopes). */
 WEFT_API int weft_deadline_push(uint64_t timeout_ms);
 
 /** Pops the innermost scope weft_deadline_push made. Never suspends.

@@ -70,7 +70,7 @@ static void run_closes(weft_loop_t *loop) {
 
 /* ------------------------------------------------- an adopted loop */
 
-static void round_steps(weft_loop_t *loop);
+static inline WEFT__ALWAYS_INLINE void round_steps(weft_loop_t *loop);
 static void embedded_start(weft_loop_t *loop);
 static void embedded_stop(weft_loop_t *loop);
 
@@ -407,7 +407,7 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
 /* loop->step_clock: the coarse time the step may start from (the end of
  * the step before, or of the last poll); updated to this step's end. One
  * clock read a step: a step's time includes the inbox drain before it. */
-static void run_task(weft_loop_t *loop, weft_task_t *t) {
+static inline WEFT__ALWAYS_INLINE void run_task(weft_loop_t *loop, weft_task_t *t) {
   if (t->state == WEFT__NEW) {
     if (t->cancelled || atomic_load_explicit(&loop->cancel_new, memory_order_relaxed)) {
       weft__task_complete(t, WEFT_ECANCELED);
@@ -524,8 +524,10 @@ bool weft__loop_drained(weft_loop_t *loop) {
  *    reason).
  */
 /* Phases 1 and 2 of a round: what an adopted loop runs from libuv's
- * phases as well. */
-static void round_steps(weft_loop_t *loop) {
+ * phases as well. Inlined, as run_task is, so that loop_round calls
+ * weft__coro_switch itself: each frame between the run loop and the
+ * switch costs two more mispredicted returns a step (WEFT__ALWAYS_INLINE). */
+static inline WEFT__ALWAYS_INLINE void round_steps(weft_loop_t *loop) {
   loop->round++;
   loop->counters.rounds++;
   WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);

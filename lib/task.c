@@ -39,7 +39,7 @@ static weft_task_t *task_alloc(weft_loop_t *loop, weft_fn fn, void *arg, bool ha
   t->wait = NULL;
   t->stack = NULL;
   t->deadline = 0;
-  t->deadline_base = 0;
+  t->deadlines = NULL;
   t->ndeadlines = 0;
   t->shield = 0;
   t->shield_floor = 0;
@@ -156,6 +156,7 @@ int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task) {
 void weft__task_unref(weft_task_t *t) {
   if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
     t->magic = 0;
+    free(t->deadlines);
     free(t);
   }
 }
@@ -426,13 +427,23 @@ static uint64_t earlier(uint64_t a, uint64_t b) {
 void weft__deadline_update(weft_task_t *t) {
   /* Inside a shield only the scopes pushed since it began count: the
    * section's cleanup can be bounded, but no enclosing deadline cuts it. */
-  unsigned from = t->shield ? t->shield_floor : 0;
-  uint64_t d = t->shield ? 0 : t->deadline_base;
-  for (unsigned i = from; i < t->ndeadlines; i++)
-    d = earlier(d, t->deadline_scope[i]);
+  uint64_t d = 0;
+  if (t->deadlines) {
+    unsigned from = t->shield ? t->shield_floor : 0;
+    d = t->shield ? 0 : t->deadlines->base;
+    for (unsigned i = from; i < t->ndeadlines; i++)
+      d = earlier(d, t->deadlines->scope[i]);
+  }
   /* A later deadline leaves the armed timer where it is; it moves itself
    * when it fires early (deadline_fire in loop.c). */
   t->deadline = d;
+}
+
+/* The task's deadlines, allocated on first use; NULL: out of memory. */
+static weft__deadlines_t *deadlines_of(weft_task_t *t) {
+  if (!t->deadlines)
+    t->deadlines = weft__calloc(1, sizeof *t->deadlines);
+  return t->deadlines;
 }
 
 /* The calling task, or NULL with a misuse line for fn. */
@@ -447,7 +458,9 @@ int weft_deadline_set(uint64_t timeout_ms) {
   weft_task_t *t = task_or_misuse("weft_deadline_set");
   if (!t)
     return WEFT_ENOTASK;
-  t->deadline_base = deadline_from_now(t, timeout_ms);
+  if (!deadlines_of(t))
+    return WEFT_ENOMEM;
+  t->deadlines->base = deadline_from_now(t, timeout_ms);
   weft__deadline_update(t);
   return 0;
 }
@@ -456,7 +469,8 @@ int weft_deadline_clear(void) {
   weft_task_t *t = task_or_misuse("weft_deadline_clear");
   if (!t)
     return WEFT_ENOTASK;
-  t->deadline_base = 0;
+  if (t->deadlines)
+    t->deadlines->base = 0;
   weft__deadline_update(t);
   return 0;
 }
@@ -470,7 +484,9 @@ int weft_deadline_push(uint64_t timeout_ms) {
                  WEFT__DEADLINE_DEPTH);
     return WEFT_ENOBUFS;
   }
-  t->deadline_scope[t->ndeadlines++] =
+  if (!deadlines_of(t))
+    return WEFT_ENOMEM;
+  t->deadlines->scope[t->ndeadlines++] =
     timeout_ms == WEFT_FOREVER ? 0 : deadline_from_now(t, timeout_ms);
   weft__deadline_update(t);
   return 0;
@@ -498,6 +514,8 @@ void weft_shield_begin(void) {
   weft_task_t *t = task_or_misuse("weft_shield_begin");
   if (!t)
     return;
+  if (t->shield == UINT16_MAX)
+    weft__fatal("weft_shield_begin: more than 65535 shielded sections nested in one task");
   if (t->shield++ == 0)
     t->shield_floor = t->ndeadlines;
   weft__deadline_update(t);
