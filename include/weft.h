@@ -220,6 +220,10 @@ typedef struct weft_stats {
                                 (the small writes of a round coalesce into
                                 one a stream; libuv's later writes of what
                                 the socket did not take are not counted) */
+  char held_by[32];        /**< the task whose step holds the loop now ("" if
+                                none: the loop is between steps, polling or
+                                running libuv callbacks) */
+  uint64_t held_ms;        /**< how long that step has run so far */
 } weft_stats_t;
 
 /* ------------------------------------------------------------ high level */
@@ -309,11 +313,15 @@ WEFT_API bool weft_is_internal_handle(const uv_handle_t *h);
 
 /** A consistent snapshot of loop's counters. On the loop's own thread it is
  * taken at once; from a thread that runs no loop, the loop takes it between
- * two steps (through its inbox) while the caller blocks, so it may wait for
- * a long step to end, and the loop must be running or run later (a pool's
- * loops always are). Never suspends a task. Errors: WEFT_EINVAL (NULL),
- * WEFT_EBUSY (called from a thread that runs another loop: it cannot block
- * there), WEFT_ESHUTDOWN (the loop is closing), WEFT_ENOMEM. */
+ * two steps (through its inbox) while the caller blocks, and the loop must
+ * be running or run later (a pool's loops always are). A loop held by a
+ * task's step does not make the caller wait for the step to end: after
+ * about 20 ms the call returns WEFT_EAGAIN with only held_by and held_ms
+ * filled in (the other fields zero), naming the task and how long it has
+ * held the loop so far. Never suspends a task. Errors: WEFT_EINVAL (NULL),
+ * WEFT_EAGAIN (held by a step, as above), WEFT_EBUSY (called from a thread
+ * that runs another loop: it cannot block there), WEFT_ESHUTDOWN (the loop
+ * is closing), WEFT_ENOMEM. */
 WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
 
 /** The loop's name (see weft_loop_opts_t.name). Any thread; valid while the
@@ -353,6 +361,13 @@ WEFT_API void weft_dump(FILE *out);
  * terminates the process (std::terminate), as from a thread's function;
  * catch everything inside fn and turn it into a status (weft_task_fail). */
 WEFT_API int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task);
+
+/** asyncio's create_task(coro, name=...): weft_spawn with the task's name
+ * (copied, at most 31 bytes kept) set before the task can run, from any
+ * thread; weft_dump, the stall lines and the trace use it. Errors: those of
+ * weft_spawn; WEFT_EINVAL for a NULL name. */
+WEFT_API int weft_spawn_named(weft_loop_t *loop, weft_fn fn, void *arg, const char *name,
+                              weft_task_t **task);
 
 /** await task: suspends the calling task until task ends, then returns its
  * final status (0, its weft_task_fail code, or WEFT_ECANCELED) and stores its
@@ -469,7 +484,8 @@ WEFT_API void weft_shield_begin(void);
 WEFT_API void weft_shield_end(void);
 
 /** Names a task for debugging (copied, at most 31 bytes kept). Loop-bound:
- * WEFT_EPERM from another thread. Unnamed tasks are called "task-<id>".
+ * WEFT_EPERM from another thread (a spawner on another thread names its
+ * task with weft_spawn_named). Unnamed tasks are called "task-<id>".
  * WEFT_EINVAL on NULL. */
 WEFT_API int weft_task_set_name(weft_task_t *task, const char *name);
 WEFT_API const char *weft_task_name(const weft_task_t *task);

@@ -58,3 +58,9 @@ bool weft__clock_reached(weft_loop_t *loop, uint64_t due) {
   uv_update_time(loop->uv);
   return weft__now(loop) >= due;
 }
+
+void weft__timespec_add_ms(struct timespec *ts, uint64_t ms) {
+  uint64_t ns = (uint64_t)ts->tv_nsec + (ms % 1000) * 1000000u;
+  ts->tv_sec += (time_t)(ms / 1000 + ns / 1000000000u);
+  ts->tv_nsec = (long)(ns % 1000000000u);
+}

@@ -2,11 +2,13 @@
  *
  * Task lists belong to their loops' threads, so each loop describes itself:
  * the dumping thread asks every loop through its inbox, and each writes its
- * part into a memory buffer between two steps. A loop held by a long step
- * (or not running at all) does not answer; after 1 s the dump says so and
- * goes on, and the request, shared by both sides, is freed by whichever is
- * done with it last. The loop the caller itself runs, if any, is described
- * on the spot. */
+ * part into a memory buffer between two steps. A loop held by a task's
+ * step cannot answer: after a short wait the dump names that task and how
+ * long it has held the loop, from what the loop publishes of its step
+ * (stall.c), and goes on. A loop that is neither answering nor in a step
+ * (busy in libuv callbacks, or not running) gets up to 1 s. The request,
+ * shared by both sides, is freed by whichever is done with it last. The
+ * loop the caller itself runs, if any, is described on the spot. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #define DUMP_WAIT_MS 1000
+#define DUMP_STEP_WAIT_MS 20  /* before a loop in a step is named as held */
 #define DUMP_MAX_TASKS 1000  /* per loop; the rest are counted */
 
 typedef struct dump_req {
@@ -26,6 +29,7 @@ typedef struct dump_req {
   char *text;               /* the loop's part (open_memstream) */
   size_t len;
   char name[32];
+  weft_loop_t *loop;        /* read only through the registry (it may be gone) */
 } dump_req_t;
 
 static void req_unref(dump_req_t *r) {
@@ -125,6 +129,7 @@ static void describe(weft_loop_t *loop, FILE *f) {
     if (t->stack)
       fprintf(f, ", stack %zu of %zu KiB used", stack_used(t->stack) / 1024, t->stack->size / 1024);
     fputc('\n', f);
+    weft__task_backtrace_print(f, t, "      ");
   }
   if (more)
     fprintf(f, "  ... and %zu more\n", more);
@@ -143,6 +148,10 @@ static void dump_run(weft__msg_t *m, weft_loop_t *loop) {
   r->len = len;
   weft__waiter_wake(&r->waiter, 0);
   req_unref(r);
+}
+
+static void read_live(weft_loop_t *loop, void *arg) {
+  weft__live_read(loop, arg);
 }
 
 typedef struct dump_all {
@@ -173,6 +182,7 @@ static weft__msg_t *ask(weft_loop_t *loop, void *arg) {
   atomic_init(&r->refs, 2);
   weft__waiter_init(&r->waiter, NULL, WEFT_WAIT_NONE, NULL, NULL);
   snprintf(r->name, sizeof r->name, "%s", loop->name);
+  r->loop = loop;
   if (weft__inbox_push(loop, &r->msg, false) != 0) {
     r->refs = 1;
     req_unref(r);
@@ -188,16 +198,26 @@ void weft_dump(FILE *out) {
   dump_all_t d = {.self = weft__tls.running, .out = out};
   fprintf(out, "weft dump (pid %ld)\n", (long)getpid());
   weft__loops_each(ask, &d);
-  struct timespec until;
+  struct timespec until, soon;
   clock_gettime(CLOCK_REALTIME, &until);
+  soon = until;
   until.tv_sec += DUMP_WAIT_MS / 1000;
+  weft__timespec_add_ms(&soon, DUMP_STEP_WAIT_MS);
   for (size_t i = 0; i < d.n; i++) {
     dump_req_t *r = d.reqs[i];
-    if (weft__waiter_wait_ms(&r->waiter, &until) != 0)
-      fprintf(out, "loop %s: no answer within %d ms (held by a long step, or not running)\n",
+    weft__live_view_t v = {0};
+    if (weft__waiter_wait_ms(&r->waiter, &soon) == 0 ||
+        (!(weft__loops_with(r->loop, read_live, &v) && v.task_id) &&
+         weft__waiter_wait_ms(&r->waiter, &until) == 0)) {
+      if (r->text)
+        fwrite(r->text, 1, r->len, out);
+    } else if (v.task_id) {
+      fprintf(out, "loop %s: held by task %s for %llu ms (its step still runs: no task list)\n",
+              r->name, v.name, (unsigned long long)(v.held_ns / 1000000u));
+    } else {
+      fprintf(out, "loop %s: no answer within %d ms (busy in libuv callbacks, or not running)\n",
               r->name, DUMP_WAIT_MS);
-    else if (r->text)
-      fwrite(r->text, 1, r->len, out);
+    }
     req_unref(r);
   }
   free(d.reqs);

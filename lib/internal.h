@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(WEFT_SWITCH_UCONTEXT)
 #include <ucontext.h>
@@ -230,6 +231,8 @@ void weft__waiter_destroy(weft__waiter_t *w);
 int weft__waiter_wait(weft__waiter_t *w);
 /* A plain thread's wait with an end (CLOCK_REALTIME): WEFT_ETIMEDOUT. */
 int weft__waiter_wait_ms(weft__waiter_t *w, const struct timespec *until);
+/* ts + ms (clock.c), for the ends of such waits. */
+void weft__timespec_add_ms(struct timespec *ts, uint64_t ms);
 /* Any thread: the wait returns result. */
 void weft__waiter_wake(weft__waiter_t *w, int result);
 /* Any thread: runs m->run on the waiter's side (a task's loop thread, or
@@ -364,6 +367,48 @@ void weft__wakefd_close(weft__wakefd_t *w);
 /* Blocks until rfd is readable (1) or timeout_ms passed (0; -1 waits
  * without limit), or a signal came (a negative error). lib/arch/wakefd_wait.c */
 int weft__wakefd_wait(const weft__wakefd_t *w, int timeout_ms);
+
+/* ------------------------------------------------------------------ stall */
+
+/* What a loop is doing now, published by its thread for any other (a
+ * seqlock: seq is odd while it is being written): the task whose step runs
+ * (its id, 0 when none; its name, copied when the task changes) and when
+ * the step began. weft_dump, weft_loop_stats and the watchdog read it
+ * without waiting for the loop (stall.c). */
+typedef struct weft__live {
+  _Atomic uint64_t seq;
+  _Atomic uint64_t task_id;
+  _Atomic uint64_t since_ns;          /* coarse clock at the step's start */
+  _Atomic uint64_t name[4];           /* the task's name; name[0] 0: none */
+  uint64_t named_id;                  /* loop thread: whose name is in name */
+  bool unnamed;                       /* loop thread: name holds "" */
+} weft__live_t;
+
+/* A snapshot of weft__live_t. */
+typedef struct weft__live_view {
+  uint64_t seq;                       /* the step's: the same for one step */
+  uint64_t task_id;                   /* 0: no step running */
+  uint64_t held_ns;                   /* how long it has run so far */
+  char name[32];                      /* the task's name ("task-<id>" by default) */
+} weft__live_view_t;
+
+static inline void weft__live_write(weft__live_t *l, uint64_t id, uint64_t since) {
+  uint64_t s = atomic_load_explicit(&l->seq, memory_order_relaxed);
+  atomic_store_explicit(&l->seq, s + 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&l->task_id, id, memory_order_relaxed);
+  atomic_store_explicit(&l->since_ns, since, memory_order_relaxed);
+  atomic_store_explicit(&l->seq, s + 2, memory_order_release);
+}
+/* Loop thread: a step of t begins (since: its start), or the step ends
+ * (after struct weft_loop, below). */
+/* Any thread, with the loop alive (its registry entry held). */
+void weft__live_read(weft_loop_t *loop, weft__live_view_t *v);
+/* The stall watchdog: a thread that, while any loop watching for slow
+ * steps exists, reports a step that has held its loop past the threshold
+ * while it still runs. Called as such a loop is made and freed. */
+void weft__watchdog_add(void);
+void weft__watchdog_remove(void);
 
 /* ----------------------------------------------------------------- tasks */
 
@@ -560,6 +605,9 @@ struct weft_loop {
   char name[32];
   weft__trace_t *trace;      /* its trace ring while tracing (trace.c) */
   weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
+  weft__live_t live;         /* the step running now, for other threads (stall.c) */
+  uint64_t wd_seq;           /* watchdog thread only: the step it reports on */
+  uint64_t wd_next_ns;       /* and how long that step must last for its next line */
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
   uint64_t parked_ns;        /* time in the blocking poll, polls ended so far */
@@ -579,6 +627,33 @@ struct weft_loop {
   atomic_int cancel_new;     /* WEFT_CANCEL shutdown: tasks not yet started
                                 end cancelled without running */
 };
+
+/* The step of t begins on loop (since: its start). Only a task other than
+ * the last one whose name was published pays for copying its name. */
+static inline void weft__live_begin(weft_loop_t *loop, weft_task_t *t, uint64_t since) {
+  weft__live_t *l = &loop->live;
+  /* Most tasks have no name of their own: readers make "task-<id>". */
+  if (l->named_id == t->id || (l->unnamed && !t->name[0])) {
+    weft__live_write(l, t->id, since);
+    return;
+  }
+  uint64_t s = atomic_load_explicit(&l->seq, memory_order_relaxed);
+  atomic_store_explicit(&l->seq, s + 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+  uint64_t w[4];
+  memcpy(w, t->name, sizeof w);
+  for (int i = 0; i < 4; i++)
+    atomic_store_explicit(&l->name[i], w[i], memory_order_relaxed);
+  l->named_id = t->id;
+  l->unnamed = !t->name[0];
+  atomic_store_explicit(&l->task_id, t->id, memory_order_relaxed);
+  atomic_store_explicit(&l->since_ns, since, memory_order_relaxed);
+  atomic_store_explicit(&l->seq, s + 2, memory_order_release);
+}
+
+static inline void weft__live_end(weft_loop_t *loop) {
+  weft__live_write(&loop->live, 0, 0);
+}
 
 /* Thread state: the loop this thread runs (set while a run function is on
  * the stack) and the one it is bound to (weft_loop_set_current). */
@@ -704,6 +779,8 @@ size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void
 bool weft__loops_with(weft_loop_t *loop, void (*fn)(weft_loop_t *loop, void *arg), void *arg);
 /* The weft loop built on uv, or NULL. */
 weft_loop_t *weft__loops_find_uv(const uv_loop_t *uv);
+/* Calls fn for every loop, under the list's lock (none is freed meanwhile). */
+void weft__loops_visit(void (*fn)(weft_loop_t *loop, void *arg), void *arg);
 /* trace.c's part of the fork guard, handed to the registry. */
 void weft__fork_guard_trace(void (*prepare)(void), void (*done)(void));
 void weft__trace_fork_prepare(void);
@@ -744,5 +821,21 @@ void weft__fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1
 #else
 #define WEFT__ASSERT(cond) ((void)0)
 #endif
+
+/* ------------------------------------------------------------ backtraces */
+
+/* The resume pc (a return address) and frame pointer of a suspended
+ * context, read from what the switch saved (lib/arch/frames.c); false if
+ * this switch or processor has no known layout. */
+bool weft__ctx_frame(const weft__ctx_t *ctx, uintptr_t *pc, uintptr_t *fp);
+/* A parked task's return addresses, innermost first, by walking frame
+ * pointers from its saved context inside its stack's bounds; at most max.
+ * Loop thread, task not running (lib/backtrace.c). */
+size_t weft__task_frames(const weft_task_t *t, void **pcs, size_t max);
+/* One line per frame, "<indent>#i function+0xOFF (object)" (dladdr), weft's
+ * own frames above the await function left out. */
+void weft__frames_print(FILE *f, void *const *pcs, size_t n, const char *indent);
+/* Both, for weft_dump: a WAITING or READY task that has run; else nothing. */
+void weft__task_backtrace_print(FILE *f, const weft_task_t *t, const char *indent);
 
 #endif /* WEFT_INTERNAL_H */

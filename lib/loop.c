@@ -203,6 +203,8 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   if (loop->slow_ns)
     uv_loop_configure(loop->uv, UV_METRICS_IDLE_TIME);
   weft__loops_add(loop, opts->name);
+  if (loop->slow_ns)
+    weft__watchdog_add();
   weft__trace_loop_new(loop);
   atomic_init(&loop->stop, 0);
   /* The application's own handles live on an adopted loop. */
@@ -425,8 +427,10 @@ static inline WEFT__ALWAYS_INLINE void run_task(weft_loop_t *loop, weft_task_t *
   t->state = WEFT__RUNNING;
   loop->current = t;
   loop->counters.switches++;
+  weft__live_begin(loop, t, loop->step_clock);
   WEFT__EMIT(loop, WEFT_EV_STEP, t, WEFT_WAIT_NONE, 0, 0);
   weft__coro_switch(&loop->sched, &t->coro);
+  weft__live_end(loop);
   /* Checked here, back on the loop's own stack: reporting from the task's
    * would need more of the very stack that ran out. */
   if (*t->stack->canary != WEFT__STACK_CANARY)
@@ -847,6 +851,8 @@ int weft__loop_close(weft_loop_t *loop, bool free_it) {
 
 void weft__loop_free(weft_loop_t *loop) {
   weft__loops_remove(loop);
+  if (loop->slow_ns)
+    weft__watchdog_remove();
   weft__inbox_destroy(loop);
   free(loop);
 }

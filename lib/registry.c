@@ -91,6 +91,13 @@ bool weft__loops_with(weft_loop_t *loop, void (*fn)(weft_loop_t *loop, void *arg
   return found;
 }
 
+void weft__loops_visit(void (*fn)(weft_loop_t *loop, void *arg), void *arg) {
+  pthread_mutex_lock(&loops_lock);
+  for (weft__queue_t *q = loops.next; q != &loops; q = q->next)
+    fn(weft__container_of(q, weft_loop_t, registry), arg);
+  pthread_mutex_unlock(&loops_lock);
+}
+
 weft_loop_t *weft__loops_find_uv(const uv_loop_t *uv) {
   weft_loop_t *found = NULL;
   pthread_mutex_lock(&loops_lock);

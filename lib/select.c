@@ -181,9 +181,7 @@ int weft_select(weft_select_case_t *cases, size_t n, uint64_t timeout_ms) {
   struct timespec until, *untilp = NULL;
   if (timed && !t) {
     clock_gettime(CLOCK_REALTIME, &until);
-    uint64_t ns = (uint64_t)until.tv_nsec + (timeout_ms % 1000) * 1000000u;
-    until.tv_sec += (time_t)(timeout_ms / 1000 + ns / 1000000000u);
-    until.tv_nsec = (long)(ns % 1000000000u);
+    weft__timespec_add_ms(&until, timeout_ms);
     untilp = &until;
   }
   weft__timer_init(&sw.timeout, select_timeout);

@@ -14,6 +14,9 @@
 #include "internal.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 /* ------------------------------------------------------------ slow steps */
 
@@ -56,8 +59,16 @@ void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns) {
 
 /* ------------------------------------------------------------- snapshots */
 
+static void held(const weft__live_view_t *v, weft_stats_t *out) {
+  memcpy(out->held_by, v->task_id ? v->name : "", sizeof out->held_by);
+  out->held_ms = v->held_ns / 1000000u;
+}
+
 static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
   *out = loop->counters;
+  weft__live_view_t v;
+  weft__live_read(loop, &v);
+  held(&v, out);
   out->ready = loop->nready;
   out->waiting = loop->nwaiting;
   out->live = loop->nlive;
@@ -75,17 +86,34 @@ static void snapshot(weft_loop_t *loop, weft_stats_t *out) {
   out->busy_ns = run > out->parked_ns ? run - out->parked_ns : 0;
 }
 
+/* Shared by the asking thread and the loop; freed by whichever is done
+ * with it last (the asker may stop waiting for a loop held by a step). */
 typedef struct stats_req {
   weft__msg_t msg;
-  weft_stats_t *out;
+  atomic_int refs;
+  weft_stats_t out;
   weft__waiter_t waiter;    /* the asking plain thread */
 } stats_req_t;
 
+static void req_unref(stats_req_t *r) {
+  if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  weft__waiter_destroy(&r->waiter);
+  free(r);
+}
+
 static void stats_run(weft__msg_t *m, weft_loop_t *loop) {
   stats_req_t *r = weft__container_of(m, stats_req_t, msg);
-  snapshot(loop, r->out);
+  snapshot(loop, &r->out);
   weft__waiter_wake(&r->waiter, 0);
+  req_unref(r);
 }
+
+static void read_live(weft_loop_t *loop, void *arg) {
+  weft__live_read(loop, arg);
+}
+
+#define STATS_STEP_WAIT_MS 20
 
 int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
   if (!loop || !out)
@@ -100,13 +128,38 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
     weft__misuse("weft_loop_stats", "another loop's stats, from a thread that runs a loop");
     return WEFT_EBUSY;
   }
+  stats_req_t *r = weft__calloc(1, sizeof *r);
+  if (!r)
+    return WEFT_ENOMEM;
+  r->msg.run = stats_run;
+  atomic_init(&r->refs, 2);
+  weft__waiter_init(&r->waiter, NULL, WEFT_WAIT_NONE, NULL, NULL);
   /* The loop drains its inbox until it is closed, so the request is
    * answered (a closing loop drains what was queued before the close). */
-  stats_req_t r = {.msg = {.run = stats_run}, .out = out};
-  weft__waiter_init(&r.waiter, NULL, WEFT_WAIT_NONE, NULL, NULL);
-  int err = weft__inbox_push(loop, &r.msg, false);
-  if (!err)
-    weft__waiter_wait(&r.waiter);
-  weft__waiter_destroy(&r.waiter);
+  int err = weft__inbox_push(loop, &r->msg, false);
+  if (err) {
+    atomic_store_explicit(&r->refs, 1, memory_order_relaxed);
+    req_unref(r);
+    return err;
+  }
+  for (;;) {
+    struct timespec soon;
+    clock_gettime(CLOCK_REALTIME, &soon);
+    weft__timespec_add_ms(&soon, STATS_STEP_WAIT_MS);
+    if (weft__waiter_wait_ms(&r->waiter, &soon) == 0) {
+      *out = r->out;
+      break;
+    }
+    /* Read through the registry: a loop that answered just now may be
+     * gone already (and then the next wait returns at once). */
+    weft__live_view_t v = {0};
+    if (weft__loops_with(loop, read_live, &v) && v.task_id) {
+      memset(out, 0, sizeof *out);
+      held(&v, out);
+      err = WEFT_EAGAIN;
+      break;
+    }
+  }
+  req_unref(r);
   return err;
 }

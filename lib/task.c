@@ -153,6 +153,29 @@ int weft_spawn(weft_loop_t *loop, weft_fn fn, void *arg, weft_task_t **task) {
   return 0;
 }
 
+int weft_spawn_named(weft_loop_t *loop, weft_fn fn, void *arg, const char *name,
+                     weft_task_t **task) {
+  weft_task_t *t;
+  if (task)
+    *task = NULL;
+  if (!name) {
+    weft__misuse("weft_spawn_named", "name is NULL");
+    return WEFT_EINVAL;
+  }
+  int err = weft__spawn_prepare(loop, fn, arg, task != NULL, &t, "weft_spawn_named");
+  if (err)
+    return err;
+  /* Before the task is published: no other thread sees it yet. */
+  snprintf(t->name, sizeof t->name, "%s", name);
+  if ((err = weft__spawn_publish(t)) != 0) {
+    free(t);
+    return err;
+  }
+  if (task)
+    *task = t;
+  return 0;
+}
+
 void weft__task_unref(weft_task_t *t) {
   if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
     t->magic = 0;
@@ -330,6 +353,12 @@ int weft_task_set_name(weft_task_t *t, const char *name) {
     return WEFT_EPERM;
   }
   snprintf(t->name, sizeof t->name, "%s", name);
+  /* What the loop publishes of its step names the task anew (stall.c). */
+  weft_loop_t *loop = t->loop;
+  loop->live.named_id = 0;
+  loop->live.unnamed = false;
+  if (loop->current == t)
+    weft__live_begin(loop, t, atomic_load_explicit(&loop->live.since_ns, memory_order_relaxed));
   return 0;
 }
 

@@ -169,6 +169,10 @@ typedef struct log_capture {
   pthread_mutex_t lock;
   int lines;
   char last[512];
+  atomic_int stalls;         /* "stall:" lines, from the watchdog */
+  char stall[512];           /* the first of them */
+  int slow;                  /* "slow step" lines, after a step */
+  char slow_line[512];
 } log_capture_t;
 
 static void capture(const char *line, void *arg) {
@@ -176,6 +180,14 @@ static void capture(const char *line, void *arg) {
   pthread_mutex_lock(&c->lock);
   c->lines++;
   snprintf(c->last, sizeof c->last, "%s", line);
+  if (strstr(line, "stall:")) {
+    if (atomic_load(&c->stalls) == 0)
+      snprintf(c->stall, sizeof c->stall, "%s", line);
+    atomic_fetch_add(&c->stalls, 1);
+  } else if (strstr(line, "slow step")) {
+    c->slow++;
+    snprintf(c->slow_line, sizeof c->slow_line, "%s", line);
+  }
   pthread_mutex_unlock(&c->lock);
 }
 
@@ -199,21 +211,111 @@ static void slow_step_warning(void **state) {
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   weft_task_release(t);
   assert_int_equal(c.lines, 0);
-  /* One 200 ms step: exactly one line, naming the task, the loop and the
-   * time. */
+  /* One 200 ms step: exactly one line after it, naming the task, the loop
+   * and the time (the watchdog's lines while it ran: stall_line_*). */
   assert_int_equal(weft_spawn(loop, spin_ms, (void *)200, &t), 0);
   assert_int_equal(weft_task_set_name(t, "spinner"), 0);
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   weft_task_release(t);
-  assert_int_equal(c.lines, 1);
-  assert_non_null(strstr(c.last, "spinner"));
-  assert_non_null(strstr(c.last, "watched"));
-  assert_non_null(strstr(c.last, " ms"));
+  assert_int_equal(c.slow, 1);
+  assert_int_equal(c.lines, c.slow + atomic_load(&c.stalls));
+  assert_non_null(strstr(c.slow_line, "spinner"));
+  assert_non_null(strstr(c.slow_line, "watched"));
+  assert_non_null(strstr(c.slow_line, " ms"));
   weft_stats_t st;
   assert_int_equal(weft_loop_stats(loop, &st), 0);
   assert_int_equal(st.slow_steps, 1);
   assert_int_equal(weft_loop_close(loop), 0);
   weft_log_set(NULL, NULL);
+}
+
+/* A step that spins until the watchdog has reported it (bounded). */
+static void *spin_until_stall(void *arg) {
+  log_capture_t *c = arg;
+  double until = wt_now_ms() + 10000;
+  while (atomic_load(&c->stalls) == 0 && wt_now_ms() < until)
+    ;
+  return NULL;
+}
+
+/* Seastar's stall detector: the line comes while the step still runs,
+ * naming the task and the loop. */
+static void stall_line_while_step_runs(void **state) {
+  log_capture_t c = {.lock = PTHREAD_MUTEX_INITIALIZER};
+  weft_log_set(capture, &c);
+  weft_loop_t *loop;
+  weft_loop_opts_t o = {.name = "stalled", .slow_step_ms = 50};
+  assert_int_equal(weft_loop_new(&loop, &o), 0);
+  weft_task_t *t;
+  assert_int_equal(weft_spawn_named(loop, spin_until_stall, &c, "hog", &t), 0);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
+  weft_task_release(t);
+  /* The step ended only because the stall line had come. */
+  assert_true(atomic_load(&c.stalls) >= 1);
+  assert_true(wt_now_ms() - t0 < 10000);
+  assert_non_null(strstr(c.stall, "task hog has held loop stalled for "));
+  assert_non_null(strstr(c.stall, "still runs"));
+  /* And the line after the step, with its whole length. */
+  assert_int_equal(c.slow, 1);
+  assert_int_equal(weft_loop_close(loop), 0);
+  weft_log_set(NULL, NULL);
+}
+
+typedef struct holder {
+  atomic_int started;
+  atomic_int release;
+} holder_t;
+
+static void *hold_loop(void *arg) {
+  holder_t *h = arg;
+  atomic_store(&h->started, 1);
+  double until = wt_now_ms() + 10000;
+  while (!atomic_load(&h->release) && wt_now_ms() < until)
+    ;
+  return NULL;
+}
+
+/* A task that holds a pool's loop: a dump and the stats from a plain
+ * thread name it at once, without waiting for the step to end. */
+static void dump_names_the_holder(void **state) {
+  weft_pool_t *pool = wt_pool_of(2);
+  holder_t h;
+  atomic_init(&h.started, 0);
+  atomic_init(&h.release, 0);
+  weft_task_t *t;
+  assert_int_equal(weft_spawn_named(weft_pool_loop(pool, 0), hold_loop, &h, "spinner", &t), 0);
+  assert_true(wt_wait_ge(&h.started, 1, 5000));
+  char *text = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&text, &len);
+  double t0 = wt_now_ms();
+  weft_dump(mem);
+  double took = wt_now_ms() - t0;
+  fclose(mem);
+  printf("dump of a held loop took %.1f ms\n", took);
+  assert_non_null(strstr(text, "loop weft-0: held by task spinner for "));
+  assert_non_null(strstr(text, "loop weft-1: 0 live tasks"));
+  /* Not the second it would wait for a silent loop. */
+  assert_true(took < 900);
+  free(text);
+
+  weft_stats_t st;
+  t0 = wt_now_ms();
+  assert_int_equal(weft_loop_stats(weft_pool_loop(pool, 0), &st), WEFT_EAGAIN);
+  printf("stats of a held loop took %.1f ms\n", wt_now_ms() - t0);
+  assert_string_equal(st.held_by, "spinner");
+  assert_int_equal(st.spawned, 0);
+  assert_int_equal(weft_loop_stats(weft_pool_loop(pool, 1), &st), 0);
+  assert_string_equal(st.held_by, "");
+
+  atomic_store(&h.release, 1);
+  assert_int_equal(weft_await(t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(weft_loop_stats(weft_pool_loop(pool, 0), &st), 0);
+  assert_string_equal(st.held_by, "");
+  assert_int_equal(st.spawned, 1);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
 }
 
 /* ------------------------------------------------------------------ dump */
@@ -582,6 +684,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(slow_step_warning),
     cmocka_unit_test(dump_wait_states),
     cmocka_unit_test(dump_from_plain_thread),
+    cmocka_unit_test(stall_line_while_step_runs),
+    cmocka_unit_test(dump_names_the_holder),
     cmocka_unit_test(trace_json),
 };
 
