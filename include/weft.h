@@ -637,6 +637,14 @@ WEFT_API weft_chan_t *weft_chan_retain(weft_chan_t *ch);
  * (weft_chan_retain). Any thread. NULL is ignored. */
 WEFT_API void weft_chan_release(weft_chan_t *ch);
 
+/** Names the channel for weft_dump (copied, at most 31 bytes kept): a task
+ * waiting on it shows as waiting on channel "name". Set it before other
+ * threads use the channel (the dump reads it from theirs). Returns 0,
+ * WEFT_EINVAL (NULL). The other synchronisation objects have the same call:
+ * weft_sem_set_name, weft_mutex_set_name, weft_event_set_name,
+ * weft_cond_set_name. */
+WEFT_API int weft_chan_set_name(weft_chan_t *ch, const char *name);
+
 /* ------------------------------------------------ synchronisation */
 
 /* asyncio's Semaphore, Lock, Event and Condition, and wait(FIRST_COMPLETED)
@@ -682,6 +690,9 @@ WEFT_API int weft_sem_post(weft_sem_t *sem);
 /** Permits free now (a snapshot). Any thread. 0 for NULL. */
 WEFT_API size_t weft_sem_value(const weft_sem_t *sem);
 
+/** Names the semaphore for weft_dump, as weft_chan_set_name does. */
+WEFT_API int weft_sem_set_name(weft_sem_t *sem, const char *name);
+
 /** Frees a semaphore. Any thread. Returns 0 (NULL included); WEFT_EBUSY if
  * someone waits on it (nothing freed). */
 WEFT_API int weft_sem_free(weft_sem_t *sem);
@@ -715,6 +726,9 @@ WEFT_API int weft_mutex_unlock(weft_mutex_t *mu);
  * held or waited on (nothing freed). */
 WEFT_API int weft_mutex_free(weft_mutex_t *mu);
 
+/** Names the mutex for weft_dump, as weft_chan_set_name does. */
+WEFT_API int weft_mutex_set_name(weft_mutex_t *mu, const char *name);
+
 /** Creates an event, not set. Any thread. Errors: WEFT_EINVAL, WEFT_ENOMEM. */
 WEFT_API int weft_event_new(weft_event_t **ev);
 
@@ -740,6 +754,9 @@ WEFT_API bool weft_event_is_set(const weft_event_t *ev);
 /** Frees an event. Any thread. Returns 0 (NULL included); WEFT_EBUSY if
  * someone waits on it (nothing freed). */
 WEFT_API int weft_event_free(weft_event_t *ev);
+
+/** Names the event for weft_dump, as weft_chan_set_name does. */
+WEFT_API int weft_event_set_name(weft_event_t *ev, const char *name);
 
 /** Creates a condition variable. Any thread. Errors: WEFT_EINVAL,
  * WEFT_ENOMEM. */
@@ -768,6 +785,9 @@ WEFT_API int weft_cond_broadcast(weft_cond_t *cv);
 /** Frees a condition variable. Any thread. Returns 0 (NULL included);
  * WEFT_EBUSY if someone waits on it (nothing freed). */
 WEFT_API int weft_cond_free(weft_cond_t *cv);
+
+/** Names the condition variable for weft_dump, as weft_chan_set_name does. */
+WEFT_API int weft_cond_set_name(weft_cond_t *cv, const char *name);
 
 /** asyncio.wait(tasks, return_when=FIRST_COMPLETED): waits until at least
  * one of the n tasks (on any loops) has ended and sets *index to one that

@@ -64,6 +64,7 @@ struct weft_chan {
   pthread_mutex_t lock;     /* guards the two wait lists only */
   waitlist_t senders;       /* waiting for room */
   waitlist_t receivers;     /* waiting for a message */
+  char name[32];            /* weft_chan_set_name's; "" if none */
 };
 
 /* A send or receive of one task or thread waiting on its own. */
@@ -387,4 +388,14 @@ int weft_chan_close(weft_chan_t *ch) {
   notify_all(ch, &ch->receivers);
   pthread_mutex_unlock(&ch->lock);
   return 0;
+}
+
+int weft_chan_set_name(weft_chan_t *ch, const char *name) {
+  if (!ch)
+    return WEFT_EINVAL;
+  return weft__name_set(ch->name, name, "weft_chan_set_name");
+}
+
+const char *weft__chan_name(const weft_chan_t *ch) {
+  return ch->name;
 }

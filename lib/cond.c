@@ -14,13 +14,14 @@
 
 struct weft_cond {
   weft__waitq_t q;
+  char name[32];            /* weft_cond_set_name's; "" if none */
 };
 
 int weft_cond_new(weft_cond_t **out) {
   if (!out)
     return WEFT_EINVAL;
   *out = NULL;
-  weft_cond_t *cv = weft__malloc(sizeof *cv);
+  weft_cond_t *cv = weft__calloc(1, sizeof *cv);
   if (!cv)
     return WEFT_ENOMEM;
   weft__waitq_init(&cv->q);
@@ -72,4 +73,14 @@ int weft_cond_broadcast(weft_cond_t *cv) {
     return WEFT_EINVAL;
   weft__waitq_wake(&cv->q, true);
   return 0;
+}
+
+int weft_cond_set_name(weft_cond_t *cv, const char *name) {
+  if (!cv)
+    return WEFT_EINVAL;
+  return weft__name_set(cv->name, name, "weft_cond_set_name");
+}
+
+const char *weft__cond_name(const weft_cond_t *cv) {
+  return cv->name;
 }

@@ -59,6 +59,14 @@ static size_t stack_used(const weft__stack_t *st) {
   return 0;
 }
 
+/* A named object by its name, else by its address. */
+static void object(FILE *f, const char *name, const void *p) {
+  if (name[0])
+    fprintf(f, "\"%.31s\"", name);
+  else
+    fprintf(f, "%p", p);
+}
+
 static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
   switch (w->kind) {
   case WEFT_WAIT_SLEEP: {
@@ -82,16 +90,46 @@ static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
       fprintf(f, "join of several tasks (gather or group)");
     break;
   case WEFT_WAIT_THREAD: fprintf(f, "to_thread work"); break;
-  case WEFT_WAIT_CHAN: fprintf(f, "channel %s %p", w->arg ? "send" : "recv", w->what); break;
+  case WEFT_WAIT_CHAN:
+    fprintf(f, "channel ");
+    object(f, weft__chan_name(w->what), w->what);
+    fprintf(f, " (%s)", w->arg ? "send" : "recv");
+    break;
   case WEFT_WAIT_ACCEPT: fprintf(f, "accept"); break;
   case WEFT_WAIT_CONNECT: fprintf(f, "connect"); break;
   case WEFT_WAIT_READ: fprintf(f, "stream read %p", w->what); break;
   case WEFT_WAIT_WRITE: fprintf(f, "stream write queue %p", w->what); break;
-  case WEFT_WAIT_SEM: fprintf(f, "semaphore %p", w->what); break;
-  case WEFT_WAIT_MUTEX: fprintf(f, "mutex %p", w->what); break;
-  case WEFT_WAIT_EVENT: fprintf(f, "event %p", w->what); break;
-  case WEFT_WAIT_COND: fprintf(f, "condition %p", w->what); break;
-  case WEFT_WAIT_SELECT: fprintf(f, "select over %d cases", w->arg); break;
+  case WEFT_WAIT_SEM:
+    fprintf(f, "semaphore ");
+    object(f, weft__sem_name(w->what), w->what);
+    break;
+  case WEFT_WAIT_MUTEX:
+    fprintf(f, "mutex ");
+    object(f, weft__mutex_name(w->what), w->what);
+    break;
+  case WEFT_WAIT_EVENT:
+    fprintf(f, "event ");
+    object(f, weft__event_name(w->what), w->what);
+    break;
+  case WEFT_WAIT_COND:
+    fprintf(f, "condition ");
+    object(f, weft__cond_name(w->what), w->what);
+    break;
+  case WEFT_WAIT_SELECT: {
+    /* The cases are the select's caller's, alive while it waits. */
+    const weft_select_case_t *cases = w->what;
+    fprintf(f, "select over %d cases:", w->arg);
+    for (int i = 0; i < w->arg && i < 4; i++) {
+      fprintf(f, "%s %s ", i ? "," : "", cases[i].op == WEFT_SELECT_SEND ? "send" : "recv");
+      if (cases[i].chan)
+        object(f, weft__chan_name(cases[i].chan), cases[i].chan);
+      else
+        fprintf(f, "(none)");
+    }
+    if (w->arg > 4)
+      fprintf(f, ", ...");
+    break;
+  }
   default: fprintf(f, "other"); break;
   }
 }

@@ -10,13 +10,14 @@
 struct weft_event {
   atomic_bool set;
   weft__waitq_t q;
+  char name[32];            /* weft_event_set_name's; "" if none */
 };
 
 int weft_event_new(weft_event_t **out) {
   if (!out)
     return WEFT_EINVAL;
   *out = NULL;
-  weft_event_t *ev = weft__malloc(sizeof *ev);
+  weft_event_t *ev = weft__calloc(1, sizeof *ev);
   if (!ev)
     return WEFT_ENOMEM;
   atomic_init(&ev->set, false);
@@ -73,4 +74,14 @@ int weft_event_wait(weft_event_t *ev) {
   }
   pthread_mutex_unlock(&ev->q.lock);
   return weft__waitq_sleep(&w);
+}
+
+int weft_event_set_name(weft_event_t *ev, const char *name) {
+  if (!ev)
+    return WEFT_EINVAL;
+  return weft__name_set(ev->name, name, "weft_event_set_name");
+}
+
+const char *weft__event_name(const weft_event_t *ev) {
+  return ev->name;
 }

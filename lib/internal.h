@@ -296,6 +296,15 @@ static inline size_t weft__waitq_len(weft__waitq_t *q) {
   return atomic_load_explicit(&q->len, memory_order_seq_cst);
 }
 
+/* Debug names of channels and the synchronisation objects ("" if none),
+ * for weft_dump; weft__name_set copies one in (fn: the public setter). */
+int weft__name_set(char dst[32], const char *name, const char *fn);
+const char *weft__chan_name(const weft_chan_t *ch);
+const char *weft__sem_name(const weft_sem_t *sem);
+const char *weft__mutex_name(const weft_mutex_t *mu);
+const char *weft__event_name(const weft_event_t *ev);
+const char *weft__cond_name(const weft_cond_t *cv);
+
 /* The identity that holds a mutex: the current task, else the calling
  * thread. */
 void *weft__holder_token(void);

@@ -16,13 +16,14 @@
 struct weft_mutex {
   _Atomic(void *) holder;   /* NULL: free */
   weft__waitq_t q;
+  char name[32];            /* weft_mutex_set_name's; "" if none */
 };
 
 int weft_mutex_new(weft_mutex_t **out) {
   if (!out)
     return WEFT_EINVAL;
   *out = NULL;
-  weft_mutex_t *mu = weft__malloc(sizeof *mu);
+  weft_mutex_t *mu = weft__calloc(1, sizeof *mu);
   if (!mu)
     return WEFT_ENOMEM;
   atomic_init(&mu->holder, NULL);
@@ -134,4 +135,14 @@ int weft_mutex_unlock(weft_mutex_t *mu) {
   }
   weft__mutex_release(mu);
   return 0;
+}
+
+int weft_mutex_set_name(weft_mutex_t *mu, const char *name) {
+  if (!mu)
+    return WEFT_EINVAL;
+  return weft__name_set(mu->name, name, "weft_mutex_set_name");
+}
+
+const char *weft__mutex_name(const weft_mutex_t *mu) {
+  return mu->name;
 }

@@ -17,6 +17,7 @@
 struct weft_sem {
   atomic_size_t count;
   weft__waitq_t q;
+  char name[32];            /* weft_sem_set_name's; "" if none */
 };
 
 int weft_sem_new(weft_sem_t **out, size_t permits) {
@@ -27,7 +28,7 @@ int weft_sem_new(weft_sem_t **out, size_t permits) {
     weft__misuse("weft_sem_new", "%zu permits is above WEFT_SEM_MAX", permits);
     return WEFT_EINVAL;
   }
-  weft_sem_t *sem = weft__malloc(sizeof *sem);
+  weft_sem_t *sem = weft__calloc(1, sizeof *sem);
   if (!sem)
     return WEFT_ENOMEM;
   atomic_init(&sem->count, permits);
@@ -109,4 +110,14 @@ int weft_sem_post(weft_sem_t *sem) {
 
 size_t weft_sem_value(const weft_sem_t *sem) {
   return sem ? atomic_load_explicit(&sem->count, memory_order_relaxed) : 0;
+}
+
+int weft_sem_set_name(weft_sem_t *sem, const char *name) {
+  if (!sem)
+    return WEFT_EINVAL;
+  return weft__name_set(sem->name, name, "weft_sem_set_name");
+}
+
+const char *weft__sem_name(const weft_sem_t *sem) {
+  return sem->name;
 }

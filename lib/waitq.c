@@ -12,6 +12,8 @@
  * cancel or a deadline, and never given to a waiter that has gone. */
 #include "internal.h"
 
+#include <stdio.h>
+
 void weft__waitq_init(weft__waitq_t *q) {
   pthread_mutex_init(&q->lock, NULL);
   weft__queue_init(&q->list);
@@ -95,4 +97,13 @@ bool weft__waitq_idle(weft__waitq_t *q, const char *fn) {
 void *weft__holder_token(void) {
   weft_task_t *t = weft__current();
   return t ? (void *)t : (void *)&weft__tls;
+}
+
+int weft__name_set(char dst[32], const char *name, const char *fn) {
+  if (!name) {
+    weft__misuse(fn, "name is NULL");
+    return WEFT_EINVAL;
+  }
+  snprintf(dst, 32, "%s", name);
+  return 0;
 }

@@ -320,6 +320,107 @@ static void dump_names_the_holder(void **state) {
 
 /* ------------------------------------------------------------------ dump */
 
+typedef struct named_objs {
+  weft_chan_t *inbox, *done;
+  weft_sem_t *sem;
+  weft_mutex_t *mu;
+  weft_event_t *ev;
+} named_objs_t;
+
+static void *recv_inbox(void *arg) {
+  named_objs_t *o = arg;
+  void *m;
+  weft_chan_recv(o->inbox, &m);
+  return NULL;
+}
+
+static void *acquire_sem(void *arg) {
+  named_objs_t *o = arg;
+  if (weft_sem_acquire(o->sem) == 0)
+    weft_sem_post(o->sem);
+  return NULL;
+}
+
+static void *wait_event(void *arg) {
+  named_objs_t *o = arg;
+  weft_event_wait(o->ev);
+  return NULL;
+}
+
+static void *select_both(void *arg) {
+  named_objs_t *o = arg;
+  weft_select_case_t c[2] = {{.op = WEFT_SELECT_RECV, .chan = o->inbox},
+                             {.op = WEFT_SELECT_RECV, .chan = o->done}};
+  weft_select(c, 2, WEFT_FOREVER);
+  return NULL;
+}
+
+static void *lock_mutex(void *arg) {
+  named_objs_t *o = arg;
+  if (weft_mutex_lock(o->mu) == 0)
+    weft_mutex_unlock(o->mu);
+  return NULL;
+}
+
+/* Tasks named at spawn, waiting on named objects: the dump says which. */
+static void dump_uses_names(void **state) {
+  weft_pool_t *pool = wt_pool_of(1);
+  weft_loop_t *loop = weft_pool_loop(pool, 0);
+  named_objs_t o;
+  assert_int_equal(weft_chan_new(&o.inbox, 4), 0);
+  assert_int_equal(weft_chan_new(&o.done, 1), 0);
+  assert_int_equal(weft_sem_new(&o.sem, 0), 0);
+  assert_int_equal(weft_mutex_new(&o.mu), 0);
+  assert_int_equal(weft_event_new(&o.ev), 0);
+  assert_int_equal(weft_chan_set_name(o.inbox, "room-inbox"), 0);
+  assert_int_equal(weft_chan_set_name(o.done, "shutdown"), 0);
+  assert_int_equal(weft_sem_set_name(o.sem, "admissions"), 0);
+  assert_int_equal(weft_mutex_set_name(o.mu, "stats-lock"), 0);
+  assert_int_equal(weft_event_set_name(o.ev, "stopping"), 0);
+  assert_int_equal(weft_chan_set_name(NULL, "x"), WEFT_EINVAL);
+  assert_int_equal(weft_sem_set_name(o.sem, NULL), WEFT_EINVAL);
+  assert_int_equal(weft_mutex_try_lock(o.mu), 0); /* this thread holds it */
+  weft_fn fns[5] = {recv_inbox, acquire_sem, wait_event, select_both, lock_mutex};
+  const char *names[5] = {"reader", "admit", "waiter", "selector", "locker"};
+  weft_task_t *t[5];
+  for (int i = 0; i < 5; i++)
+    assert_int_equal(weft_spawn_named(loop, fns[i], &o, names[i], &t[i]), 0);
+  weft_stats_t st;
+  double until = wt_now_ms() + 5000;
+  do {
+    assert_int_equal(weft_loop_stats(loop, &st), 0);
+  } while (st.waiting < 5 && wt_now_ms() < until);
+  assert_int_equal(st.waiting, 5);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&text, &len);
+  weft_dump(mem);
+  fclose(mem);
+  assert_non_null(strstr(text, "reader: waiting on channel \"room-inbox\" (recv)"));
+  assert_non_null(strstr(text, "admit: waiting on semaphore \"admissions\""));
+  assert_non_null(strstr(text, "waiter: waiting on event \"stopping\""));
+  assert_non_null(strstr(text, "selector: waiting on select over 2 cases: recv \"room-inbox\", "
+                               "recv \"shutdown\""));
+  assert_non_null(strstr(text, "locker: waiting on mutex \"stats-lock\""));
+  free(text);
+  assert_int_equal(weft_chan_try_send(o.inbox, NULL), 0);
+  assert_int_equal(weft_chan_close(o.done), 0);
+  assert_int_equal(weft_sem_post(o.sem), 0);
+  assert_int_equal(weft_event_set(o.ev), 0);
+  assert_int_equal(weft_mutex_unlock(o.mu), 0);
+  for (int i = 0; i < 5; i++) {
+    assert_int_equal(weft_await(t[i], NULL), 0);
+    weft_task_release(t[i]);
+  }
+  weft_chan_release(o.inbox);
+  weft_chan_release(o.done);
+  assert_int_equal(weft_sem_free(o.sem), 0);
+  assert_int_equal(weft_mutex_free(o.mu), 0);
+  assert_int_equal(weft_event_free(o.ev), 0);
+  assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
+}
+
+
 typedef struct dump_fixture {
   weft_chan_t *ch;
   weft_listener_t *l;
@@ -686,6 +787,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dump_from_plain_thread),
     cmocka_unit_test(stall_line_while_step_runs),
     cmocka_unit_test(dump_names_the_holder),
+    cmocka_unit_test(dump_uses_names),
     cmocka_unit_test(trace_json),
 };
 
