@@ -1065,11 +1065,15 @@ WEFT_API int weft_trace_start(const char *path);
 /** One recorded event, as weft_trace_read hands it over: the event as the
  * event hook saw it (ev.task is the task's address at the time, an
  * identity to compare, not a handle: the task may be gone), the loop's
- * name, and the task's name then ("" for WEFT_EV_ROUND). */
+ * name, the task's name then ("" for WEFT_EV_ROUND), and for the events
+ * that open and close a step (WEFT_EV_STEP, WEFT_EV_PARK, WEFT_EV_DONE) the
+ * loop thread's CPU time then (CLOCK_THREAD_CPUTIME_ID): a step's CPU time
+ * beside its wall time tells computation from preemption. */
 typedef struct weft_trace_record {
   const char *loop;
   weft_loop_event_t ev;
   const char *task_name;
+  uint64_t cpu_ns;         /**< thread CPU time at the event; 0 for other kinds */
 } weft_trace_record_t;
 
 typedef void (*weft_trace_fn)(const weft_trace_record_t *r, void *arg);

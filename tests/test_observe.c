@@ -777,6 +777,76 @@ static void trace_json(void **state) {
   assert_null(strstr(text, "\"dur\":-"));
 }
 
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One step that computes for 20 ms of its thread's CPU time (however long
+ * that takes on a busy machine), then parks. */
+static void *compute_20ms(void *arg) {
+  (void)arg;
+  uint64_t until = thread_cpu_ns() + 20000000u;
+  while (thread_cpu_ns() < until)
+    ;
+  weft_yield();
+  return NULL;
+}
+
+typedef struct cpu_tally {
+  uint64_t step_wall, step_cpu, open_time, open_cpu;
+  int steps;
+} cpu_tally_t;
+
+static void cpu_event(const weft_trace_record_t *r, void *arg) {
+  cpu_tally_t *c = arg;
+  if (strcmp(r->task_name, "computer") != 0)
+    return;
+  if (r->ev.kind == WEFT_EV_STEP) {
+    c->open_time = r->ev.time_ns;
+    c->open_cpu = r->cpu_ns;
+  } else if (r->ev.kind == WEFT_EV_PARK && c->steps++ == 0) {
+    c->step_wall = r->ev.time_ns - c->open_time;
+    c->step_cpu = r->cpu_ns - c->open_cpu;
+  }
+}
+
+/* Each step slice carries its CPU time beside its wall time: a step that
+ * computed 20 ms of CPU shows at least that much CPU, and never more CPU
+ * than wall time (one thread). */
+static void trace_cpu_time(void **state) {
+  char path[] = "/tmp/weft-trace-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  assert_int_equal(weft_trace_start(path), 0);
+  weft_loop_t *loop;
+  assert_int_equal(weft_loop_new(&loop, NULL), 0);
+  weft_task_t *t;
+  assert_int_equal(weft_spawn_named(loop, compute_20ms, NULL, "computer", &t), 0);
+  assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
+  weft_task_release(t);
+  assert_int_equal(weft_loop_close(loop), 0);
+  weft_trace_stop();
+  cpu_tally_t c = {0};
+  assert_int_equal(weft_trace_read(cpu_event, &c), 0);
+  assert_true(c.steps >= 1);
+  printf("step: wall %.3f ms, cpu %.3f ms\n", c.step_wall / 1e6, c.step_cpu / 1e6);
+  assert_true(c.step_cpu >= 20000000u);
+  assert_true(c.step_cpu <= c.step_wall + 1000000u);
+  assert_int_equal(weft_trace_write(), 0);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  static char text[1 << 20];
+  size_t len = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  unlink(path);
+  text[len] = 0;
+  assert_non_null(strstr(text, "\"tdur\":"));
+  assert_non_null(strstr(text, "\"cpu_us\":"));
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(stats_add_up),
     cmocka_unit_test(stats_busy_and_parked),
@@ -789,6 +859,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(dump_names_the_holder),
     cmocka_unit_test(dump_uses_names),
     cmocka_unit_test(trace_json),
+    cmocka_unit_test(trace_cpu_time),
 };
 
 WT_MAIN("observe", tests)
