@@ -522,7 +522,8 @@ static void dump_wait_states(void **state) {
   const char *x = f.text;
   if (!(line_has(x, "the-sleeper", "waiting on sleep until +") &&
         line_has(x, "the-joiner", "waiting on join of task the-sleeper") &&
-        line_has(x, "the-chan-waiter", "waiting on channel recv") &&
+        line_has(x, "the-chan-waiter", "waiting on channel ") &&
+        line_has(x, "the-chan-waiter", " (recv)") &&
         line_has(x, "the-reader", "waiting on stream read") &&
         line_has(x, "fresh-one", "ready, not started") &&
         line_has(x, "the-dumper", "running") && line_has(x, "the-sleeper", "stack ") &&
