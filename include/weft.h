@@ -337,10 +337,17 @@ WEFT_API void weft_log_set(weft_log_fn fn, void *arg);
 
 /** Prints every loop of the process and every live task on each: its name,
  * its state (ready, running, or what it waits on: sleep until when, join of
- * which task, a channel, a stream read, ...), its age, and how deep its
- * stack has been used. Any thread (a loop's own tasks included); each loop
- * describes itself between two steps, so a loop stuck in a long step is
- * reported as such after 1 s instead. Never suspends a task. */
+ * which task, a channel or semaphore by its name, a select's cases, a
+ * stream read, ...), its age, and how deep its stack has been used; under
+ * each parked task its call stack (the await function, then its caller,
+ * and further down), walked by frame pointers and named with dladdr: link
+ * the program with -rdynamic (CMake: ENABLE_EXPORTS) to see its own
+ * function names; static functions show as addresses. Any thread (a loop's
+ * own tasks included); each loop describes itself between two steps, so a
+ * loop held by a task's step is reported at once (within about 20 ms) as
+ * held by that task, for how long so far; a loop that answers neither way
+ * (busy in libuv callbacks, or not running) after 1 s. Never suspends a
+ * task. */
 WEFT_API void weft_dump(FILE *out);
 
 /* ----------------------------------------------------------------- tasks */

@@ -60,7 +60,7 @@ void weft__callbacks_timed(weft_loop_t *loop, uint64_t ns) {
 /* ------------------------------------------------------------- snapshots */
 
 static void held(const weft__live_view_t *v, weft_stats_t *out) {
-  memcpy(out->held_by, v->task_id ? v->name : "", sizeof out->held_by);
+  snprintf(out->held_by, sizeof out->held_by, "%s", v->task_id ? v->name : "");
   out->held_ms = v->held_ns / 1000000u;
 }
 
