@@ -41,13 +41,9 @@
 #define BT_NO_SANITIZE
 #endif
 
-BT_NO_SANITIZE size_t weft__task_frames(const weft_task_t *t, void **pcs, size_t max) {
-  if (!t || !t->stack || !pcs || max == 0)
-    return 0;
-  uintptr_t lo = (uintptr_t)t->stack->lo;
-  uintptr_t hi = lo + t->stack->size;
-  uintptr_t pc = 0, fp = 0;
-  if (!weft__ctx_frame(&t->coro.ctx, &pc, &fp) || !pc)
+BT_NO_SANITIZE size_t weft__frames_walk(uintptr_t pc, uintptr_t fp, uintptr_t lo, uintptr_t hi,
+                                        void **pcs, size_t max) {
+  if (!pc || max == 0)
     return 0;
   size_t n = 0;
   pcs[n++] = (void *)pc;
@@ -66,6 +62,16 @@ BT_NO_SANITIZE size_t weft__task_frames(const weft_task_t *t, void **pcs, size_t
     fp = next;
   }
   return n;
+}
+
+size_t weft__task_frames(const weft_task_t *t, void **pcs, size_t max) {
+  if (!t || !t->stack || !pcs || max == 0)
+    return 0;
+  uintptr_t lo = (uintptr_t)t->stack->lo;
+  uintptr_t pc = 0, fp = 0;
+  if (!weft__ctx_frame(&t->coro.ctx, &pc, &fp))
+    return 0;
+  return weft__frames_walk(pc, fp, lo, lo + t->stack->size, pcs, max);
 }
 
 static const char *base_name(const char *path) {

@@ -617,6 +617,12 @@ struct weft_loop {
   weft__live_t live;         /* the step running now, for other threads (stall.c) */
   uint64_t wd_seq;           /* watchdog thread only: the step it reports on */
   uint64_t wd_next_ns;       /* and how long that step must last for its next line */
+  struct {                   /* a stalled step's call stack, taken by a signal */
+    _Atomic uint64_t asked;  /* the watchdog's request number */
+    _Atomic uint64_t taken;  /* the handler's answer: the request it served */
+    _Atomic size_t n;
+    void *pcs[32];
+  } stall_bt;
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
   uint64_t parked_ns;        /* time in the blocking poll, polls ended so far */
@@ -837,6 +843,14 @@ void weft__fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1
  * context, read from what the switch saved (lib/arch/frames.c); false if
  * this switch or processor has no known layout. */
 bool weft__ctx_frame(const weft__ctx_t *ctx, uintptr_t *pc, uintptr_t *fp);
+/* The interrupted pc, frame and stack pointers in a signal handler's
+ * ucontext (lib/arch/frames.c); false where unknown. */
+bool weft__ucontext_frame(const void *uc, uintptr_t *pc, uintptr_t *fp, uintptr_t *sp);
+/* Walks the frame-pointer chain from pc and fp within [lo, hi): return
+ * addresses into pcs, innermost first, at most max. Async-signal-safe: it
+ * only reads words inside the bounds. */
+size_t weft__frames_walk(uintptr_t pc, uintptr_t fp, uintptr_t lo, uintptr_t hi, void **pcs,
+                         size_t max);
 /* A parked task's return addresses, innermost first, by walking frame
  * pointers from its saved context inside its stack's bounds; at most max.
  * Loop thread, task not running (lib/backtrace.c). */

@@ -15,9 +15,24 @@
  * has run past its loop's threshold, naming the task and the loop, then
  * again each time the step's length doubles. Nothing stalls: it reads a
  * few words per loop and sleeps again. The line after the step, with its
- * whole length, still comes from stats.c. */
+ * whole length, still comes from stats.c.
+ *
+ * With each line of a stall comes the stalled thread's call stack,
+ * where that can be done safely: the watchdog sends the loop's thread a
+ * signal (a real-time one weft takes only if nobody handles it already),
+ * whose handler walks the frame pointers of the interrupted step inside
+ * the running task's stack (backtrace.c's walk, which reads nothing outside
+ * it and calls nothing) and hands the return addresses back; the watchdog
+ * names them. A handler that has not answered within 20 ms (a thread in a
+ * system call that blocks the signal, or a sanitizer that defers it) just
+ * means no call stack. */
 #include "internal.h"
 
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 void weft__live_read(weft_loop_t *loop, weft__live_view_t *v) {
@@ -39,6 +54,94 @@ void weft__live_read(weft_loop_t *loop, weft__live_view_t *v) {
   v->name[sizeof v->name - 1] = '\0';
   if (v->task_id && !v->name[0])
     snprintf(v->name, sizeof v->name, "task-%llu", (unsigned long long)v->task_id);
+}
+
+/* ------------------------------------------------- a stalled call stack */
+
+/* The signal that asks a loop's thread for its call stack; 0: none. */
+static int bt_signal;
+
+#if defined(__clang__) || defined(__GNUC__)
+#define STALL_NO_SANITIZE __attribute__((no_sanitize_address, no_sanitize_thread))
+#else
+#define STALL_NO_SANITIZE
+#endif
+
+STALL_NO_SANITIZE static void bt_handler(int sig, siginfo_t *si, void *ucp) {
+  (void)sig;
+  (void)si;
+  int saved = errno;
+  weft_loop_t *loop = weft__tls.running;
+  if (loop) {
+    uint64_t asked = atomic_load_explicit(&loop->stall_bt.asked, memory_order_acquire);
+    size_t n = 0;
+    weft_task_t *t = loop->current;
+    uintptr_t pc, fp, sp;
+    if (t && t->stack && weft__ucontext_frame(ucp, &pc, &fp, &sp)) {
+      uintptr_t lo = (uintptr_t)t->stack->lo, hi = lo + t->stack->size;
+      if (sp >= lo && sp < hi)
+        n = weft__frames_walk(pc, fp, lo, hi, loop->stall_bt.pcs, 32);
+    }
+    atomic_store_explicit(&loop->stall_bt.n, n, memory_order_relaxed);
+    atomic_store_explicit(&loop->stall_bt.taken, asked, memory_order_release);
+  }
+  errno = saved;
+}
+
+/* Takes a real-time signal that nobody handles, for good: a request still
+ * on its way when the watchdog stops must find the handler. */
+static void bt_install(void) {
+  if (getenv("WEFT_STALL_BACKTRACE") && strcmp(getenv("WEFT_STALL_BACKTRACE"), "0") == 0)
+    return;
+  for (int sig = SIGRTMAX - 1; sig > SIGRTMIN + 4; sig--) {
+    struct sigaction old;
+    if (sigaction(sig, NULL, &old) != 0 || old.sa_handler != SIG_DFL ||
+        (old.sa_flags & SA_SIGINFO))
+      continue;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = bt_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(sig, &sa, NULL) == 0)
+      bt_signal = sig;
+    return;
+  }
+}
+
+/* Asks loop's thread, in a step of the task the watchdog reports, for its
+ * call stack, and logs it. Under the registry's lock (the loop stays). */
+static void log_call_stack(weft_loop_t *loop, const char *task) {
+  if (!bt_signal)
+    return;
+  uint64_t req = atomic_load_explicit(&loop->stall_bt.asked, memory_order_relaxed) + 1;
+  atomic_store_explicit(&loop->stall_bt.asked, req, memory_order_release);
+  if (pthread_kill(loop->owner, bt_signal) != 0)
+    return;
+  for (int i = 0; i < 20; i++) {
+    if (atomic_load_explicit(&loop->stall_bt.taken, memory_order_acquire) == req)
+      break;
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+  if (atomic_load_explicit(&loop->stall_bt.taken, memory_order_acquire) != req)
+    return;
+  size_t n = atomic_load_explicit(&loop->stall_bt.n, memory_order_relaxed);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = n ? open_memstream(&text, &len) : NULL;
+  if (!f)
+    return;
+  weft__frames_print(f, loop->stall_bt.pcs, n, "");
+  fclose(f);
+  weft__log("weft: stall: where task %s is now:", task);
+  for (char *line = text, *next; line && *line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    weft__log("weft: stall:   %s", line);
+  }
+  free(text);
 }
 
 /* ------------------------------------------------------------ watchdog */
@@ -75,6 +178,7 @@ static void scan_loop(weft_loop_t *loop, void *arg) {
     return;
   weft__log("weft: stall: task %s has held loop %s for %llu ms and still runs", v.name,
             loop->name, (unsigned long long)(v.held_ns / 1000000u));
+  log_call_stack(loop, v.name);
   while (loop->wd_next_ns <= v.held_ns)
     loop->wd_next_ns *= 2;
 }
@@ -84,7 +188,8 @@ static void scan_loop(weft_loop_t *loop, void *arg) {
 
 static void *watchdog_main(void *arg) {
   (void)arg;
-  uint64_t period = PERIOD_MAX_NS;
+  /* The first scan finds the smallest threshold. */
+  uint64_t period = PERIOD_MIN_NS;
   pthread_mutex_lock(&wd_lock);
   while (!wd_stop) {
     struct timespec until;
@@ -105,7 +210,8 @@ static void *watchdog_main(void *arg) {
   return NULL;
 }
 
-static void cond_init(void) {
+static void once_init(void) {
+  bt_install();
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -115,7 +221,7 @@ static void cond_init(void) {
 
 void weft__watchdog_add(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, cond_init);
+  pthread_once(&once, once_init);
   pthread_mutex_lock(&wd_lock);
   if (wd_loops++ == 0 && !wd_running) {
     wd_stop = false;

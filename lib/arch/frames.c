@@ -60,3 +60,23 @@ FRAMES_NO_SANITIZE bool weft__ctx_frame(const weft__ctx_t *ctx, uintptr_t *pc, u
   return false;
 #endif
 }
+
+FRAMES_NO_SANITIZE bool weft__ucontext_frame(const void *ucp, uintptr_t *pc, uintptr_t *fp,
+                                             uintptr_t *sp) {
+  const ucontext_t *uc = ucp;
+#if defined(__x86_64__)
+  *pc = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+  *fp = (uintptr_t)uc->uc_mcontext.gregs[REG_RBP];
+  *sp = (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
+  return true;
+#elif defined(__aarch64__)
+  *pc = (uintptr_t)uc->uc_mcontext.pc;
+  *fp = (uintptr_t)uc->uc_mcontext.regs[29];
+  *sp = (uintptr_t)uc->uc_mcontext.sp;
+  return true;
+#else
+  (void)uc;
+  *pc = *fp = *sp = 0;
+  return false;
+#endif
+}
