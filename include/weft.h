@@ -104,6 +104,7 @@ typedef struct weft_sem weft_sem_t;
 typedef struct weft_mutex weft_mutex_t;
 typedef struct weft_event weft_event_t;
 typedef struct weft_cond weft_cond_t;
+typedef struct weft_udp weft_udp_t;
 
 /** A task body. It runs on its own stack and may call await points; what it
  * returns is the task's result. To end with an error, call weft_task_fail()
@@ -139,6 +140,9 @@ typedef enum weft_wait_kind {
   WEFT_WAIT_EVENT,   /**< weft_event_wait */
   WEFT_WAIT_COND,    /**< weft_cond_wait */
   WEFT_WAIT_SELECT,  /**< weft_select */
+  WEFT_WAIT_RESOLVE, /**< a host name's resolution (weft_tcp_connect, weft_tcp_listen) */
+  WEFT_WAIT_DATAGRAM, /**< weft_udp_recv, weft_udp_send (a full send buffer) */
+  WEFT_WAIT_SIGNAL,  /**< weft_signal_wait */
 } weft_wait_kind_t;
 
 /** Why a task was made ready (WEFT_EV_WAKE's .detail). */
@@ -848,8 +852,20 @@ WEFT_API int weft_select(weft_select_case_t *cases, size_t n, uint64_t timeout_m
  * only tasks of that loop use it, and it can be handed to another loop
  * (weft_stream_detach, then weft_stream_attach there, e.g. after passing it
  * through a channel). Every await point below honours cancellation and the
- * task's deadline. Addresses are numeric IPv4 or IPv6 ("127.0.0.1", "::1",
- * "0.0.0.0") or "localhost"; names are not resolved. Writing to a
+ * task's deadline. A host is a numeric IPv4 or IPv6 address ("127.0.0.1",
+ * "::1", "0.0.0.0", "::") or a host name ("localhost", "example.com").
+ * Names are resolved (getaddrinfo: /etc/hosts, then DNS) off every loop, on
+ * weft's own resolver threads: two for the whole process, started at the
+ * first name and ended after 10 s without one, not libuv's thread pool that
+ * weft_to_thread uses, so slow work there never delays a name, nor a DNS
+ * server that does not answer the work. At most 64 names wait for a
+ * resolver thread; past that a call fails at once with WEFT_ENOBUFS. A
+ * task cut while its name resolves leaves at once; getaddrinfo cannot be
+ * interrupted, so the thread ends it and frees the answer. Names under
+ * ".invalid" fail at once with UV_EAI_NONAME (RFC 6761). Resolution errors
+ * are libuv's UV_EAI_* codes, which weft_strerror names: UV_EAI_NONAME (no
+ * such name), UV_EAI_NODATA (no address of a usable family), UV_EAI_AGAIN
+ * (DNS did not answer; try again), UV_EAI_FAIL. Writing to a
  * connection the peer closed must fail with UV_EPIPE, not kill the process,
  * so the first stream sets SIGPIPE to SIG_IGN if the application left it at
  * its default (pool workers block it anyway). */
@@ -892,10 +908,20 @@ typedef struct weft_listen_opts {
 /** Listens on host:port (port 0: any free port, see weft_listener_port).
  * Opens and binds the socket(s) at once (SO_REUSEADDR always); nothing is
  * accepted until a task calls weft_tcp_accept. Any thread. opts may be NULL.
- * The caller owns *l and ends it with weft_listener_close. Errors:
- * WEFT_EINVAL (NULL, bad host, port outside 0..65535, a mode that needs a
- * pool without one), WEFT_ENOMEM, or the socket call's error (UV_EADDRINUSE,
- * UV_EACCES, UV_EMFILE, ...). */
+ * host NULL is "0.0.0.0"; "localhost" is 127.0.0.1; an IPv6 literal binds
+ * IPv6 ("::" takes IPv4 too unless net.ipv6.bindv6only says otherwise).
+ * A host name binds one address, the first IPv4 address it resolves to, or
+ * its first address if it has none (as Go's net.Listen does): to serve
+ * several, listen on each. Only a name suspends: from a task it is
+ * resolved on the resolver threads (an await point: cancellation and
+ * deadlines apply), on a plain thread inline (the thread blocks), and from
+ * a libuv callback, which cannot wait, it is refused (WEFT_ENOTASK). The
+ * caller owns *l and ends it with weft_listener_close. Errors:
+ * WEFT_EINVAL (NULL, a host that is neither an address nor a well-formed
+ * name, port outside 0..65535, a mode that needs a pool without one),
+ * WEFT_ENOMEM, a resolution error (UV_EAI_NONAME, ..., WEFT_ENOBUFS; see
+ * above), WEFT_ENOTASK, WEFT_ECANCELED, WEFT_ETIMEDOUT (while resolving),
+ * or the socket call's error (UV_EADDRINUSE, UV_EACCES, UV_EMFILE, ...). */
 WEFT_API int weft_tcp_listen(weft_listener_t **l, const char *host, int port,
                              const weft_listen_opts_t *opts);
 
@@ -927,11 +953,21 @@ WEFT_API int weft_tcp_accept(weft_listener_t *l, weft_stream_t **s);
  * already). */
 WEFT_API int weft_listener_close(weft_listener_t *l);
 
-/** Connects to host:port (await point). *s is a new stream bound to the
- * calling task's loop, with TCP_NODELAY set. Errors: WEFT_EINVAL (NULL, bad
- * host or port), WEFT_ENOTASK, WEFT_ECANCELED, WEFT_ETIMEDOUT (the connect
- * is abandoned and its socket closed), WEFT_ENOMEM, or the connect's error
- * (UV_ECONNREFUSED, UV_ENETUNREACH, ...). */
+/** asyncio.open_connection(host, port): connects to host:port (await
+ * point). *s is a new stream bound to the calling task's loop, with
+ * TCP_NODELAY set; the caller owns it. A host name (also "localhost") is
+ * resolved first (see above), and its addresses (at most 16) race as Happy
+ * Eyeballs (RFC 8305) says: IPv6 and IPv4 take turns, beginning with the
+ * family of the first address; the next attempt starts 250 ms after the
+ * last if none has connected by then, and at once when one fails; the
+ * first to connect wins and every other attempt is closed. A cancel or
+ * deadline closes every attempt (the call returns once they are closed).
+ * Errors: WEFT_EINVAL (NULL, a host that is neither an address nor a
+ * well-formed name, bad port), WEFT_ENOTASK, WEFT_ECANCELED, WEFT_ETIMEDOUT
+ * (while resolving or connecting: nothing is left open), WEFT_ENOMEM, a
+ * resolution error (UV_EAI_NONAME, ..., WEFT_ENOBUFS), or, when every
+ * address failed, the first address's error (UV_ECONNREFUSED,
+ * UV_ENETUNREACH, ...). */
 WEFT_API int weft_tcp_connect(weft_stream_t **s, const char *host, int port);
 
 /** Reads up to len bytes into buf (await point): returns at once if bytes
@@ -998,6 +1034,290 @@ WEFT_API int weft_stream_attach(weft_stream_t *s);
  * thread. */
 WEFT_API weft_loop_t *weft_stream_loop(const weft_stream_t *s);
 
+/* ------------------------------------- framed reads and stream control */
+
+/* asyncio's readexactly / readuntil and the transport's controls. The
+ * framed readers work in the stream's own read-ahead buffer (the one
+ * weft_stream_read uses), so the caller never buffers twice, and they
+ * consume only a whole frame: whatever cuts a frame short (cancel,
+ * deadline, end of stream, WEFT_ENOBUFS, an error) consumes nothing, and
+ * the bytes that did arrive stay readable, to the next framed read or
+ * weft_stream_read (asyncio's IncompleteReadError.partial, left in place).
+ * While a frame longer than the buffer's 16 KiB is awaited, the buffer
+ * grows (doubling) up to that frame's bound (n, or cap) and never past it;
+ * once drained it shrinks back. Like weft_stream_read, each is loop-bound:
+ * a task of the stream's loop, one reader at a time. */
+
+/** Reads exactly n bytes into buf (await point): returns n once n bytes
+ * are buffered (at once if they already are), or WEFT_EOF if the stream
+ * ended first: then nothing is consumed, and the fewer than n bytes that
+ * came stay readable (weft_stream_read returns them, then 0). n == 0
+ * returns 0. Errors: WEFT_EINVAL (s or buf NULL, n > SSIZE_MAX),
+ * WEFT_EPERM (another loop's stream, or detached), WEFT_EBUSY (another
+ * task is reading it), WEFT_ECLOSED (closed meanwhile), WEFT_ENOTASK,
+ * WEFT_ECANCELED, WEFT_ETIMEDOUT, WEFT_ENOMEM (the buffer could not grow
+ * to n), or the socket's error (UV_ECONNRESET, ...): all consume nothing.
+ * A deadline that passes while the frame waits first takes what the
+ * socket holds by then, as weft_stream_read does. */
+WEFT_API ssize_t weft_stream_read_exactly(weft_stream_t *s, void *buf, size_t n);
+
+/** Reads up to and including the first occurrence of delim[0, dlen) into
+ * buf (await point) and returns that length (at most cap). Returns
+ * WEFT_ENOBUFS when cap bytes came without a whole delimiter in them:
+ * nothing is consumed, the bytes stay readable (read them with
+ * weft_stream_read or weft_stream_read_exactly, or close). Returns WEFT_EOF
+ * when the stream ended before a delimiter (also with nothing buffered):
+ * nothing is consumed, the bytes that came stay readable. Errors: as
+ * weft_stream_read_exactly, and WEFT_EINVAL for delim NULL, dlen 0 or cap
+ * < dlen. Memory: the read-ahead buffer holds at most cap bytes for it. */
+WEFT_API ssize_t weft_stream_read_until(weft_stream_t *s, void *buf, size_t cap,
+                                        const void *delim, size_t dlen);
+
+/** Copies up to len buffered bytes into buf without consuming them (await
+ * point): at once if any are buffered, else suspends until some arrive.
+ * Returns the count (> 0), 0 at end of stream, or an error as
+ * weft_stream_read. */
+WEFT_API ssize_t weft_stream_peek(weft_stream_t *s, void *buf, size_t len);
+
+/** Half-closes the stream (asyncio's write_eof): what is staged and queued
+ * goes out, then a FIN (for a Unix-domain socket, shutdown(SHUT_WR)); the
+ * peer reads end of stream, and this side goes on reading. Never suspends
+ * (a task or a libuv callback on the stream's loop). Later writes return
+ * UV_EPIPE. Errors: WEFT_EINVAL (NULL), WEFT_EPERM (another loop's stream,
+ * or detached), UV_ENOTCONN (shut down already), WEFT_ENOMEM, the pending
+ * write error, or the socket's. A failure of the FIN itself is reported by
+ * the next write or close. */
+WEFT_API int weft_stream_shutdown(weft_stream_t *s);
+
+/** The peer's address (getpeername): a struct sockaddr_in or sockaddr_in6,
+ * or for a Unix-domain stream a struct sockaddr_un (its sun_path is empty
+ * when the peer's socket has no name: a connecting client's). Never
+ * suspends; on the stream's loop's thread, or by whoever holds a detached
+ * stream. Errors: WEFT_EINVAL (NULL), WEFT_EPERM (another loop's stream),
+ * UV_ENOTCONN (the peer is gone). */
+WEFT_API int weft_stream_peer(const weft_stream_t *s, struct sockaddr_storage *addr);
+
+/** This side's address (getsockname); as weft_stream_peer. */
+WEFT_API int weft_stream_local(const weft_stream_t *s, struct sockaddr_storage *addr);
+
+/** Sets TCP_NODELAY (on by default on every stream weft makes: accepted,
+ * connected, adopted). Never suspends; threads as weft_stream_peer. Errors:
+ * WEFT_EINVAL (NULL), WEFT_EPERM, UV_ENOTSUP (a Unix-domain stream), or
+ * the system's. */
+WEFT_API int weft_stream_set_nodelay(weft_stream_t *s, bool on);
+
+/** Turns TCP keepalive on, with the first probe after delay_s idle seconds
+ * (TCP_KEEPIDLE; the probes' interval and count stay the system's), or
+ * off. Never suspends; threads as weft_stream_peer. Errors: WEFT_EINVAL
+ * (NULL; on with delay_s 0), WEFT_EPERM, UV_ENOTSUP (a Unix-domain
+ * stream), or the system's (UV_EINVAL past 32767 s on Linux). */
+WEFT_API int weft_stream_set_keepalive(weft_stream_t *s, bool on, unsigned delay_s);
+
+/** Sets how many bytes the stream's write queue may hold before
+ * weft_stream_write waits for room (1 MiB by default), from 1 KiB to
+ * 1 GiB. A writer waiting for room then waits for the new limit (it goes
+ * on at once if the queue is already below it). Bytes already queued stay
+ * queued. Never suspends; threads as weft_stream_peer. Errors: WEFT_EINVAL
+ * (NULL, or outside the bounds), WEFT_EPERM. */
+WEFT_API int weft_stream_set_write_limit(weft_stream_t *s, size_t bytes);
+
+/** Bytes written but not yet handed to the kernel: staged and queued
+ * (asyncio's get_write_buffer_size). 0 for NULL. On the stream's loop's
+ * thread. */
+WEFT_API size_t weft_stream_write_queued(const weft_stream_t *s);
+
+/** Aborts the stream (asyncio's transport.abort()): drops what is staged
+ * and queued, resets the connection (SO_LINGER 0, so the peer reads
+ * UV_ECONNRESET; a Unix-domain peer reads end of stream, or UV_ECONNRESET
+ * if bytes it sent were still unread here), and frees the stream. Tasks
+ * parked on it get WEFT_ECLOSED. Never suspends; on the stream's loop's
+ * thread (a task or a libuv callback), or for a detached stream any
+ * thread. s is invalid afterwards. Returns 0; WEFT_EINVAL (NULL),
+ * WEFT_EPERM (another loop's stream: nothing done). */
+WEFT_API int weft_stream_abort(weft_stream_t *s);
+
+/** Makes a stream of an open, connected stream socket fd (TCP or
+ * Unix-domain: socket activation, a descriptor handed over by another
+ * process) on the calling thread's running loop (a task or a libuv
+ * callback there). Never suspends. fd is made non-blocking; a TCP one gets
+ * TCP_NODELAY. On success the stream owns fd (weft_stream_close closes
+ * it); on failure fd stays the caller's, open. Errors: WEFT_EINVAL (s
+ * NULL, fd < 0, a socket that is not a stream, or is listening),
+ * UV_EBADF, UV_ENOTSOCK, WEFT_ENOTASK (no loop runs on this thread),
+ * UV_EEXIST (the loop already watches fd), WEFT_ENOMEM. */
+WEFT_API int weft_stream_adopt(weft_stream_t **s, int fd);
+
+/** Makes a listener of an open, listening stream socket fd (TCP or
+ * Unix-domain; socket activation). Accepting then goes as for
+ * weft_tcp_listen's listeners, in opts's mode, SINGLE, HANDOFF or
+ * LEAST_LOADED; opts->backlog is not used (the socket listens already).
+ * Any thread; never suspends. On success the listener owns fd (it is
+ * closed, and the socket shut down, by weft_listener_close: a copy held by
+ * another process stops accepting too); on failure fd stays the caller's,
+ * open (made non-blocking). Errors: WEFT_EINVAL (l NULL, fd < 0, not a
+ * listening stream socket, a bad mode or a mode without its pool),
+ * UV_ENOTSUP (REUSEPORT: one socket cannot be a socket per loop),
+ * UV_EBADF, UV_ENOTSOCK, UV_EMFILE, WEFT_ENOMEM. */
+WEFT_API int weft_listener_adopt(weft_listener_t **l, int fd, const weft_listen_opts_t *opts);
+
+/* ------------------------------------------------ Unix-domain sockets */
+
+/* asyncio's start_unix_server / open_unix_connection: the same listener
+ * and stream types as TCP, so weft_tcp_accept accepts from a Unix-domain
+ * listener and every weft_stream_* call works on its streams (but
+ * set_nodelay and set_keepalive, which are TCP's). path is a file system
+ * path of at most 107 bytes (sun_path); abstract names are not taken. */
+
+/** Listens on the socket file path (created; it must not exist: remove a
+ * stale one first). Modes: SINGLE, HANDOFF and LEAST_LOADED as for TCP;
+ * REUSEPORT is refused (UV_ENOTSUP: Linux does not spread one path over
+ * several sockets), use HANDOFF. weft_listener_port returns -1.
+ * weft_listener_close removes the file, if it is still the one bound. Any
+ * thread; never suspends. Errors: WEFT_EINVAL (l or path NULL, path empty,
+ * a bad mode or a mode without its pool), UV_ENAMETOOLONG (path past 107
+ * bytes), UV_ENOTSUP (REUSEPORT), UV_EADDRINUSE (path exists), UV_ENOENT
+ * or UV_EACCES (its directory), UV_EMFILE, WEFT_ENOMEM. */
+WEFT_API int weft_unix_listen(weft_listener_t **l, const char *path,
+                              const weft_listen_opts_t *opts);
+
+/** Connects to the socket file path (await point). *s is a new stream
+ * bound to the calling task's loop. A connect to a listener whose backlog
+ * is full is tried again every 10 ms until the task's deadline or a
+ * cancel. Errors: WEFT_EINVAL (NULL, path empty), UV_ENAMETOOLONG,
+ * UV_ENOENT (no such file), UV_ECONNREFUSED (a file nobody listens on),
+ * UV_EACCES, WEFT_ENOTASK, WEFT_ECANCELED, WEFT_ETIMEDOUT, WEFT_ENOMEM,
+ * UV_EMFILE. */
+WEFT_API int weft_unix_connect(weft_stream_t **s, const char *path);
+
+/* ---------------------------------------------------------------- UDP */
+
+/* asyncio's create_datagram_endpoint: a UDP socket bound to one loop (the
+ * one it was made on); only that loop's tasks receive and send on it.
+ * Nothing is buffered in user space: the kernel's receive buffer (its
+ * SO_RCVBUF, weft_udp_opts_t.rcvbuf) is the socket's one queue, bounded,
+ * and datagrams that overflow it are dropped by the kernel, as UDP does,
+ * whether a task is receiving or not. Addresses are numeric IPv4 or IPv6
+ * ("127.0.0.1", "::1", "0.0.0.0", "::") or "localhost"; NULL or "" is
+ * "0.0.0.0"; names are not resolved. A socket bound to "::" also takes
+ * IPv4 unless the system says otherwise (net.ipv6.bindv6only). */
+
+/** Options of weft_udp_bind_opts; all-zero is a plain socket. */
+typedef struct weft_udp_opts {
+  /** SO_REUSEPORT: several sockets, typically one per loop of a pool, bind
+   * the same port, and the kernel spreads incoming datagrams over them by a
+   * hash of the sender's address (one sender always reaches the same
+   * socket). Every socket on the port must set it. */
+  bool reuseport;
+  int rcvbuf;         /**< SO_RCVBUF in bytes; 0 = the system's default */
+} weft_udp_opts_t;
+
+/** Binds a UDP socket to host:port (port 0: any free port, see
+ * weft_udp_port) on the calling thread's loop: the loop running here (a
+ * task, or a libuv callback), else the loop made current here
+ * (weft_loop_set_current). Never suspends. The caller owns *u and ends it
+ * with weft_udp_close; a socket still open when its loop closes is closed
+ * and freed with it. Errors: WEFT_EINVAL (u NULL, bad host, port outside
+ * 0..65535), WEFT_ENOTASK (no loop runs here and none is current),
+ * WEFT_EPERM (the current loop is another thread's), WEFT_ENOMEM, or the
+ * socket's error (UV_EADDRINUSE, UV_EACCES, UV_EMFILE, ...). */
+WEFT_API int weft_udp_bind(weft_udp_t **u, const char *host, int port);
+
+/** weft_udp_bind with options (opts may be NULL). To serve one port from
+ * every loop of a pool, bind a socket with .reuseport on each loop (from a
+ * task there), the first with port 0 or the port, the others with the
+ * port weft_udp_port gave the first. Errors as weft_udp_bind, and
+ * WEFT_EINVAL for a negative rcvbuf. */
+WEFT_API int weft_udp_bind_opts(weft_udp_t **u, const char *host, int port,
+                                const weft_udp_opts_t *opts);
+
+/** The port the socket is bound to (useful after port 0), or -1 for NULL.
+ * Any thread. */
+WEFT_API int weft_udp_port(const weft_udp_t *u);
+
+/** Receives one datagram into buf (await point): at once if the socket
+ * holds one, else suspends until one comes. Returns its length (0 for an
+ * empty datagram) and fills *from (if not NULL) with the sender's address.
+ * A datagram longer than len is cut: buf gets its first len bytes, *from
+ * is filled, the rest is gone (as with recv(2)), and the call returns
+ * WEFT_ENOBUFS; a buffer of 65535 bytes never sees that. Several tasks of
+ * the loop may receive at once; each datagram goes to one of them. A
+ * datagram is taken from the kernel only by a call that returns it, so a
+ * cancel or a deadline never loses one. A receive whose deadline passes
+ * while it waits first takes a datagram the socket holds by then (as a
+ * stream read does); the next await point reports the deadline. Errors:
+ * WEFT_EINVAL (u NULL, buf NULL with len > 0), WEFT_EPERM (another loop's
+ * socket), WEFT_ECLOSED (closed, also while waiting), WEFT_ENOBUFS (cut,
+ * above), WEFT_ENOTASK, WEFT_ECANCELED, WEFT_ETIMEDOUT (nothing taken), or
+ * the socket's error. */
+WEFT_API ssize_t weft_udp_recv(weft_udp_t *u, void *buf, size_t len,
+                               struct sockaddr_storage *from);
+
+/** Sends buf[0, len) as one datagram to to (a struct sockaddr_in or
+ * sockaddr_in6; the socket's family). The datagram is handed to the kernel
+ * at once (sendto(2)) and nothing is copied or queued by weft: buf is the
+ * caller's again on return. Suspends (await point) only while the socket's
+ * send buffer is full, until it has room. Returns 0 once the kernel took
+ * the datagram (UDP: not that it arrived). Errors: WEFT_EINVAL (u or to
+ * NULL, buf NULL with len > 0, an address that is neither IPv4 nor IPv6),
+ * UV_EMSGSIZE (longer than a datagram can be: 65507 bytes of IPv4 payload,
+ * 65527 of IPv6, or more than the path takes unfragmented where the system
+ * says so), WEFT_EPERM, WEFT_ECLOSED, WEFT_ENOTASK, WEFT_ECANCELED or
+ * WEFT_ETIMEDOUT (while waiting for room: nothing sent), WEFT_ENOBUFS (the
+ * system's output queue is full), or the socket's error (UV_EAFNOSUPPORT
+ * for an address of the other family, UV_ENETUNREACH, ...). */
+WEFT_API int weft_udp_send(weft_udp_t *u, const void *buf, size_t len,
+                           const struct sockaddr *to);
+
+/** Closes the socket and frees it. Tasks parked in weft_udp_recv or
+ * weft_udp_send on it return WEFT_ECLOSED; datagrams the kernel held for it
+ * are dropped. The descriptor is closed once libuv has let go of it, in the
+ * loop's next poll. Never suspends. On the loop's own thread (a task or a
+ * libuv callback there, or outside a run). u is invalid afterwards.
+ * Errors: WEFT_EINVAL (NULL), WEFT_EPERM (another thread's loop). */
+WEFT_API int weft_udp_close(weft_udp_t *u);
+
+/* ------------------------------------------------------------ signals */
+
+/* asyncio's add_signal_handler as an await: weft_signal_wait(SIGTERM) in a
+ * task (on any loop, pool workers included) or a plain thread. The first
+ * wait for a signal starts one internal thread, "weft-signal", with a libuv
+ * loop of its own (a few descriptors), which lives until the process
+ * exits; it watches each signal with a uv_signal_t, so an application's own
+ * uv_signal_t on the same signal keeps working, and unblocks for itself each
+ * signal it watches, so the signal is taken even where every other thread
+ * blocks it (pool workers block SIGINT, SIGTERM, SIGCHLD and SIGPIPE). Send
+ * the signal to the process (kill(getpid(), sig), or from outside), not
+ * to one thread (raise, pthread_kill): a thread that blocks it keeps it. */
+
+/** Waits until signum arrives (await point; a plain thread blocks). Every
+ * task and thread waiting for signum when it arrives is woken. From the
+ * first wait on, signum is watched (caught: its default action, such as
+ * ending the process, no longer happens) until weft_signal_stop. A signal
+ * that arrives while nobody waits for it is held, one (signals that come
+ * while one is held fold into it, as the kernel's pending signals do), and
+ * the next wait takes it and returns 0 at once: a task that handles a
+ * signal and then waits again misses none that came meanwhile. The first
+ * wait for a signal blocks its thread briefly while the watcher thread
+ * installs the handler, so a signal sent once that call has begun to wait
+ * is never the default action. Returns 0; WEFT_EINVAL (not a signal one can
+ * wait for: 0, negative, NSIG or above, SIGKILL, SIGSTOP, the faults
+ * SIGSEGV, SIGBUS, SIGFPE and SIGILL, the real-time signals glibc keeps);
+ * WEFT_ECANCELED or WEFT_ETIMEDOUT (a signal that reached the waiter before
+ * the cut is still taken: the call returns 0 and the next await reports
+ * the cut); WEFT_ECLOSED (weft_signal_stop while waiting); WEFT_ENOTASK
+ * (in a libuv callback); WEFT_ENOMEM or a libuv error (the watcher thread
+ * or the handler could not be set up). */
+WEFT_API int weft_signal_wait(int signum);
+
+/** asyncio's remove_signal_handler: stops watching signum. The disposition
+ * it had before the first weft_signal_wait comes back (unless the
+ * application's own uv_signal_t still watches it), a held signal is
+ * dropped, and waiters return WEFT_ECLOSED. A later weft_signal_wait
+ * watches it again. Any thread; never suspends (it blocks briefly for the
+ * watcher thread). Returns 0 (also when signum was not watched);
+ * WEFT_EINVAL as for weft_signal_wait. */
+WEFT_API int weft_signal_stop(int signum);
+
 /* ------------------------------------------------------ pool of loops */
 
 /** How weft_pool_shutdown ends the pool's work. */
@@ -1052,6 +1372,38 @@ WEFT_API weft_loop_t *weft_pool_next(weft_pool_t *pool);
  * or called from a worker). */
 WEFT_API int weft_pool_shutdown(weft_pool_t *pool, weft_shutdown_t how);
 
+/** Most names of cancelled tasks a weft_drain_report_t keeps. */
+#define WEFT_DRAIN_NAMES 8
+
+/** What weft_pool_drain did. Every task that ended after the drain reached
+ * its loop is counted once, in completed or in cancelled. */
+typedef struct weft_drain_report {
+  uint64_t completed;  /**< tasks that ended by themselves before the deadline (any status) */
+  uint64_t cancelled;  /**< tasks still live at the deadline, cancelled then (with those
+                            queued or spawned after it, which never ran) */
+  uint64_t elapsed_ms; /**< how long the call took, the cancelled tasks' unwinding included */
+  unsigned nnames;     /**< entries of names filled (at most WEFT_DRAIN_NAMES) */
+  char names[WEFT_DRAIN_NAMES][32]; /**< the first cancelled tasks' names (weft_task_name) */
+} weft_drain_report_t;
+
+/** Graceful shutdown with a deadline (Tokio's shutdown_timeout, Seastar's
+ * gate closed with a timer): ends the pool as weft_pool_shutdown(WEFT_DRAIN)
+ * does, letting every task finish, for at most timeout_ms; then every task
+ * still live on a loop that has not drained is cancelled (tasks queued or
+ * spawned after that end cancelled without running), the call waits for
+ * them to unwind, and the pool is closed, joined and freed, as
+ * weft_pool_shutdown does. timeout_ms 0 cancels at once; WEFT_FOREVER never
+ * does (weft_pool_shutdown(WEFT_DRAIN) with a report). report (may be
+ * NULL) says how many tasks ended by themselves, how many were cancelled,
+ * the first cancelled tasks' names and how long it all took. The call ends
+ * once the cancelled tasks have unwound: a task that shields itself
+ * (weft_shield_begin) or computes without an await point holds it up. Close
+ * the pool's listeners first (weft_listener_close), or their accepting tasks
+ * wait out the deadline. Blocks the calling thread, which must not be one
+ * of the pool's workers. Errors: WEFT_EINVAL (pool NULL, or called from a
+ * worker; nothing happens). pool is invalid afterwards. */
+WEFT_API int weft_pool_drain(weft_pool_t *pool, uint64_t timeout_ms, weft_drain_report_t *report);
+
 /* ------------------------------------------------------------- tracing */
 
 /** Starts recording a trace of every loop (each in a bounded ring of its
@@ -1072,15 +1424,19 @@ WEFT_API int weft_trace_start(const char *path);
 /** One recorded event, as weft_trace_read hands it over: the event as the
  * event hook saw it (ev.task is the task's address at the time, an
  * identity to compare, not a handle: the task may be gone), the loop's
- * name, the task's name then ("" for WEFT_EV_ROUND), and for the events
+ * name, the task's name then ("" for WEFT_EV_ROUND), and, when tracing
+ * was started with WEFT_TRACE_CPU=1 in the environment, for the events
  * that open and close a step (WEFT_EV_STEP, WEFT_EV_PARK, WEFT_EV_DONE) the
  * loop thread's CPU time then (CLOCK_THREAD_CPUTIME_ID): a step's CPU time
- * beside its wall time tells computation from preemption. */
+ * beside its wall time tells computation from preemption. Reading that
+ * clock is a system call at each end of every step (about 250 ns here),
+ * so it is off unless asked for. */
 typedef struct weft_trace_record {
   const char *loop;
   weft_loop_event_t ev;
   const char *task_name;
-  uint64_t cpu_ns;         /**< thread CPU time at the event; 0 for other kinds */
+  uint64_t cpu_ns;         /**< thread CPU time at the event; 0 for other kinds
+                                or without WEFT_TRACE_CPU=1 */
 } weft_trace_record_t;
 
 typedef void (*weft_trace_fn)(const weft_trace_record_t *r, void *arg);

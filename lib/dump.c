@@ -97,8 +97,11 @@ static void describe_wait(FILE *f, weft_loop_t *loop, const weft__wait_t *w) {
     break;
   case WEFT_WAIT_ACCEPT: fprintf(f, "accept"); break;
   case WEFT_WAIT_CONNECT: fprintf(f, "connect"); break;
+  case WEFT_WAIT_RESOLVE: fprintf(f, "resolving %s", (const char *)w->what); break;
   case WEFT_WAIT_READ: fprintf(f, "stream read %p", w->what); break;
   case WEFT_WAIT_WRITE: fprintf(f, "stream write queue %p", w->what); break;
+  case WEFT_WAIT_DATAGRAM: fprintf(f, "udp socket %p", w->what); break;
+  case WEFT_WAIT_SIGNAL: fprintf(f, "signal %d", w->arg); break;
   case WEFT_WAIT_SEM:
     fprintf(f, "semaphore ");
     object(f, weft__sem_name(w->what), w->what);

@@ -17,6 +17,10 @@ const char *weft_strerror(int err) {
   case WEFT_EBUSY: return "busy: the loop is running, or a loop already runs on this thread";
   case WEFT_EPERM: return "the loop belongs to another thread";
   case WEFT_ESHUTDOWN: return "the loop or pool is shutting down and takes no more work";
+  case UV_EAI_NONAME: return "the host name is unknown (no such name)";
+  case UV_EAI_NODATA: return "the host name has no address of a usable family";
+  case UV_EAI_AGAIN: return "the host name could not be resolved now (no answer from DNS; try again)";
+  case UV_EAI_FAIL: return "the host name could not be resolved (the DNS server failed)";
   default:
     break;
   }

@@ -386,8 +386,9 @@ int weft__wakefd_wait(const weft__wakefd_t *w, int timeout_ms);
  * without waiting for the loop (stall.c). */
 typedef struct weft__live {
   _Atomic uint64_t seq;
-  _Atomic uint64_t task_id;
-  _Atomic uint64_t since_ns;          /* coarse clock at the step's start */
+  _Atomic uint64_t task_id;           /* the task of the last step begun */
+  _Atomic uint64_t since_ns;          /* coarse clock at the step's start;
+                                         0 while no step runs */
   _Atomic uint64_t name[4];           /* the task's name; name[0] 0: none */
   uint64_t named_id;                  /* loop thread: whose name is in name */
   bool unnamed;                       /* loop thread: name holds "" */
@@ -395,7 +396,7 @@ typedef struct weft__live {
 
 /* A snapshot of weft__live_t. */
 typedef struct weft__live_view {
-  uint64_t seq;                       /* the step's: the same for one step */
+  uint64_t since_ns;                  /* the step's start: the same for one step */
   uint64_t task_id;                   /* 0: no step running */
   uint64_t held_ns;                   /* how long it has run so far */
   char name[32];                      /* the task's name ("task-<id>" by default) */
@@ -614,15 +615,6 @@ struct weft_loop {
   char name[32];
   weft__trace_t *trace;      /* its trace ring while tracing (trace.c) */
   weft__queue_t registry;    /* on the process-wide list of loops (stats.c) */
-  weft__live_t live;         /* the step running now, for other threads (stall.c) */
-  uint64_t wd_seq;           /* watchdog thread only: the step it reports on */
-  uint64_t wd_next_ns;       /* and how long that step must last for its next line */
-  struct {                   /* a stalled step's call stack, taken by a signal */
-    _Atomic uint64_t asked;  /* the watchdog's request number */
-    _Atomic uint64_t taken;  /* the handler's answer: the request it served */
-    _Atomic size_t n;
-    void *pcs[32];
-  } stall_bt;
   uint64_t run_ns;           /* time in run functions, runs ended so far */
   uint64_t run_since;        /* uv_hrtime() when the current run began */
   uint64_t parked_ns;        /* time in the blocking poll, polls ended so far */
@@ -641,14 +633,33 @@ struct weft_loop {
   atomic_int draining;       /* a pool shutdown asked it to finish */
   atomic_int cancel_new;     /* WEFT_CANCEL shutdown: tasks not yet started
                                 end cancelled without running */
+  weft__live_t live;         /* the step running now, for other threads (stall.c) */
+  /* Cold: the watchdog's (stall.c), last so as not to spread the fields
+   * a step touches over more cache lines. */
+  uint64_t wd_since;         /* watchdog thread only: the step it reports on */
+  uint64_t wd_next_ns;       /* and how long that step must last for its next line */
+  struct {                   /* a stalled step's call stack, taken by a signal */
+    _Atomic uint64_t asked;  /* the watchdog's request number */
+    _Atomic uint64_t taken;  /* the handler's answer: the request it served */
+    _Atomic size_t n;
+    void *pcs[32];
+  } stall_bt;
 };
 
 /* The step of t begins on loop (since: its start). Only a task other than
  * the last one whose name was published pays for copying its name. */
 static inline void weft__live_begin(weft_loop_t *loop, weft_task_t *t, uint64_t since) {
   weft__live_t *l = &loop->live;
+  /* The same task again (a task that yields in a loop): its id and name
+   * are there already, and a reader that sees the new start with them
+   * sees the truth. */
+  if (l->named_id == t->id) {
+    atomic_store_explicit(&l->since_ns, since, memory_order_relaxed);
+    return;
+  }
   /* Most tasks have no name of their own: readers make "task-<id>". */
-  if (l->named_id == t->id || (l->unnamed && !t->name[0])) {
+  if (l->unnamed && !t->name[0]) {
+    l->named_id = t->id;
     weft__live_write(l, t->id, since);
     return;
   }
@@ -666,8 +677,9 @@ static inline void weft__live_begin(weft_loop_t *loop, weft_task_t *t, uint64_t 
   atomic_store_explicit(&l->seq, s + 2, memory_order_release);
 }
 
+/* The step ends: a start of 0 says no step runs (one store a step). */
 static inline void weft__live_end(weft_loop_t *loop) {
-  weft__live_write(&loop->live, 0, 0);
+  atomic_store_explicit(&loop->live.since_ns, 0, memory_order_relaxed);
 }
 
 /* Thread state: the loop this thread runs (set while a run function is on
@@ -730,6 +742,9 @@ int weft__await_begin(weft_task_t **out, const char *fn);
 
 /* chan.c, for tests: runs between a send's claim of a cell and its write. */
 extern void (*weft__chan_claimed_hook)(weft_chan_t *ch);
+/* signal.c, for tests: how many wait for signum now, and whether a signal
+ * is held for the next wait. WEFT_EINVAL for a signal one cannot wait for. */
+int weft__signal_state(int signum, size_t *waiters, bool *pending);
 
 /* ------------------------------------------------------------------ I/O */
 
@@ -764,6 +779,41 @@ void weft__stream_close_handle(weft_stream_t *s);
 void weft__loop_phase_add(weft_loop_t *loop, weft__phase_t *ph);
 /* tcp.c: parses host and port into a socket address. */
 int weft__tcp_addr(const char *host, int port, struct sockaddr_storage *ss);
+/* The port a socket is bound to (tcp.c); -1 if none (a Unix-domain one). */
+int weft__fd_port(int fd);
+
+/* tcp.c: a listener of opts->mode (checked, misuse named after fn) whose
+ * listening sockets open() makes: one, or one per pool loop for REUSEPORT
+ * (reuseport true then). path: a Unix-domain listener's file, removed by
+ * weft_listener_close if still the one bound; or NULL. On failure every
+ * socket open() made is closed. unix.c's and adopted listeners use it. */
+typedef int (*weft__listen_open_fn)(void *ctx, bool reuseport, int backlog, int *fd);
+int weft__listener_new(weft_listener_t **out, const weft_listen_opts_t *opts, const char *fn,
+                       weft__listen_open_fn open, void *ctx, const char *path);
+/* stream.c: checks that fd is a stream socket (TCP or Unix-domain),
+ * listening or not as asked; *family gets its family. Errors: WEFT_EINVAL
+ * (another kind of socket, or fd < 0), UV_EBADF, UV_ENOTSOCK. */
+int weft__sock_check(int fd, bool listening, int *family);
+
+/* resolve.c: host names to addresses on weft's own resolver threads. */
+#define WEFT__ADDRS_MAX 16
+typedef struct weft__addrs {
+  size_t n;                                  /* addresses in a */
+  struct sockaddr_storage a[WEFT__ADDRS_MAX]; /* getaddrinfo's order (RFC 6724), ports set */
+} weft__addrs_t;
+/* Whether host may be handed to the resolver: letters, digits, '-', '_'
+ * and dots, labels of 1 to 63, at most 253 bytes in all. */
+bool weft__resolve_name_ok(const char *host);
+/* Resolves the name host for TCP on port into *out (IPv4 and IPv6, no
+ * duplicates). t: the calling task, which waits for a resolver thread
+ * (await point: a cut leaves at once, the thread frees what it finds);
+ * NULL: the calling plain thread resolves inline. passive: for a listener.
+ * Errors: UV_EAI_* (UV_EAI_NONAME: unknown), WEFT_ENOBUFS (the resolver's
+ * queue is full), WEFT_ENOMEM, WEFT_ECANCELED, WEFT_ETIMEDOUT,
+ * WEFT_ESHUTDOWN (the process is exiting). */
+int weft__resolve(weft_task_t *t, const char *host, int port, bool passive, weft__addrs_t *out);
+/* Resolver threads running now (for tests). */
+unsigned weft__resolve_threads(void);
 
 /* overflow.c: the SIGSEGV report of a guarded stack's overflow, for this
  * thread. */

@@ -9,10 +9,12 @@
  * from another thread meets a closed inbox, never freed memory. */
 #include "internal.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define WEFT__POOL_MAX 1024
@@ -25,10 +27,16 @@ typedef struct shutdown_msg {
 typedef struct worker {
   weft_pool_t *pool;
   shutdown_msg_t shutdown; /* made with the pool, so ending it cannot fail */
+  weft__msg_t cut;         /* weft_pool_drain's cancel at its deadline */
   unsigned index;
   pthread_t thread;
   bool started;      /* the thread was created (and must be joined) */
+  bool done;         /* under pool->lock: its loop has closed */
   weft_loop_t *loop; /* set by the worker once its loop exists */
+  /* weft_pool_drain's books, written on the worker's thread and read after
+   * the join: the tasks the loop had ended when the drain reached it, and
+   * when the deadline's cancel did (UINT64_MAX: it never came). */
+  uint64_t drain_base, drain_cut;
 } worker_t;
 
 struct weft_pool {
@@ -36,14 +44,23 @@ struct weft_pool {
   worker_t *workers;
   atomic_uint next;
   weft_loop_opts_t loop_opts;
-  pthread_mutex_t lock;     /* start-up handshake */
-  pthread_cond_t cond;
+  pthread_mutex_t lock;     /* start-up handshake, workers ending */
+  pthread_cond_t cond;      /* on CLOCK_MONOTONIC */
   unsigned answered;        /* workers that reported their loop (or failure) */
+  unsigned ndone;           /* workers whose loop has closed */
   int start_err;
+  weft_drain_report_t *report; /* weft_pool_drain's, under lock */
 };
+
+/* Tasks the loop has seen end, whatever their status. */
+static uint64_t ended_count(const weft_loop_t *loop) {
+  return loop->counters.finished + loop->counters.failed + loop->counters.cancelled;
+}
 
 static void shutdown_run(weft__msg_t *m, weft_loop_t *loop) {
   shutdown_msg_t *sm = weft__container_of(m, shutdown_msg_t, msg);
+  worker_t *w = weft__container_of(sm, worker_t, shutdown);
+  w->drain_base = ended_count(loop);
   atomic_store_explicit(&loop->draining, 1, memory_order_relaxed);
   if (sm->how == WEFT_CANCEL) {
     for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks; q = q->next)
@@ -89,11 +106,16 @@ static void *worker_main(void *arg) {
     weft_loop_run_forever(loop);
   while (!weft__loop_drained(loop));
   weft__loop_close(loop, false);
+  pthread_mutex_lock(&pool->lock);
+  w->done = true;
+  pool->ndone++;
+  pthread_cond_broadcast(&pool->cond);
+  pthread_mutex_unlock(&pool->lock);
   return NULL;
 }
 
-/* Asks every started worker to finish and joins it; frees what is left. */
-static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
+/* Asks every started worker to finish. */
+static void pool_stop(weft_pool_t *pool, weft_shutdown_t how) {
   for (unsigned i = 0; i < pool->n; i++) {
     weft_loop_t *loop = pool->workers[i].loop;
     if (!loop)
@@ -117,9 +139,17 @@ static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
     if (weft__inbox_push(loop, &sm->msg, false) != 0)
       weft__fatal("weft_pool_shutdown: a worker's loop closed before it was asked to");
   }
+}
+
+/* Joins every started worker. */
+static void pool_join(weft_pool_t *pool) {
   for (unsigned i = 0; i < pool->n; i++)
     if (pool->workers[i].started)
       pthread_join(pool->workers[i].thread, NULL);
+}
+
+/* Frees the joined pool. */
+static void pool_free(weft_pool_t *pool) {
   for (unsigned i = 0; i < pool->n; i++)
     if (pool->workers[i].loop)
       weft__loop_free(pool->workers[i].loop);
@@ -127,6 +157,12 @@ static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
   pthread_mutex_destroy(&pool->lock);
   free(pool->workers);
   free(pool);
+}
+
+static void pool_end(weft_pool_t *pool, weft_shutdown_t how) {
+  pool_stop(pool, how);
+  pool_join(pool);
+  pool_free(pool);
 }
 
 int weft_pool_new(weft_pool_t **out, const weft_pool_opts_t *opts) {
@@ -157,7 +193,11 @@ int weft_pool_new(weft_pool_t **out, const weft_pool_opts_t *opts) {
   pool->loop_opts = opts->loop;
   atomic_init(&pool->next, 0);
   pthread_mutex_init(&pool->lock, NULL);
-  pthread_cond_init(&pool->cond, NULL);
+  pthread_condattr_t cattr;
+  pthread_condattr_init(&cattr);
+  pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC);
+  pthread_cond_init(&pool->cond, &cattr);
+  pthread_condattr_destroy(&cattr);
 
   /* Workers inherit the signal mask of the thread that creates them:
    * blocking here, not in each worker, leaves no moment in which a worker
@@ -214,16 +254,103 @@ weft_loop_t *weft_pool_next(weft_pool_t *pool) {
   return pool->workers[i % pool->n].loop;
 }
 
+/* Whether the calling thread is one of the pool's workers (fn: the call,
+ * for the misuse line). */
+static bool on_worker(weft_pool_t *pool, const char *fn) {
+  for (unsigned i = 0; i < pool->n; i++) {
+    if (pool->workers[i].started && pthread_equal(pool->workers[i].thread, pthread_self())) {
+      weft__misuse(fn, "called from the pool's own worker weft-%u", i);
+      return true;
+    }
+  }
+  return false;
+}
+
 int weft_pool_shutdown(weft_pool_t *pool, weft_shutdown_t how) {
   if (!pool || (how != WEFT_DRAIN && how != WEFT_CANCEL))
     return WEFT_EINVAL;
+  if (on_worker(pool, "weft_pool_shutdown"))
+    return WEFT_EINVAL;
+  pool_end(pool, how);
+  return 0;
+}
+
+/* weft_pool_drain's deadline, on a loop that has not drained: every task
+ * still live is cancelled, and tasks that come later never run. The first
+ * few are named in the report. */
+static void cut_run(weft__msg_t *m, weft_loop_t *loop) {
+  worker_t *w = weft__container_of(m, worker_t, cut);
+  weft_pool_t *pool = w->pool;
+  w->drain_cut = ended_count(loop);
+  atomic_store_explicit(&loop->cancel_new, 1, memory_order_relaxed);
+  pthread_mutex_lock(&pool->lock);
+  weft_drain_report_t *r = pool->report;
+  for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks && r->nnames < WEFT_DRAIN_NAMES;
+       q = q->next)
+    snprintf(r->names[r->nnames++], sizeof r->names[0], "%s",
+             weft_task_name(weft__container_of(q, weft_task_t, all)));
+  pthread_mutex_unlock(&pool->lock);
+  for (weft__queue_t *q = loop->tasks.next; q != &loop->tasks; q = q->next)
+    weft_task_cancel(weft__container_of(q, weft_task_t, all));
+}
+
+int weft_pool_drain(weft_pool_t *pool, uint64_t timeout_ms, weft_drain_report_t *report) {
+  weft_drain_report_t own;
+  if (!pool)
+    return WEFT_EINVAL;
+  if (on_worker(pool, "weft_pool_drain"))
+    return WEFT_EINVAL;
+  if (!report)
+    report = &own;
+  memset(report, 0, sizeof *report);
+  uint64_t t0 = uv_hrtime();
+  for (unsigned i = 0; i < pool->n; i++)
+    pool->workers[i].drain_cut = UINT64_MAX;
+  pthread_mutex_lock(&pool->lock);
+  pool->report = report;
+  pthread_mutex_unlock(&pool->lock);
+  pool_stop(pool, WEFT_DRAIN);
+
+  /* Up to the deadline, the loops finish what they have. */
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  if (timeout_ms != WEFT_FOREVER)
+    weft__timespec_add_ms(&until, timeout_ms);
+  pthread_mutex_lock(&pool->lock);
+  while (pool->ndone < pool->n) {
+    if (timeout_ms == WEFT_FOREVER)
+      pthread_cond_wait(&pool->cond, &pool->lock);
+    else if (pthread_cond_timedwait(&pool->cond, &pool->lock, &until) == ETIMEDOUT)
+      break;
+  }
+  bool busy[WEFT__POOL_MAX];
+  for (unsigned i = 0; i < pool->n; i++)
+    busy[i] = !pool->workers[i].done;
+  pthread_mutex_unlock(&pool->lock);
+
+  /* Then what is left is cancelled, and unwinds. A loop that drained
+   * meanwhile has closed its inbox and refuses the message: nothing to
+   * cut there. */
   for (unsigned i = 0; i < pool->n; i++) {
-    if (pool->workers[i].started && pthread_equal(pool->workers[i].thread, pthread_self())) {
-      weft__misuse("weft_pool_shutdown", "called from the pool's own worker weft-%u", i);
-      return WEFT_EINVAL;
+    if (!busy[i])
+      continue;
+    worker_t *w = &pool->workers[i];
+    w->cut.run = cut_run;
+    (void)weft__inbox_push(w->loop, &w->cut, false);
+  }
+  pool_join(pool);
+  for (unsigned i = 0; i < pool->n; i++) {
+    worker_t *w = &pool->workers[i];
+    uint64_t total = ended_count(w->loop);
+    if (w->drain_cut == UINT64_MAX) {
+      report->completed += total - w->drain_base;
+    } else {
+      report->completed += w->drain_cut - w->drain_base;
+      report->cancelled += total - w->drain_cut;
     }
   }
-  pool_end(pool, how);
+  report->elapsed_ms = (uv_hrtime() - t0) / 1000000;
+  pool_free(pool);
   return 0;
 }
 

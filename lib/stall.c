@@ -3,10 +3,11 @@
  * reports a step holding its loop past the slow-step threshold before the
  * step ends.
  *
- * A loop publishes the step it runs in a seqlock (weft__live_t, written in
- * run_task): the task's id, when the step began, and the task's name,
- * copied only when the task differs from the last one named, so a loop
- * pays a few stores a step. weft_dump and weft_loop_stats read it to say
+ * A loop publishes the step it runs (weft__live_t, written in run_task):
+ * when the step began, and, in a seqlock, the task's id and name, written
+ * only when the task differs from the last one (its name copied only if it
+ * has one), so a step costs two stores where one task runs step after
+ * step, and a few more where tasks alternate. weft_dump and weft_loop_stats read it to say
  * which task holds a loop that cannot answer them, at once.
  *
  * The watchdog runs while any loop watching for slow steps exists (a
@@ -47,7 +48,9 @@ void weft__live_read(weft_loop_t *loop, weft__live_view_t *v) {
     atomic_thread_fence(memory_order_acquire);
     s2 = atomic_load_explicit(&l->seq, memory_order_relaxed);
   } while ((s1 & 1) || s1 != s2);
-  v->seq = s1;
+  if (!since)
+    v->task_id = 0; /* between steps */
+  v->since_ns = since;
   uint64_t now = weft__coarse_ns();
   v->held_ns = v->task_id && now > since ? now - since : 0;
   memcpy(v->name, w, sizeof v->name);
@@ -167,11 +170,11 @@ static void scan_loop(weft_loop_t *loop, void *arg) {
   weft__live_view_t v;
   weft__live_read(loop, &v);
   if (!v.task_id) {
-    loop->wd_seq = 0;
+    loop->wd_since = 0;
     return;
   }
-  if (v.seq != loop->wd_seq) {
-    loop->wd_seq = v.seq;
+  if (v.since_ns != loop->wd_since) {
+    loop->wd_since = v.since_ns;
     loop->wd_next_ns = loop->slow_ns;
   }
   if (v.held_ns < loop->wd_next_ns)

@@ -27,10 +27,12 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_BACKLOG 511
@@ -81,6 +83,9 @@ struct weft_listener {
   unsigned next;               /* HANDOFF's round-robin */
   atomic_int refs;
   atomic_bool closed;
+  char *path;                  /* a Unix-domain listener's file, removed at close */
+  dev_t dev;                   /* ... if it is still the file bound (stat) */
+  ino_t ino;
 };
 
 typedef struct accept_wait {
@@ -108,11 +113,12 @@ static socklen_t addr_len(const struct sockaddr_storage *ss) {
   return ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
-static int port_of(int fd) {
+int weft__fd_port(int fd) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
-    return -1;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0 ||
+      (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+    return -1; /* a Unix-domain socket has no port */
   return ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                         : ((struct sockaddr_in *)&ss)->sin_port);
 }
@@ -162,6 +168,7 @@ static void listener_unref(weft_listener_t *l) {
     slot_free(&l->slots[i]);
   slot_free(&l->acc);
   free(l->slots);
+  free(l->path);
   free(l);
 }
 
@@ -390,8 +397,74 @@ static void *acceptor_main(void *arg) {
 
 /* ------------------------------------------------------------------ API */
 
+/* Where a listener binds: a literal (or "localhost", 127.0.0.1) at once; a
+ * name's first IPv4 address, else its first, as Go's net.Listen does. A
+ * name is resolved on weft's resolver threads from a task (an await
+ * point), inline on a plain thread; a libuv callback cannot wait. */
+static int listen_addr(const char *host, int port, struct sockaddr_storage *ss) {
+  if (port < 0 || port > 65535)
+    return WEFT_EINVAL;
+  if (weft__tcp_addr(host, port, ss) == 0)
+    return 0;
+  if (!weft__resolve_name_ok(host)) {
+    weft__misuse("weft_tcp_listen", "\"%s\" is neither an address nor a host name", host);
+    return WEFT_EINVAL;
+  }
+  weft_task_t *t;
+  int err = weft__waiter_caller(&t, "weft_tcp_listen");
+  if (err)
+    return err;
+  weft__addrs_t found;
+  if ((err = weft__resolve(t, host, port, true, &found)) != 0)
+    return err;
+  size_t pick = 0;
+  while (pick < found.n && found.a[pick].ss_family != AF_INET)
+    pick++;
+  *ss = found.a[pick < found.n ? pick : 0];
+  return 0;
+}
+
+/* weft_tcp_listen's sockets: on addr; under REUSEPORT every socket after
+ * the first binds the port the first one got (a port 0 asked for any). */
+typedef struct tcp_open {
+  struct sockaddr_storage ss;
+  bool bound;
+} tcp_open_t;
+
+static int tcp_open(void *ctx, bool reuseport, int backlog, int *fd) {
+  tcp_open_t *o = ctx;
+  int err = open_listener(&o->ss, reuseport, backlog, fd);
+  if (!err && reuseport && !o->bound) {
+    o->bound = true;
+    uint16_t port = htons((uint16_t)weft__fd_port(*fd));
+    if (o->ss.ss_family == AF_INET6)
+      ((struct sockaddr_in6 *)&o->ss)->sin6_port = port;
+    else
+      ((struct sockaddr_in *)&o->ss)->sin_port = port;
+  }
+  return err;
+}
+
 int weft_tcp_listen(weft_listener_t **out, const char *host, int port,
                     const weft_listen_opts_t *opts) {
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  tcp_open_t o = {.bound = false};
+  int err = listen_addr(host, port, &o.ss);
+  if (err)
+    return err;
+  return weft__listener_new(out, opts, "weft_tcp_listen", tcp_open, &o, NULL);
+}
+
+int weft_listener_port(const weft_listener_t *l) {
+  return l ? l->port : -1;
+}
+
+/* A listener of opts->mode whose sockets open() makes (unix.c's, adopted
+ * ones; the shape weft_tcp_listen builds too). */
+int weft__listener_new(weft_listener_t **out, const weft_listen_opts_t *opts, const char *fn,
+                       weft__listen_open_fn open, void *ctx, const char *path) {
   weft_listen_opts_t defaults = {0};
   if (!out)
     return WEFT_EINVAL;
@@ -399,30 +472,24 @@ int weft_tcp_listen(weft_listener_t **out, const char *host, int port,
   if (!opts)
     opts = &defaults;
   if ((unsigned)opts->mode > WEFT_LISTEN_LEAST_LOADED) {
-    weft__misuse("weft_tcp_listen", "unknown mode %d", (int)opts->mode);
+    weft__misuse(fn, "unknown mode %d", (int)opts->mode);
     return WEFT_EINVAL;
   }
   bool dispatched = opts->mode == WEFT_LISTEN_HANDOFF || opts->mode == WEFT_LISTEN_LEAST_LOADED;
-  if ((dispatched || opts->mode == WEFT_LISTEN_REUSEPORT) && !opts->pool) {
-    weft__misuse("weft_tcp_listen", "this mode needs opts->pool");
+  if (opts->mode != WEFT_LISTEN_SINGLE && !opts->pool) {
+    weft__misuse(fn, "this mode needs opts->pool");
     return WEFT_EINVAL;
   }
-  struct sockaddr_storage ss;
-  int err = weft__tcp_addr(host, port, &ss);
-  if (err)
-    return err;
-
   weft_listener_t *l = weft__calloc(1, sizeof *l);
   if (!l)
     return WEFT_ENOMEM;
+  atomic_init(&l->refs, 1);
+  atomic_init(&l->closed, false);
   l->mode = opts->mode;
   l->pool = opts->mode == WEFT_LISTEN_SINGLE ? NULL : opts->pool;
   l->nslots = l->pool ? weft_pool_size(l->pool) : 1;
-  atomic_init(&l->refs, 1);
-  atomic_init(&l->closed, false);
   slot_init(&l->acc, l);
-  l->slots = weft__calloc(l->nslots, sizeof *l->slots);
-  if (!l->slots) {
+  if (!(l->slots = weft__calloc(l->nslots, sizeof *l->slots))) {
     free(l);
     return WEFT_ENOMEM;
   }
@@ -431,47 +498,79 @@ int weft_tcp_listen(weft_listener_t **out, const char *host, int port,
     if (l->pool)
       atomic_init(&l->slots[i].loop, weft_pool_loop(l->pool, i));
   }
-
+  int err = 0;
+  if (path && (l->path = weft__malloc(strlen(path) + 1)) != NULL)
+    memcpy(l->path, path, strlen(path) + 1);
+  else if (path)
+    err = WEFT_ENOMEM;
   int backlog = opts->backlog > 0 ? opts->backlog : DEFAULT_BACKLOG;
-  if (opts->mode == WEFT_LISTEN_REUSEPORT) {
-    /* A socket per loop, all on the first one's port. */
-    for (unsigned i = 0; i < l->nslots && !err; i++) {
-      err = open_listener(&ss, true, backlog, &l->slots[i].fd);
-      if (!err && i == 0) {
-        int bound = port_of(l->slots[0].fd);
-        if (ss.ss_family == AF_INET6)
-          ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)bound);
-        else
-          ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)bound);
-      }
-    }
-  } else {
-    slot_t *sl = dispatched ? &l->acc : &l->slots[0];
-    err = open_listener(&ss, false, backlog, &sl->fd);
+  /* REUSEPORT: a socket per loop; else one, the acceptor's if dispatched. */
+  unsigned nsocks = opts->mode == WEFT_LISTEN_REUSEPORT ? l->nslots : 1;
+  for (unsigned i = 0; i < nsocks && !err; i++)
+    err = open(ctx, nsocks > 1, backlog, dispatched ? &l->acc.fd : &l->slots[i].fd);
+  struct stat st;
+  if (!err && l->path && stat(l->path, &st) == 0) {
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
   }
+  for (unsigned i = 0; dispatched && i < l->nslots && !err; i++)
+    err = weft_chan_new(&l->slots[i].conns, opts->queue ? opts->queue : DEFAULT_QUEUE);
   if (!err && dispatched) {
-    unsigned queue = opts->queue ? opts->queue : DEFAULT_QUEUE;
-    for (unsigned i = 0; i < l->nslots && !err; i++)
-      err = weft_chan_new(&l->slots[i].conns, queue);
-    if (!err) {
-      listener_ref(l); /* the acceptor's */
-      atomic_init(&l->acc.loop, weft_pool_loop(l->pool, 0));
-      err = weft_spawn(weft_pool_loop(l->pool, 0), acceptor_main, l, NULL);
-      if (err)
-        atomic_fetch_sub(&l->refs, 1);
-    }
+    listener_ref(l); /* the acceptor's */
+    atomic_init(&l->acc.loop, weft_pool_loop(l->pool, 0));
+    if ((err = weft_spawn(weft_pool_loop(l->pool, 0), acceptor_main, l, NULL)) != 0)
+      atomic_fetch_sub(&l->refs, 1);
   }
   if (err) {
     listener_unref(l);
-    return err == UV_ENOMEM ? WEFT_ENOMEM : err;
+    return err;
   }
-  l->port = port_of(dispatched ? l->acc.fd : l->slots[0].fd);
+  l->port = weft__fd_port(dispatched ? l->acc.fd : l->slots[0].fd);
   *out = l;
   return 0;
 }
 
-int weft_listener_port(const weft_listener_t *l) {
-  return l ? l->port : -1;
+/* weft_listener_adopt's socket: the descriptor it was given, once. */
+static int adopted_open(void *ctx, bool reuseport, int backlog, int *fd) {
+  (void)reuseport;
+  (void)backlog;
+  *fd = *(int *)ctx;
+  *(int *)ctx = -1;
+  return 0;
+}
+
+int weft_listener_adopt(weft_listener_t **out, int fd, const weft_listen_opts_t *opts) {
+  static const char fn[] = "weft_listener_adopt";
+  if (!out)
+    return WEFT_EINVAL;
+  *out = NULL;
+  if (opts && opts->mode == WEFT_LISTEN_REUSEPORT) {
+    weft__misuse(fn, "an adopted socket is one socket: REUSEPORT needs one per loop");
+    return UV_ENOTSUP;
+  }
+  int family;
+  int err = weft__sock_check(fd, true, &family);
+  if (err)
+    return err;
+  /* The listener takes a copy, so that on failure fd is the caller's,
+   * untouched but for O_NONBLOCK (which accepting needs). */
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0)
+    return -errno;
+  int flags = fcntl(copy, F_GETFL);
+  if (flags < 0 || fcntl(copy, F_SETFL, flags | O_NONBLOCK) != 0) {
+    err = -errno;
+    close(copy);
+    return err;
+  }
+  int give = copy;
+  if ((err = weft__listener_new(out, opts, fn, adopted_open, &give, NULL)) != 0) {
+    if (give >= 0)
+      close(copy);
+    return err;
+  }
+  close(fd);
+  return 0;
 }
 
 /* A stream made by this listener closed, or left its loop. */
@@ -557,40 +656,194 @@ int weft_listener_close(weft_listener_t *l) {
   }
   if (l->acc.fd >= 0)
     shutdown(l->acc.fd, SHUT_RDWR);
+  /* A Unix-domain listener's file goes with it, unless another socket was
+   * bound at that path since. */
+  struct stat st;
+  if (l->path && stat(l->path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+    unlink(l->path);
   listener_unref(l);
   return 0;
 }
 
 /* ------------------------------------------------------------ connect */
 
-/* weft_tcp_connect: a stream (stream.c) on a fresh handle, connected to
- * host:port. A connect cannot be taken back: a cancel or deadline closes the
- * handle, and the connect's callback (UV_ECANCELED) wakes the task. */
+/* weft_tcp_connect: a name is resolved first (resolve.c, on weft's own
+ * threads), then its addresses race as RFC 8305 (Happy Eyeballs v2) says:
+ * the families interleaved, the first address's first; the next attempt
+ * starts CONNECT_ATTEMPT_DELAY_MS after the last one if none has answered
+ * by then, or at once when one fails; the first to connect wins, and every
+ * other is closed. Each attempt is a stream (stream.c) on a fresh handle.
+ * A connect cannot be taken back: closing the handle ends it, and its
+ * callback (UV_ECANCELED) comes later. So the task stays parked until every
+ * attempt's callback has come, a winner's losers and a cut's attempts too,
+ * which is what lets all of it live on the task's stack. */
 
-typedef struct connect_wait {
-  weft__wait_t base;
+#define CONNECT_ATTEMPT_DELAY_MS 250
+
+typedef struct attempt {
   uv_connect_t req;
-  weft_stream_t *s;
-  bool abandoned;           /* interrupted: the handle is closing */
-} connect_wait_t;
+  struct race *race;
+  weft_stream_t *s;         /* NULL once its handle is closing */
+  bool pending;             /* its callback is still to come */
+} attempt_t;
 
-static void connect_cb(uv_connect_t *req, int status) {
-  connect_wait_t *w = req->data;
-  if (w->abandoned)
-    weft__wake(&w->base, w->base.interrupted,
-               w->base.interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
-  else
-    weft__wake(&w->base, status, WEFT_WAKE_DONE);
+typedef struct race {
+  weft__wait_t base;
+  weft__timer_t delay;      /* starts the next attempt */
+  weft_loop_t *loop;
+  const struct sockaddr_storage *addrs;
+  size_t naddrs;
+  attempt_t *att;           /* one per address */
+  size_t started;           /* attempts started (or failed to) so far */
+  size_t pending;           /* attempts whose callback is still to come */
+  attempt_t *winner;
+  int first_err;            /* the first attempt's failure, reported if all fail */
+  bool cut;                 /* cancelled or out of time: everything closes */
+  bool woken;
+} race_t;
+
+/* RFC 8305, 4: the families take turns, beginning with the first
+ * address's; each family keeps its own order. */
+static void interleave(const weft__addrs_t *in, struct sockaddr_storage *out) {
+  size_t n = 0, i = 0, j = 0;
+  int first = in->a[0].ss_family;
+  while (n < in->n) {
+    while (i < in->n && in->a[i].ss_family != first)
+      i++;
+    if (i < in->n)
+      out[n++] = in->a[i++];
+    while (j < in->n && in->a[j].ss_family == first)
+      j++;
+    if (j < in->n)
+      out[n++] = in->a[j++];
+  }
 }
 
-static bool connect_interrupt(weft__wait_t *base, int err) {
+static void race_close(attempt_t *a) {
+  if (a->s) {
+    weft__stream_close_handle(a->s);
+    a->s = NULL;
+  }
+}
+
+static void race_fail(race_t *r, int err) {
+  if (!r->first_err)
+    r->first_err = err;
+}
+
+/* Wakes the task once nothing is pending and the race is decided. */
+static void race_settle(race_t *r) {
+  if (r->woken || r->pending > 0)
+    return;
+  if (!r->cut && !r->winner && r->started < r->naddrs)
+    return;
+  r->woken = true;
+  weft__timer_stop(r->loop, &r->delay);
+  if (r->cut)
+    weft__wake(&r->base, r->base.interrupted,
+               r->base.interrupted == WEFT_ECANCELED ? WEFT_WAKE_CANCEL : WEFT_WAKE_DEADLINE);
+  else
+    weft__wake(&r->base, r->winner ? 0 : r->first_err, WEFT_WAKE_DONE);
+}
+
+static void attempt_cb(uv_connect_t *req, int status);
+
+/* Starts the next attempt; one that fails at once is followed by the next
+ * at once. The delay runs from the last attempt started. */
+static void race_next(race_t *r) {
+  while (r->started < r->naddrs) {
+    attempt_t *a = &r->att[r->started];
+    const struct sockaddr *sa = (const struct sockaddr *)&r->addrs[r->started];
+    r->started++;
+    a->race = r;
+    a->req.data = a;
+    int err = weft__stream_new(r->loop, &a->s);
+    if (err) {
+      a->s = NULL;
+      race_fail(r, err);
+      continue;
+    }
+    if ((err = uv_tcp_connect(&a->req, weft__stream_handle(a->s), sa, attempt_cb)) != 0) {
+      race_close(a);
+      race_fail(r, err);
+      continue;
+    }
+    a->pending = true;
+    r->pending++;
+    if (r->started < r->naddrs) {
+      weft__timer_stop(r->loop, &r->delay);
+      weft__timer_start(r->loop, &r->delay, weft__now(r->loop) + CONNECT_ATTEMPT_DELAY_MS);
+    }
+    return;
+  }
+}
+
+static void race_delay_fire(weft__timer_t *timer) {
+  race_t *r = weft__container_of(timer, race_t, delay);
+  if (r->cut || r->winner)
+    return;
+  race_next(r);
+  race_settle(r);
+}
+
+static void attempt_cb(uv_connect_t *req, int status) {
+  attempt_t *a = req->data;
+  race_t *r = a->race;
+  a->pending = false;
+  r->pending--;
+  if (r->cut || r->winner || status == UV_ECANCELED) {
+    /* A loser, or an attempt the cut closed. */
+    race_settle(r);
+    return;
+  }
+  if (status == 0) {
+    r->winner = a;
+    weft__timer_stop(r->loop, &r->delay);
+    for (size_t i = 0; i < r->started; i++)
+      if (&r->att[i] != a)
+        race_close(&r->att[i]);
+  } else {
+    race_close(a);
+    race_fail(r, status);
+    race_next(r);
+  }
+  race_settle(r);
+}
+
+static bool race_interrupt(weft__wait_t *base, int err) {
   (void)err;
-  connect_wait_t *w = weft__container_of(base, connect_wait_t, base);
-  /* A connect cannot be taken back: closing the handle ends it, and its
-   * callback (UV_ECANCELED) wakes the task. */
-  w->abandoned = true;
-  weft__stream_close_handle(w->s);
+  race_t *r = weft__container_of(base, race_t, base);
+  /* Every attempt closes, the winner's too; the last callback wakes the
+   * task with the cut's error (base.interrupted). */
+  r->cut = true;
+  weft__timer_stop(r->loop, &r->delay);
+  for (size_t i = 0; i < r->started; i++)
+    race_close(&r->att[i]);
+  r->winner = NULL;
+  if (r->pending == 0) {
+    r->woken = true;
+    return true;
+  }
   return false;
+}
+
+/* The addresses to try: a literal at once; a name through the resolver. */
+static int connect_addrs(weft_task_t **t, const char *host, int port, weft__addrs_t *addrs) {
+  if (port < 0 || port > 65535)
+    return WEFT_EINVAL;
+  addrs->n = 1;
+  if (weft__tcp_addr(host, port, &addrs->a[0]) == 0 && (!host || strcmp(host, "localhost") != 0))
+    return 0;
+  if (!weft__resolve_name_ok(host)) {
+    weft__misuse("weft_tcp_connect", "\"%s\" is neither an address nor a host name", host);
+    return WEFT_EINVAL;
+  }
+  int err = weft__resolve(*t, host, port, false, addrs);
+  if (err)
+    return err;
+  /* The task may have been cut as the answer came: see it before any
+   * socket opens. */
+  return weft__await_begin(t, "weft_tcp_connect");
 }
 
 int weft_tcp_connect(weft_stream_t **out, const char *host, int port) {
@@ -601,29 +854,35 @@ int weft_tcp_connect(weft_stream_t **out, const char *host, int port) {
   if (!out)
     return WEFT_EINVAL;
   *out = NULL;
-  struct sockaddr_storage ss;
-  if ((err = weft__tcp_addr(host, port, &ss)) != 0)
+  weft__addrs_t found;
+  if ((err = connect_addrs(&t, host, port, &found)) != 0)
     return err;
-  weft_stream_t *s;
-  if ((err = weft__stream_new(t->loop, &s)) != 0)
-    return err;
-  connect_wait_t w = {
-    .base = {.task = t, .kind = WEFT_WAIT_CONNECT, .interrupt = connect_interrupt},
-    .s = s,
+  struct sockaddr_storage order[WEFT__ADDRS_MAX];
+  interleave(&found, order);
+  attempt_t *att = weft__calloc(found.n, sizeof *att);
+  if (!att)
+    return WEFT_ENOMEM;
+  race_t r = {
+    .base = {.task = t, .kind = WEFT_WAIT_CONNECT, .interrupt = race_interrupt},
+    .loop = t->loop,
+    .addrs = order,
+    .naddrs = found.n,
+    .att = att,
   };
-  w.req.data = &w;
-  if ((err = uv_tcp_connect(&w.req, weft__stream_handle(s), (const struct sockaddr *)&ss, connect_cb)) != 0) {
-    weft__stream_close_handle(s);
-    return err;
+  weft__timer_init(&r.delay, race_delay_fire);
+  race_next(&r);
+  if (r.pending == 0) {
+    /* Every address failed at once. */
+    free(att);
+    return r.first_err;
   }
-  err = weft__park(&w.base);
-  if (w.abandoned)
-    return err;
-  if (err) {
-    weft__stream_close_handle(s);
-    return err;
+  err = weft__park(&r.base);
+  weft__timer_stop(r.loop, &r.delay);
+  if (err == 0) {
+    weft_stream_t *s = r.winner->s;
+    uv_tcp_nodelay(weft__stream_handle(s), 1);
+    *out = s;
   }
-  uv_tcp_nodelay(weft__stream_handle(s), 1);
-  *out = s;
-  return 0;
+  free(att);
+  return err;
 }

@@ -49,6 +49,7 @@ static weft__trace_t *traces;
 static unsigned ntraces;
 static char *trace_path;
 static atomic_bool tracing;
+static atomic_bool trace_cpu;  /* WEFT_TRACE_CPU=1: steps carry CPU time */
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 
 static pid_t exit_writer; /* the process that asked for the write at exit */
@@ -89,6 +90,10 @@ int weft_trace_start(const char *path) {
   char *copy = path ? strdup(path) : NULL;
   if (path && !copy)
     return WEFT_ENOMEM;
+  /* A step's CPU time costs a system call at each end of it (no vDSO
+   * serves the thread CPU clock): asked for by name only. */
+  const char *cpu = getenv("WEFT_TRACE_CPU");
+  atomic_store(&trace_cpu, cpu && strcmp(cpu, "1") == 0);
   pthread_mutex_lock(&traces_lock);
   free(trace_path);
   trace_path = copy;
@@ -131,7 +136,8 @@ void weft__trace_record(weft_loop_t *loop, const weft_loop_event_t *ev) {
   /* A step's CPU time beside its wall time: on a busy machine a step that
    * was preempted looks long but used little. Read outside the lock. */
   uint64_t cpu = 0;
-  if (ev->kind == WEFT_EV_STEP || ev->kind == WEFT_EV_PARK || ev->kind == WEFT_EV_DONE) {
+  if ((ev->kind == WEFT_EV_STEP || ev->kind == WEFT_EV_PARK || ev->kind == WEFT_EV_DONE) &&
+      atomic_load_explicit(&trace_cpu, memory_order_relaxed)) {
     struct timespec ts;
     if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
       cpu = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
@@ -181,6 +187,7 @@ static const char *wait_name(unsigned w) {
   case WEFT_WAIT_CHAN: return "channel";
   case WEFT_WAIT_ACCEPT: return "accept";
   case WEFT_WAIT_CONNECT: return "connect";
+  case WEFT_WAIT_RESOLVE: return "resolve";
   case WEFT_WAIT_READ: return "read";
   case WEFT_WAIT_WRITE: return "write";
   case WEFT_WAIT_SEM: return "semaphore";
@@ -188,6 +195,8 @@ static const char *wait_name(unsigned w) {
   case WEFT_WAIT_EVENT: return "event";
   case WEFT_WAIT_COND: return "condition";
   case WEFT_WAIT_SELECT: return "select";
+  case WEFT_WAIT_DATAGRAM: return "datagram";
+  case WEFT_WAIT_SIGNAL: return "signal";
   default: return "other";
   }
 }
@@ -230,13 +239,18 @@ static void write_ring(FILE *f, weft__trace_t *tr, uint64_t t0, bool *first) {
         fprintf(f, ",\n{\"name\":");
         json_string(f, open->name);
         fprintf(f, ",\"cat\":\"step\",\"ph\":\"X\",\"pid\":1,\"tid\":%u,\"ts\":%.3f,"
-                   "\"dur\":%.3f,\"tdur\":%.3f,\"args\":{\"task\":%llu,\"then\":\"%s\","
-                   "\"cpu_us\":%.3f}}",
+                   "\"dur\":%.3f,",
                 tr->tid, (double)(open->ev.time_ns - t0) / 1e3,
-                (double)(e->ev.time_ns - open->ev.time_ns) / 1e3,
-                (double)(e->cpu_ns - open->cpu_ns) / 1e3, (unsigned long long)e->id,
-                e->ev.kind == WEFT_EV_DONE ? "end" : wait_name(e->ev.wait),
-                (double)(e->cpu_ns - open->cpu_ns) / 1e3);
+                (double)(e->ev.time_ns - open->ev.time_ns) / 1e3);
+        /* With WEFT_TRACE_CPU=1: the step's CPU time, which Perfetto shows
+         * as its thread duration. */
+        if (open->cpu_ns && e->cpu_ns)
+          fprintf(f, "\"tdur\":%.3f,", (double)(e->cpu_ns - open->cpu_ns) / 1e3);
+        fprintf(f, "\"args\":{\"task\":%llu,\"then\":\"%s\"", (unsigned long long)e->id,
+                e->ev.kind == WEFT_EV_DONE ? "end" : wait_name(e->ev.wait));
+        if (open->cpu_ns && e->cpu_ns)
+          fprintf(f, ",\"cpu_us\":%.3f", (double)(e->cpu_ns - open->cpu_ns) / 1e3);
+        fputs("}}", f);
       }
       open = NULL;
       break;

@@ -9,8 +9,10 @@
  * loops, the sockets and the deadlines. See --help for the limits.
  *
  * SIGINT or SIGTERM: stop accepting, let requests in flight finish (idle
- * keep-alive connections are closed at once), exit 0 within 2 s, printing
- * one line per loop with the connections and requests it served. With a
+ * keep-alive connections are closed at once) for up to 1.5 s
+ * (weft_pool_drain; a pool of one loop waits the same way), cancel what is
+ * left, exit 0 within 2 s, printing what the drain did and one line per
+ * loop with the connections and requests it served. With a
  * pool, signals are taken by the main thread with sigwait and the pool's
  * workers block them. SIGUSR1 prints weft_dump's picture of every loop and
  * task on stderr.
@@ -491,25 +493,21 @@ int main(int argc, char **argv) {
     weft_dump(stderr);
 
   /* Stop accepting; idle connections end now, the others after the
-   * request in hand. Whatever is still busy after 1.5 s is cancelled. */
+   * request in hand. The pool drains: whatever is still busy after 1.5 s
+   * is cancelled, and the report says what. */
   atomic_store(&g_stopping, 1);
   weft_listener_close(l);
   for (unsigned i = 0; i < n; i++)
     weft_loop_call_soon(loops[i].loop, close_idle, &loops[i]);
-  uint64_t give_up = now_ms() + STOP_GRACE_MS;
-  for (;;) {
-    int live = 0;
-    for (unsigned i = 0; i < n; i++)
-      live += atomic_load(&loops[i].live);
-    if (live == 0 || now_ms() >= give_up)
-      break;
-    struct timespec ts = {0, 10 * 1000000};
-    nanosleep(&ts, NULL);
-  }
   weft_gather(acceptors, n, NULL, NULL);
   for (unsigned i = 0; i < n; i++)
     weft_task_release(acceptors[i]);
-  weft_pool_shutdown(pool, WEFT_CANCEL);
+  weft_drain_report_t report;
+  weft_pool_drain(pool, STOP_GRACE_MS, &report);
+  printf("echo_server: drained in %llu ms: %llu tasks ended, %llu cancelled%s%s\n",
+         (unsigned long long)report.elapsed_ms, (unsigned long long)report.completed,
+         (unsigned long long)report.cancelled, report.nnames ? ", the first: " : "",
+         report.nnames ? report.names[0] : "");
   for (unsigned i = 0; i < n; i++)
     loop_state_end(&loops[i]);
   free(loops);

@@ -839,6 +839,7 @@ static void trace_cpu_time(void **state) {
   int fd = mkstemp(path);
   assert_true(fd >= 0);
   close(fd);
+  setenv("WEFT_TRACE_CPU", "1", 1);
   assert_int_equal(weft_trace_start(path), 0);
   weft_loop_t *loop;
   assert_int_equal(weft_loop_new(&loop, NULL), 0);

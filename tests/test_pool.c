@@ -1934,8 +1934,146 @@ static void stats_count_stop_rings(void **state) {
   assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
 }
 
+/* ------------------------------------------------- drain with a deadline */
+
+/* weft_pool_drain: tasks that end within the deadline are left alone and
+ * counted as completed; those still live at it are cancelled, named in the
+ * report, and counted; the call takes about the deadline, not the slow
+ * tasks' time. */
+static void pool_drain_cancels_the_late(void **state) {
+  (void)state;
+  enum { QUICK = 3, SLOW = 2, LOOPS = 2 };
+  weft_pool_t *pool = wt_pool_of(LOOPS);
+  xprobe_t quick[LOOPS][QUICK], slow[LOOPS][SLOW];
+  for (unsigned l = 0; l < LOOPS; l++) {
+    for (int i = 0; i < QUICK; i++) {
+      xprobe_init(&quick[l][i], 20 + 10 * (uint64_t)i, 0, NULL);
+      assert_int_equal(weft_spawn(weft_pool_loop(pool, l), xprobe_task, &quick[l][i], NULL), 0);
+    }
+    for (int i = 0; i < SLOW; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "slow-%u-%d", l, i);
+      xprobe_init(&slow[l][i], 60000, 0, NULL);
+      assert_int_equal(weft_spawn_named(weft_pool_loop(pool, l), xprobe_task, &slow[l][i], name,
+                                        NULL), 0);
+    }
+  }
+  weft_drain_report_t r;
+  memset(&r, 0xff, sizeof r);
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_pool_drain(pool, 400, &r), 0);
+  double took = wt_now_ms() - t0;
+  assert_int_equal(r.completed, LOOPS * QUICK);
+  assert_int_equal(r.cancelled, LOOPS * SLOW);
+  assert_int_equal(r.nnames, LOOPS * SLOW);
+  for (unsigned i = 0; i < r.nnames; i++)
+    assert_int_equal(strncmp(r.names[i], "slow-", 5), 0);
+  assert_true(took >= 390 && took < 5000);
+  assert_true(r.elapsed_ms >= 390 && r.elapsed_ms <= (uint64_t)took + 1);
+  for (unsigned l = 0; l < LOOPS; l++) {
+    for (int i = 0; i < QUICK; i++) {
+      assert_int_equal(atomic_load(&quick[l][i].ended), 1);
+      assert_int_equal(quick[l][i].sleep_rc, 0);
+    }
+    for (int i = 0; i < SLOW; i++) {
+      assert_int_equal(atomic_load(&slow[l][i].ended), 1);
+      assert_int_equal(slow[l][i].sleep_rc, WEFT_ECANCELED);
+    }
+  }
+}
+
+/* Everything ends in time: nothing is cancelled, and the call returns as
+ * soon as the loops have drained, not at the deadline. NULL report. */
+static void pool_drain_all_in_time(void **state) {
+  (void)state;
+  weft_pool_t *pool = wt_pool_of(3);
+  enum { N = 12 };
+  xprobe_t p[N];
+  for (int i = 0; i < N; i++) {
+    xprobe_init(&p[i], 30, i % 3 == 0 ? -5 : 0, NULL);
+    assert_int_equal(weft_spawn(weft_pool_next(pool), xprobe_task, &p[i], NULL), 0);
+  }
+  weft_drain_report_t r;
+  double t0 = wt_now_ms();
+  assert_int_equal(weft_pool_drain(pool, 20000, &r), 0);
+  assert_true(wt_now_ms() - t0 < 5000);
+  assert_int_equal(r.completed, N); /* failures end by themselves too */
+  assert_int_equal(r.cancelled, 0);
+  assert_int_equal(r.nnames, 0);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(p[i].sleep_rc, 0);
+
+  pool = wt_pool_of(1);
+  xprobe_init(&p[0], 10, 0, NULL);
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), xprobe_task, &p[0], NULL), 0);
+  assert_int_equal(weft_pool_drain(pool, WEFT_FOREVER, NULL), 0);
+  assert_int_equal(p[0].sleep_rc, 0);
+}
+
+/* A deadline of 0 cancels at once; tasks that unwind through awaits and
+ * spawn more on the way out: those never run, and are counted. */
+static void *drain_spawner_task(void *arg) {
+  xprobe_t *p = arg;
+  atomic_store(&p->started, 1);
+  p->sleep_rc = weft_sleep(60000);
+  /* Unwinding: a child, which the cut keeps from running. */
+  weft_spawn(NULL, wt_flag_task, &p->fail, NULL);
+  atomic_store(&p->ended, 1);
+  return NULL;
+}
+
+static void pool_drain_zero_deadline(void **state) {
+  (void)state;
+  weft_pool_t *pool = wt_pool_of(2);
+  xprobe_t p[4];
+  for (int i = 0; i < 4; i++) {
+    xprobe_init(&p[i], 0, 0, NULL);
+    assert_int_equal(weft_spawn(weft_pool_loop(pool, (unsigned)i % 2), drain_spawner_task, &p[i], NULL),
+                     0);
+  }
+  for (int i = 0; i < 4; i++)
+    assert_true(wt_wait_ge(&p[i].started, 1, 5000));
+  weft_drain_report_t r;
+  assert_int_equal(weft_pool_drain(pool, 0, &r), 0);
+  assert_int_equal(r.completed, 0);
+  assert_int_equal(r.cancelled, 8); /* the four and their children */
+  assert_int_equal(r.nnames, 4);
+  assert_true(r.elapsed_ms < 5000);
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(p[i].sleep_rc, WEFT_ECANCELED);
+    assert_int_equal(p[i].fail, 0); /* the child never ran */
+  }
+}
+
+/* Misuse: NULL, and from one of the pool's own workers (refused, nothing
+ * happens: the pool drains normally afterwards). */
+static void *drain_from_worker(void *arg) {
+  weft_pool_t *pool = arg;
+  return (void *)(intptr_t)weft_pool_drain(pool, 0, NULL);
+}
+
+static void pool_drain_misuse(void **state) {
+  (void)state;
+  assert_int_equal(weft_pool_drain(NULL, 0, NULL), WEFT_EINVAL);
+  weft_pool_t *pool = wt_pool_of(1);
+  weft_task_t *t;
+  assert_int_equal(weft_spawn(weft_pool_loop(pool, 0), drain_from_worker, pool, &t), 0);
+  void *rc;
+  assert_int_equal(weft_await(t, &rc), 0);
+  assert_int_equal((int)(intptr_t)rc, WEFT_EINVAL);
+  weft_task_release(t);
+  weft_drain_report_t r;
+  assert_int_equal(weft_pool_drain(pool, 1000, &r), 0);
+  assert_int_equal(r.completed, 0);
+  assert_int_equal(r.cancelled, 0);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(pool_new_and_loops),
+    cmocka_unit_test(pool_drain_cancels_the_late),
+    cmocka_unit_test(pool_drain_all_in_time),
+    cmocka_unit_test(pool_drain_zero_deadline),
+    cmocka_unit_test(pool_drain_misuse),
     cmocka_unit_test(pool_bad_arguments),
     cmocka_unit_test(pool_threads_named),
     cmocka_unit_test(workers_block_signals),

@@ -1196,7 +1196,7 @@ static void *misuse_main(void *arg) {
   o.mode = (weft_listen_mode_t)42;
   assert_int_equal(weft_tcp_listen(&l, HOST, 0, &o), WEFT_EINVAL);
   assert_null(l);
-  assert_int_equal(weft_tcp_connect(&s, "nowhere", 80), WEFT_EINVAL);
+  assert_int_equal(weft_tcp_connect(&s, "no where", 80), WEFT_EINVAL);
   assert_int_equal(weft_tcp_connect(NULL, HOST, 80), WEFT_EINVAL);
   assert_int_equal(weft_tcp_accept(NULL, &s), WEFT_EINVAL);
   assert_int_equal(weft_stream_read(NULL, &s, 1), WEFT_EINVAL);
