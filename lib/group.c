@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 struct weft_group {
+  weft__group_head_t head;  /* first: the task's end comes through it */
   pthread_mutex_t lock;     /* guards every field below but refs */
   atomic_int refs;          /* the owner's, until released, and each child's */
   weft__queue_t children;   /* live children, through task->group_link */
@@ -30,12 +31,15 @@ struct weft_group {
   weft_sem_t *room;         /* weft_group_set_limit: one permit per child that may run */
 };
 
+static void child_done(weft_task_t *t);
+
 int weft_group_new(weft_group_t **out) {
   if (!out)
     return WEFT_EINVAL;
   weft_group_t *g = weft__calloc(1, sizeof *g);
   if (!g)
     return WEFT_ENOMEM;
+  g->head.child_done = child_done;
   pthread_mutex_init(&g->lock, NULL);
   atomic_init(&g->refs, 1);
   weft__queue_init(&g->children);
@@ -149,8 +153,8 @@ int weft_group_spawn(weft_group_t *g, weft_loop_t *loop, weft_fn fn, void *arg) 
   return err;
 }
 
-/* A child has ended, on its own loop's thread. */
-void weft__group_child_done(weft_task_t *t) {
+/* A child has ended, on its own loop's thread (through the group's head). */
+static void child_done(weft_task_t *t) {
   weft_group_t *g = t->group;
   pthread_mutex_lock(&g->lock);
   weft__queue_remove(&t->group_link);

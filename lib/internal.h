@@ -513,7 +513,13 @@ WEFT__TSAN_BARE void weft__task_entry(void) __attribute__((noreturn));
 /* Join support (join.c): wakes every task awaiting t, which has ended. */
 void weft__join_notify(weft_task_t *t);
 /* Group support (group.c): a child of a group has ended. */
-void weft__group_child_done(weft_task_t *t);
+/* A group begins with this head, so that a task's end reaches its group
+ * through a function the group handed over (group.c), and the core calls
+ * nothing of group.c by name: groups, and what they use (semaphores for
+ * a limit), stay out of the core's cycle of files. */
+typedef struct weft__group_head {
+  void (*child_done)(weft_task_t *t);     /* on the child's loop thread */
+} weft__group_head_t;
 
 /* ----------------------------------------------------------------- loops */
 
@@ -775,6 +781,46 @@ void weft__ignore_sigpipe(void);
 int weft__stream_new(weft_loop_t *loop, weft_stream_t **out);
 uv_tcp_t *weft__stream_handle(weft_stream_t *s);
 void weft__stream_close_handle(weft_stream_t *s);
+/* stream.c: a stream filter, the hook TLS (lib/tls.c, its own library
+ * weft_tls) fills, so that weft_stream_read, the framed reads, write,
+ * shutdown and close carry a protocol's plaintext while the socket carries
+ * its records. The core never names the protocol's library: it hands the
+ * filter what the socket read (feed), asks it for plaintext to put in the
+ * read-ahead buffer (pull), hands it what the application writes (seal),
+ * and tells it of a close or shutdown (close_notify). The filter hands its
+ * bytes for the socket back with weft__stream_send_raw. All on the
+ * stream's loop; none of them waits. These and weft__stream_send_raw are
+ * exported from the shared library too (weft_tls links against either). */
+typedef struct weft__filter_ops {
+  /* Takes p[0, len), read from the socket. 0, or an error. */
+  int (*feed)(void *ctx, const char *p, size_t len);
+  /* Puts plaintext in out[0, len): the count (> 0), 0 when it needs more
+   * from the socket, WEFT_EOF at the peer's orderly end, or an error. */
+  ssize_t (*pull)(void *ctx, weft_stream_t *s, char *out, size_t len);
+  /* Takes p[0, len) (at most WEFT__FILTER_CHUNK) and sends what it makes
+   * of it (weft__stream_send_raw), whole: 0, or an error. */
+  int (*seal)(void *ctx, weft_stream_t *s, const char *p, size_t len);
+  /* Before a shutdown or close: sends the protocol's end, best effort. */
+  void (*close_notify)(void *ctx, weft_stream_t *s);
+  /* When the stream is freed. */
+  void (*free)(void *ctx);
+} weft__filter_ops_t;
+#define WEFT__FILTER_CHUNK ((size_t)16 << 10)
+#if defined(__GNUC__)
+#define WEFT__EXPORT __attribute__((visibility("default")))
+#else
+#define WEFT__EXPORT
+#endif
+/* Puts the filter on s (a bound stream with no reader and no filter): what
+ * s read ahead is fed to it first. s owns ctx from then on (ops->free).
+ * WEFT_EINVAL, WEFT_EBUSY (a reader), WEFT_EPERM (detached, another loop). */
+WEFT__EXPORT int weft__stream_set_filter(weft_stream_t *s, const weft__filter_ops_t *ops,
+                                         void *ctx);
+/* s's filter context if its filter is ops, else NULL. */
+WEFT__EXPORT void *weft__stream_filter(const weft_stream_t *s, const weft__filter_ops_t *ops);
+/* Sends p[0, len) on s below its filter: staged, written or queued (never
+ * waits; the queue may pass its limit by one piece). 0 or the write error. */
+WEFT__EXPORT int weft__stream_send_raw(weft_stream_t *s, const char *p, size_t len);
 /* loop.c: puts a module's phase record on the loop, once. */
 void weft__loop_phase_add(weft_loop_t *loop, weft__phase_t *ph);
 /* tcp.c: parses host and port into a socket address. */

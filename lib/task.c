@@ -226,7 +226,7 @@ void weft__task_complete(weft_task_t *t, int status) {
   }
   WEFT__EMIT(loop, WEFT_EV_DONE, t, WEFT_WAIT_NONE, 0, status);
   if (t->group)
-    weft__group_child_done(t);
+    ((weft__group_head_t *)t->group)->child_done(t);
   weft__join_notify(t);
 }
 
