@@ -245,8 +245,10 @@ void weft__waiter_unlock(weft__waiter_t *w);
 
 /* Who calls a call that may wait: a task (*t set; a pending cancel or a
  * passed deadline is returned), a plain thread (*t NULL, returns 0), or a
- * libuv callback on a loop's thread, which may not wait (WEFT_ENOTASK). */
-int weft__waiter_caller(weft_task_t **t, const char *fn);
+ * libuv callback on a loop's thread, which may not wait (WEFT_ENOTASK).
+ * Inline below (after the loop's struct): the uncontended sync calls pay
+ * for it on every call. */
+static inline int weft__waiter_caller(weft_task_t **t, const char *fn);
 
 /* ------------------------------------------------------------ wait queue */
 
@@ -699,6 +701,22 @@ extern _Thread_local weft__tls_t weft__tls;
 static inline weft_task_t *weft__current(void) {
   weft_loop_t *l = weft__tls.running;
   return l ? l->current : NULL;
+}
+
+int weft__await_begin(weft_task_t **out, const char *fn);
+
+static inline int weft__waiter_caller(weft_task_t **t, const char *fn) {
+  weft_loop_t *l = weft__tls.running;
+  *t = NULL;
+  if (!l)
+    return 0;
+  weft_task_t *cur = l->current;
+  /* A task with no cancel and no deadline: nothing to check. */
+  if (cur && !cur->cancelled && !cur->deadline) {
+    *t = cur;
+    return 0;
+  }
+  return weft__await_begin(t, fn);
 }
 
 static inline bool weft__on_owner(const weft_loop_t *loop) {

@@ -162,10 +162,3 @@ int weft__waiter_wait_ms(weft__waiter_t *w, const struct timespec *until) {
   pthread_mutex_unlock(&w->lock);
   return result;
 }
-
-int weft__waiter_caller(weft_task_t **t, const char *fn) {
-  *t = NULL;
-  if (!weft__tls.running)
-    return 0;
-  return weft__await_begin(t, fn);
-}
