@@ -42,7 +42,16 @@
  * is allocated apart from the stream, so a stream can
  * let go of its handle (detach: the fd is duplicated, the handle closed) and
  * take a new one on another loop (attach). A closed stream is freed in the
- * handle's close callback, once libuv is done with both. */
+ * handle's close callback, once libuv is done with both.
+ *
+ * Filters (TLS, lib/tls.c): a stream may carry a filter (internal.h's
+ * weft__filter_ops_t). Then the socket reads into a buffer of the
+ * filter's (fbuf), the filter takes those bytes, and the read-ahead buffer
+ * holds the plaintext it gives back, so every reader above works as for a
+ * plain stream; a reader is never handed to libuv directly. Writes go to
+ * the filter a chunk at a time, and what it makes of each is staged or
+ * written whole (weft__stream_send_raw); backpressure waits only between
+ * chunks, so a cancel never cuts a record in two. */
 #include "internal.h"
 
 #include <errno.h>
@@ -62,6 +71,7 @@
 #define WLIMIT_MAX ((size_t)1 << 30)
 #define STAGE_SIZE ((size_t)64 << 10)   /* a loop's stage */
 #define STAGE_PIECE_MAX 4096            /* longer writes go out at once */
+#define FBUF_SIZE 16384                 /* a filtered stream's socket reads */
 
 typedef struct io_wait io_wait_t;
 
@@ -100,6 +110,10 @@ struct weft_stream {
   /* Who is told when the stream closes or leaves its loop. */
   void (*on_close)(void *arg);
   void *on_close_arg;
+  /* A filter (TLS), or NULL. */
+  const weft__filter_ops_t *filter;
+  void *fctx;               /* its state, which the stream owns */
+  char *fbuf;               /* what the socket read, for the filter */
 };
 
 struct io_wait {
@@ -122,6 +136,9 @@ typedef struct write_req {
 /* ------------------------------------------------------------ lifetime */
 
 static void stream_free(weft_stream_t *s) {
+  if (s->filter)
+    s->filter->free(s->fctx);
+  free(s->fbuf);
   free(s->rbuf);
   free(s);
 }
@@ -355,6 +372,14 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   (void)suggested;
   weft_stream_t *s = h->data;
   io_wait_t *r = s->reader;
+  if (s->filter) {
+    if (!s->fbuf && !(s->fbuf = weft__malloc(FBUF_SIZE))) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+    *buf = uv_buf_init(s->fbuf, FBUF_SIZE);
+    return;
+  }
   if (r && !r->framed && s->rlen == 0) {
     r->direct = true;
     *buf = uv_buf_init(r->buf, r->len > UINT32_MAX ? UINT32_MAX : (unsigned)r->len);
@@ -396,8 +421,75 @@ static void read_stop(weft_stream_t *s) {
   }
 }
 
+/* A filtered stream: pulls what plaintext the filter has into the
+ * read-ahead buffer, while there is room; the filter's end or error
+ * becomes the stream's. */
+static void filter_fill(weft_stream_t *s) {
+  if (!s->filter || s->rend)
+    return;
+  if (rbuf_reserve(s, s->rcap > 0 ? s->rcap : RBUF_SIZE) != 0)
+    return; /* the next read reports it (alloc_cb) */
+  while (s->rlen < s->rcap) {
+    uv_buf_t room = rbuf_room(s);
+    ssize_t n = s->filter->pull(s->fctx, s, room.base, room.len);
+    if (n > 0) {
+      s->rlen += (size_t)n;
+      continue;
+    }
+    if (n < 0) {
+      s->rend = n == WEFT_EOF ? 1 : (int)n;
+      read_stop(s);
+    }
+    break;
+  }
+}
+
+/* Feeds what a filtered stream's socket read to the filter and fills the
+ * buffer: the socket's end or error, after what came before it. */
+static void filter_take(weft_stream_t *s, ssize_t nread) {
+  if (nread > 0) {
+    int err = s->filter->feed(s->fctx, s->fbuf, (size_t)nread);
+    if (err) {
+      s->rend = err;
+      read_stop(s);
+      return;
+    }
+  }
+  filter_fill(s);
+  if (nread < 0 && !s->rend) {
+    s->rend = nread == UV_EOF ? 1 : (int)nread;
+    read_stop(s);
+  }
+}
+
+/* What a reader of a filtered stream is woken with. */
+static ssize_t filter_result(weft_stream_t *s, io_wait_t *r) {
+  if (r->framed)
+    return 0;
+  if (s->rlen > 0)
+    return (ssize_t)take_buffered(s, r->buf, r->len);
+  return s->rend == 1 ? 0 : s->rend;
+}
+
+static void filter_read_cb(weft_stream_t *s, ssize_t nread) {
+  if (nread == 0)
+    return;
+  filter_take(s, nread);
+  io_wait_t *r = s->reader;
+  if (r && (s->rlen > 0 || s->rend)) {
+    s->reader = NULL;
+    wake_io(r, filter_result(s, r));
+  }
+  if (s->rcap > 0 && s->rlen == s->rcap)
+    read_stop(s);
+}
+
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   weft_stream_t *s = h->data;
+  if (s->filter) {
+    filter_read_cb(s, nread);
+    return;
+  }
   io_wait_t *r = s->reader;
   bool direct = r && r->direct && buf->base == r->buf;
   if (r)
@@ -461,6 +553,20 @@ static bool reader_interrupt(weft__wait_t *base, int err) {
   io_wait_t *w = weft__container_of(base, io_wait_t, base);
   weft_stream_t *s = w->s;
   s->reader = NULL;
+  if (err == WEFT_ETIMEDOUT && s->filter) {
+    /* What the socket holds goes through the filter: woken if that makes
+     * plaintext, or ends the stream. */
+    if (s->fbuf && s->rlen < s->rcap) {
+      ssize_t n = read_now(s, s->fbuf, FBUF_SIZE);
+      if (n > 0)
+        filter_take(s, n);
+    }
+    if (s->rlen > 0 || s->rend) {
+      wake_io(w, filter_result(s, w));
+      return false;
+    }
+    return true;
+  }
   if (err == WEFT_ETIMEDOUT && w->framed && s->rlen < s->rcap) {
     /* A framed reader waits with room in the buffer: what the socket holds
      * goes there, and the reader looks again. */
@@ -504,6 +610,7 @@ ssize_t weft_stream_read(weft_stream_t *s, void *buf, size_t len) {
     weft__misuse("weft_stream_read", "another task is reading this stream");
     return WEFT_EBUSY;
   }
+  filter_fill(s);
   if (s->rlen > 0) {
     size_t n = take_buffered(s, buf, len);
     if ((err = read_start(s)) != 0 && !s->rend)
@@ -545,6 +652,7 @@ static int framed_begin(weft_stream_t *s, weft_task_t **t, io_wait_t *r, const c
     .s = s, .framed = true,
   };
   s->framer = r;
+  filter_fill(s);
   return 0;
 }
 
@@ -579,6 +687,12 @@ static int wait_more(weft_stream_t *s, io_wait_t *r, size_t need, const char *fn
       cap = need;
     if ((err = rbuf_reserve(s, cap)) != 0)
       return err;
+  }
+  if (s->filter) {
+    size_t before = s->rlen;
+    filter_fill(s); /* the filter may hold more than the buffer took */
+    if (s->rlen > before || s->rend)
+      return 0;
   }
   if ((err = read_start(s)) != 0)
     return err;
@@ -801,6 +915,58 @@ static bool stage(weft_stream_t *s, const char *p, size_t len) {
   return true;
 }
 
+int weft__stream_send_raw(weft_stream_t *s, const char *p, size_t len) {
+  if (!s || !s->h)
+    return WEFT_EPERM;
+  if (s->werr)
+    return s->werr;
+  if (len == 0)
+    return 0;
+  /* A record of a staged-size write is a little longer than the write. */
+  if (len <= STAGE_PIECE_MAX + 256 && s->wqueued == 0 && stage(s, p, len))
+    return 0;
+  stage_flush(s);
+  if (s->werr)
+    return s->werr;
+  ssize_t n = s->wqueued == 0 ? write_now(s, p, len) : 0;
+  if (n < 0) {
+    s->werr = (int)n;
+    return (int)n;
+  }
+  if ((size_t)n < len) {
+    int err = queue_write(s, p + n, len - (size_t)n);
+    if (err) {
+      if (!s->werr)
+        s->werr = err;
+      return err;
+    }
+  }
+  return 0;
+}
+
+/* weft_stream_write on a filtered stream: a chunk at a time, each sealed
+ * and sent whole, waiting for room only between chunks. */
+static int filter_write(weft_stream_t *s, weft_task_t *t, const char *p, size_t len) {
+  int err;
+  while (len > 0) {
+    if (s->wqueued >= s->wmax) {
+      if ((err = wait_queue(s, t, s->wmax)) != 0)
+        return err;
+      if (s->werr)
+        return s->werr;
+      continue;
+    }
+    size_t chunk = len < WEFT__FILTER_CHUNK ? len : WEFT__FILTER_CHUNK;
+    if ((err = s->filter->seal(s->fctx, s, p, chunk)) != 0)
+      return err;
+    if (s->werr)
+      return s->werr;
+    p += chunk;
+    len -= chunk;
+  }
+  return 0;
+}
+
 int weft_stream_write(weft_stream_t *s, const void *buf, size_t len) {
   weft_task_t *t;
   int err = stream_begin(s, &t, "weft_stream_write");
@@ -818,6 +984,8 @@ int weft_stream_write(weft_stream_t *s, const void *buf, size_t len) {
     return UV_EPIPE;
   if (len == 0)
     return 0;
+  if (s->filter)
+    return filter_write(s, t, buf, len);
   if (len <= STAGE_PIECE_MAX && s->wqueued == 0 && stage(s, buf, len))
     return 0;
   stage_flush(s);
@@ -899,6 +1067,8 @@ int weft_stream_close(weft_stream_t *s) {
     return WEFT_EPERM;
   }
   int result = 0;
+  if (s->filter && !s->wshut)
+    s->filter->close_notify(s->fctx, s);
   stage_flush(s); /* first, so that a wait for the queue covers it */
   weft_task_t *t = weft__current();
   if (t && !s->writer) {
@@ -1032,6 +1202,8 @@ int weft_stream_shutdown(weft_stream_t *s) {
   }
   if (s->wshut)
     return UV_ENOTCONN; /* as libuv answers a second shutdown */
+  if (s->filter)
+    s->filter->close_notify(s->fctx, s);
   stage_flush(s); /* staged bytes go before the FIN */
   if (s->werr)
     return s->werr;
@@ -1145,4 +1317,29 @@ int weft_stream_abort(weft_stream_t *s) {
   }
   close_now(s);
   return 0;
+}
+
+/* ------------------------------------------------------------- filters */
+
+int weft__stream_set_filter(weft_stream_t *s, const weft__filter_ops_t *ops, void *ctx) {
+  if (!s || !ops || s->filter)
+    return WEFT_EINVAL;
+  if (!s->h || weft__tls.running != s->loop)
+    return WEFT_EPERM;
+  if (s->reader || s->framer)
+    return WEFT_EBUSY;
+  /* What was read ahead came from the socket: the filter's. */
+  if (s->rlen > 0) {
+    int err = ops->feed(ctx, s->rbuf + s->rhead, s->rlen);
+    if (err)
+      return err;
+    consume(s, s->rlen);
+  }
+  s->filter = ops;
+  s->fctx = ctx;
+  return 0;
+}
+
+void *weft__stream_filter(const weft_stream_t *s, const weft__filter_ops_t *ops) {
+  return s && s->filter == ops ? s->fctx : NULL;
 }
