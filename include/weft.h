@@ -319,10 +319,11 @@ WEFT_API bool weft_is_internal_handle(const uv_handle_t *h);
  * taken at once; from a thread that runs no loop, the loop takes it between
  * two steps (through its inbox) while the caller blocks, and the loop must
  * be running or run later (a pool's loops always are). A loop held by a
- * task's step does not make the caller wait for the step to end: after
- * about 20 ms the call returns WEFT_EAGAIN with only held_by and held_ms
- * filled in (the other fields zero), naming the task and how long it has
- * held the loop so far. Never suspends a task. Errors: WEFT_EINVAL (NULL),
+ * task's step that has lasted 100 ms or more (a stall, not a step a busy
+ * machine preempted) does not make the caller wait for the step to end:
+ * within about 20 ms the call returns WEFT_EAGAIN with only held_by and
+ * held_ms filled in (the other fields zero), naming the task and how long
+ * it has held the loop so far. Never suspends a task. Errors: WEFT_EINVAL (NULL),
  * WEFT_EAGAIN (held by a step, as above), WEFT_EBUSY (called from a thread
  * that runs another loop: it cannot block there), WEFT_ESHUTDOWN (the loop
  * is closing), WEFT_ENOMEM. */
@@ -1352,7 +1353,9 @@ WEFT_API weft_loop_t *weft_pool_loop(weft_pool_t *pool, unsigned i);
 /** Counters of the whole pool: *sum adds up every loop's (ready, waiting
  * and live included), and per_loop, if not NULL, gets weft_pool_size(pool)
  * snapshots, one per loop. Any thread but the pool's own workers (it
- * blocks). Errors: WEFT_EINVAL (NULL, or from a worker), WEFT_ESHUTDOWN,
+ * blocks, also for a loop held by a long step: every loop's counters are
+ * in the sum; weft_loop_stats names a stalled loop's task instead).
+ * Errors: WEFT_EINVAL (NULL, or from a worker), WEFT_ESHUTDOWN,
  * WEFT_ENOMEM. */
 WEFT_API int weft_pool_stats(weft_pool_t *pool, weft_stats_t *sum, weft_stats_t *per_loop);
 

@@ -908,6 +908,9 @@ size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void
 bool weft__loops_with(weft_loop_t *loop, void (*fn)(weft_loop_t *loop, void *arg), void *arg);
 /* The weft loop built on uv, or NULL. */
 weft_loop_t *weft__loops_find_uv(const uv_loop_t *uv);
+/* weft_loop_stats; wait: also for a loop held by a long step, where
+ * weft_loop_stats names the task instead (WEFT_EAGAIN). stats.c */
+int weft__loop_stats(weft_loop_t *loop, weft_stats_t *out, bool wait);
 /* Calls fn for every loop, under the list's lock (none is freed meanwhile). */
 void weft__loops_visit(void (*fn)(weft_loop_t *loop, void *arg), void *arg);
 /* trace.c's part of the fork guard, handed to the registry. */

@@ -390,7 +390,8 @@ int weft_pool_stats(weft_pool_t *pool, weft_stats_t *sum, weft_stats_t *per_loop
   memset(sum, 0, sizeof *sum);
   for (unsigned i = 0; i < pool->n; i++) {
     weft_stats_t one;
-    int err = weft_loop_stats(pool->workers[i].loop, &one);
+    /* Every loop's counters: a loop held by a step is waited for. */
+    int err = weft__loop_stats(pool->workers[i].loop, &one, true);
     if (err)
       return err;
     if (per_loop)

@@ -113,9 +113,13 @@ static void read_live(weft_loop_t *loop, void *arg) {
   weft__live_read(loop, arg);
 }
 
-#define STATS_STEP_WAIT_MS 20
+/* How often the asker looks at what the loop runs, and how long a step
+ * must have held the loop before the asker stops waiting for it: a stall
+ * by the debug mode's measure, not a step a busy machine preempted. */
+#define STATS_LOOK_MS 20
+#define STATS_HELD_NS (100u * 1000000u)
 
-int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
+int weft__loop_stats(weft_loop_t *loop, weft_stats_t *out, bool wait) {
   if (!loop || !out)
     return WEFT_EINVAL;
   if (weft__on_owner(loop)) {
@@ -145,7 +149,7 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
   for (;;) {
     struct timespec soon;
     clock_gettime(CLOCK_REALTIME, &soon);
-    weft__timespec_add_ms(&soon, STATS_STEP_WAIT_MS);
+    weft__timespec_add_ms(&soon, STATS_LOOK_MS);
     if (weft__waiter_wait_ms(&r->waiter, &soon) == 0) {
       *out = r->out;
       break;
@@ -153,7 +157,8 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
     /* Read through the registry: a loop that answered just now may be
      * gone already (and then the next wait returns at once). */
     weft__live_view_t v = {0};
-    if (weft__loops_with(loop, read_live, &v) && v.task_id) {
+    if (!wait && weft__loops_with(loop, read_live, &v) && v.task_id &&
+        v.held_ns >= STATS_HELD_NS) {
       memset(out, 0, sizeof *out);
       held(&v, out);
       err = WEFT_EAGAIN;
@@ -162,4 +167,8 @@ int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
   }
   req_unref(r);
   return err;
+}
+
+int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out) {
+  return weft__loop_stats(loop, out, false);
 }

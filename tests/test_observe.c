@@ -320,6 +320,8 @@ static void dump_names_the_holder(void **state) {
 
   weft_stats_t st;
   t0 = wt_now_ms();
+  /* The step has held its loop 100 ms or more (a stall): stats name it
+   * rather than wait for it. */
   assert_int_equal(weft_loop_stats(weft_pool_loop(pool, 0), &st), WEFT_EAGAIN);
   printf("stats of a held loop took %.1f ms\n", wt_now_ms() - t0);
   assert_string_equal(st.held_by, "spinner");
