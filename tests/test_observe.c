@@ -206,7 +206,9 @@ static void slow_step_warning(void **state) {
   log_capture_t c = {.lock = PTHREAD_MUTEX_INITIALIZER};
   weft_log_set(capture, &c);
   weft_loop_t *loop;
-  weft_loop_opts_t o = {.name = "watched", .slow_step_ms = 100};
+  /* 400 ms: a loaded machine can preempt an ordinary step for tens of ms
+   * (wall time counts), never near this. */
+  weft_loop_opts_t o = {.name = "watched", .slow_step_ms = 400};
   assert_int_equal(weft_loop_new(&loop, &o), 0);
   weft_task_t *t;
   /* Ordinary steps: no line. */
@@ -214,9 +216,9 @@ static void slow_step_warning(void **state) {
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   weft_task_release(t);
   assert_int_equal(c.lines, 0);
-  /* One 200 ms step: exactly one line after it, naming the task, the loop
+  /* One 800 ms step: exactly one line after it, naming the task, the loop
    * and the time (the watchdog's lines while it ran: stall_line_*). */
-  assert_int_equal(weft_spawn(loop, spin_ms, (void *)200, &t), 0);
+  assert_int_equal(weft_spawn(loop, spin_ms, (void *)800, &t), 0);
   assert_int_equal(weft_task_set_name(t, "spinner"), 0);
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   weft_task_release(t);
