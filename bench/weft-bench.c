@@ -45,6 +45,12 @@
  *                       the same while a spinning task keeps each loop busy
  *   pingpong_rtt_us     a round trip between tasks of two loops through two
  *                       channels of capacity 1, the loops parking meanwhile
+ *   pingpong_spin_rtt_us  the same with loops made with spin_us = 50: an
+ *                       idle loop polls its inbox for 50 us before parking
+ *   idle_spin_pool_cpu_pct
+ *                       CPU used by that idle pool of 2 spinning loops over
+ *                       1 s after a ping-pong (getrusage, process-wide), in
+ *                       percent of one CPU
  *   pingpong_busy_rtt_us  the same with both loops kept busy
  *   sem_pingpong_busy_rtt_us
  *                       the same round trip through two semaphores (post one,
@@ -77,6 +83,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -114,6 +121,7 @@
 #define CHAN_RUN_S 0.1           /* seconds a channel run lasts */
 #define PINGPONG_WARMUP 100u     /* round trips before each timed run */
 #define PINGPONG_RUN_S 0.1       /* seconds a ping-pong run lasts */
+#define PINGPONG_SPIN_US 50u      /* spin_us of pingpong_spin_rtt_us's loops */
 #define WAKE_SAMPLES 2000
 #define WAKE_GAP_US 200          /* sleep after each wake-up sample */
 #define REMOTE_SPAWNS 100000u
@@ -187,8 +195,9 @@ static struct {
   double try_pair_ns, try_pair_med, select2_ns, select2_med;
   double select2_ratio, select2_ratio_med; /* per run, select2 / try pair */
   chan_fig_t chan64, chan1024, chanbusy;
-  double pp_us, pp_med, ppbusy_us, ppbusy_med;
-  size_t pp_n, ppbusy_n;
+  double pp_us, pp_med, ppbusy_us, ppbusy_med, ppspin_us, ppspin_med;
+  size_t pp_n, ppbusy_n, ppspin_n;
+  double idle_cpu_pct, idle_parked_pct;
   double sempp_us, sempp_med, sempp_ratio, sempp_ratio_med;
   size_t sempp_n;
   double wake_us, wake_min, wake_p90, efd_us, efd_min, efd_p90;
@@ -651,7 +660,7 @@ static void bench_gather(void) {
 static cpu_set_t g_all_cpus;
 static int g_have_all_cpus, g_unpinned;
 
-static weft_pool_t *start_pool(unsigned workers) {
+static weft_pool_t *start_pool_spin(unsigned workers, unsigned spin_us) {
   weft_pool_opts_t opts;
   weft_pool_t *pool;
   int err;
@@ -659,9 +668,14 @@ static weft_pool_t *start_pool(unsigned workers) {
   memset(&opts, 0, sizeof opts);
   opts.workers = workers;
   opts.loop.stack_size = STACK_BYTES;
+  opts.loop.spin_us = spin_us;
   if ((err = weft_pool_new(&pool, &opts)) != 0)
     die("weft_pool_new", err);
   return pool;
+}
+
+static weft_pool_t *start_pool(unsigned workers) {
+  return start_pool_spin(workers, 0);
 }
 
 static void stop_pool(weft_pool_t *pool) {
@@ -948,9 +962,9 @@ static double pp_once(weft_pool_t *pool, int busy, int use_sem, size_t *rounds) 
  * round trips of all runs. With busy, each run is followed by one of the
  * same through two semaphores, into R.sempp_*, so the two see the same
  * machine and their ratio is taken run by run. */
-static double bench_pingpong(int busy, double *median, size_t *rounds) {
+static double bench_pingpong(int busy, unsigned spin_us, double *median, size_t *rounds) {
   double v[XRUNS], vs[XRUNS], vr[XRUNS];
-  weft_pool_t *pool = start_pool(2);
+  weft_pool_t *pool = start_pool_spin(2, spin_us);
 
   *rounds = 0;
   if (busy)
@@ -968,6 +982,37 @@ static double bench_pingpong(int busy, double *median, size_t *rounds) {
     min_median(vr, XRUNS, &R.sempp_ratio_med);
   }
   return min_median(v, XRUNS, median);
+}
+
+/* The CPU an idle pool of 2 loops with spin_us = PINGPONG_SPIN_US costs:
+ * a short ping-pong first (so each loop has just spun), then 1 s of
+ * nothing, timed with getrusage for the whole process (the main thread
+ * sleeps). Also the share of that second the loops spent parked. */
+static void bench_idle_spin_cpu(void) {
+  weft_pool_t *pool = start_pool_spin(2, PINGPONG_SPIN_US);
+  weft_stats_t sum, a[2], b[2];
+  struct rusage r0, r1;
+  size_t rounds = 0;
+  int err;
+
+  (void)pp_once(pool, 0, 0, &rounds);
+  if ((err = weft_pool_stats(pool, &sum, a)) != 0)
+    die("weft_pool_stats", err);
+  uint64_t t0 = uv_hrtime();
+  getrusage(RUSAGE_SELF, &r0);
+  uv_sleep(1000);
+  getrusage(RUSAGE_SELF, &r1);
+  uint64_t wall = uv_hrtime() - t0;
+  if ((err = weft_pool_stats(pool, &sum, b)) != 0)
+    die("weft_pool_stats", err);
+  double cpu_us = (double)(r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) * 1e6 +
+                  (double)(r1.ru_utime.tv_usec - r0.ru_utime.tv_usec) +
+                  (double)(r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) * 1e6 +
+                  (double)(r1.ru_stime.tv_usec - r0.ru_stime.tv_usec);
+  R.idle_cpu_pct = cpu_us * 1e3 / (double)wall * 100.0;
+  R.idle_parked_pct = (double)((b[0].parked_ns - a[0].parked_ns) + (b[1].parked_ns - a[1].parked_ns)) /
+                      2.0 / (double)wall * 100.0;
+  stop_pool(pool);
 }
 
 /* ------------------------------------------------- parked wake-up */
@@ -1130,8 +1175,10 @@ static void bench_across_loops(void) {
   bench_chan(64, 0, &R.chan64);
   bench_chan(1024, 0, &R.chan1024);
   bench_chan(1024, 1, &R.chanbusy);
-  R.pp_us = bench_pingpong(0, &R.pp_med, &R.pp_n);
-  R.ppbusy_us = bench_pingpong(1, &R.ppbusy_med, &R.ppbusy_n);
+  R.pp_us = bench_pingpong(0, 0, &R.pp_med, &R.pp_n);
+  R.ppspin_us = bench_pingpong(0, PINGPONG_SPIN_US, &R.ppspin_med, &R.ppspin_n);
+  bench_idle_spin_cpu();
+  R.ppbusy_us = bench_pingpong(1, 0, &R.ppbusy_med, &R.ppbusy_n);
   R.sempp_ratio = R.sempp_us / R.ppbusy_us;
   bench_wakeup();
   bench_remote_spawn();
@@ -1294,6 +1341,15 @@ int main(int argc, char **argv) {
          "#   trips in all (median %.2f); the loops park between messages\n",
          PINGPONG_RUN_S, R.pp_n, R.pp_med);
   printf("pingpong_rtt_us %.2f us\n", R.pp_us);
+  printf("# pingpong_spin_rtt_us: the same, the loops made with spin_us = %u: each\n"
+         "#   polls its inbox for up to %u us before it parks; %zu round trips in\n"
+         "#   all (median %.2f)\n",
+         PINGPONG_SPIN_US, PINGPONG_SPIN_US, R.ppspin_n, R.ppspin_med);
+  printf("pingpong_spin_rtt_us %.2f us\n", R.ppspin_us);
+  printf("# idle_spin_pool_cpu_pct: that pool of 2 loops left idle for 1 s after a\n"
+         "#   ping-pong: process CPU time (getrusage) over wall time; the loops\n"
+         "#   were parked %.1f%% of it\n", R.idle_parked_pct);
+  printf("idle_spin_pool_cpu_pct %.2f %%\n", R.idle_cpu_pct);
   printf("# pingpong_busy_rtt_us: the same with a task on each loop that only yields,\n"
          "#   so neither loop ever parks; %zu round trips in all (median %.2f)\n",
          R.ppbusy_n, R.ppbusy_med);

@@ -56,7 +56,31 @@ extern const char weft__switch_name[];
  *
  * A guarded stack's canary points at a constant that always matches, so the
  * check stays one load and compare for every task.
+ *
+ * Where the kernel has lightweight guard regions (Linux 6.13+), every stack
+ * is guarded and none needs a mapping of its own: stacks are carved from
+ * chunks of WEFT__CHUNK_STACKS slots, each slot a WEFT__GUARD_REACH guard
+ * (madvise(MADV_GUARD_INSTALL): page-table markers, no memory, no VMA)
+ * below its stack. The guard is as wide as the reach the overflow report
+ * assumes, so a large frame cannot jump it into the neighbour:
+ *
+ *   high  +---------------------+
+ *         | guard of slot i+1   |
+ *         +---------------------+  <- lo + size
+ *         |  task frames ...    |  slot i's stack
+ *         +---------------------+  <- lo
+ *         | guard of slot i     |  WEFT__GUARD_REACH bytes
+ *   low   +---------------------+  slot i-1's top
+ *
+ * The fallback's guard mappings are as wide (PROT_NONE address space).
  */
+/* How far below a stack's lowest byte a fault still counts as running off
+ * it (overflow.c), and so how wide a guard must be: a frame or an alloca
+ * of up to this much cannot jump it. */
+#define WEFT__GUARD_REACH (64 * 1024)
+/* Stacks per lightweight-guard chunk: one mmap and one guard-install call
+ * each, and the unit in which surplus stacks go back to the kernel. */
+#define WEFT__CHUNK_STACKS 64
 typedef struct weft__slab weft__slab_t;
 typedef struct weft__stack {
   weft__queue_t node;  /* link in the pool's warm or cold list */
@@ -67,6 +91,7 @@ typedef struct weft__stack {
   size_t map_len;      /* its length, guard page included */
   weft__slab_t *slab;  /* the slab it was carved from, or NULL */
   unsigned vg_id;      /* valgrind stack id */
+  bool cold;           /* on the pool's cold list (its pages given back) */
   void *tsan_fiber;    /* TSan builds: the fiber every task on it runs as */
 } weft__stack_t;
 
@@ -83,6 +108,8 @@ typedef struct weft__stack_pool {
   weft__slab_t *carving; /* the slab new canary stacks come from */
   size_t nguarded;      /* guarded stacks alive (pooled or in use) */
   size_t ncanary;       /* slab stacks handed out at least once */
+  bool lite;            /* stacks from guarded chunks (lightweight guards) */
+  size_t trims;         /* chunks given back to the kernel (madvise calls) */
 } weft__stack_pool_t;
 
 #define WEFT__STACK_CANARY UINT64_C(0x7765667443414e59) /* "weftCANY" */
@@ -93,6 +120,10 @@ void weft__stack_pool_destroy(weft__stack_pool_t *p);
 weft__stack_t *weft__stack_get(weft__stack_pool_t *p);
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s);
 size_t weft__stack_round(size_t size);
+/* lib/arch/guard_*.c: installs n guard regions of len bytes at base,
+ * base + stride, ... (page multiples); 0, or a negative errno where the
+ * system has no lightweight guards (-EINVAL: the kernel predates them). */
+int weft__guard_install(void *base, size_t stride, size_t len, size_t n);
 
 /* ---------------------------------------------------------------- coros */
 
@@ -553,6 +584,8 @@ typedef struct weft__inbox {
   bool refuse_spawns;        /* under lock: the pool is shutting down */
   atomic_uint_fast64_t wakeups_sent;
   uint64_t wakeups_received;
+  uint64_t spin_ns;          /* weft_loop_opts_t.spin_us, in ns: how long an
+                                idle loop polls len before it parks; 0 = not */
 } weft__inbox_t;
 
 /* A loop's timers (timer.c): one uv_timer_t drives a heap of them. */

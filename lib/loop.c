@@ -5,6 +5,7 @@
  * current task gives the thread back to the scheduler) and weft__wake (a
  * completion makes a parked task ready again). */
 #include "internal.h"
+#include "arch/relax.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,10 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
     weft__misuse("weft_loop_new", "stack_size %zu is over the 1 GiB limit", opts->stack_size);
     return WEFT_EINVAL;
   }
+  if (opts->spin_us > 1000000) {
+    weft__misuse("weft_loop_new", "spin_us %u is over the 1 s limit", opts->spin_us);
+    return WEFT_EINVAL;
+  }
   weft_loop_t *loop = weft__calloc(1, sizeof *loop);
   if (!loop)
     return WEFT_ENOMEM;
@@ -188,6 +193,7 @@ int weft_loop_new(weft_loop_t **out, const weft_loop_opts_t *opts) {
   weft__queue_init(&loop->stage.streams);
   weft__queue_init(&loop->phases);
   weft__inbox_init(loop);
+  loop->inbox.spin_ns = (uint64_t)opts->spin_us * 1000;
   atomic_init(&loop->draining, 0);
   atomic_init(&loop->cancel_new, 0);
   atomic_init(&loop->next_id, 1);
@@ -467,9 +473,13 @@ static void run_uv(weft_loop_t *loop, uv_run_mode mode) {
  * the earliest is due, and libuv then runs it. Returns false, having done
  * nothing, where libuv must poll. *waited_ns: the time it blocked, measured
  * only while slow steps are watched (libuv's idle time misses this wait). */
+static bool wakefd_alone(weft_loop_t *loop) {
+  return loop->uv->active_handles == 1 && loop->uv->active_reqs.count == 0 &&
+         !atomic_load_explicit(&loop->uv_lent, memory_order_relaxed);
+}
+
 static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
-  if (loop->uv->active_handles != 1 || loop->uv->active_reqs.count != 0 ||
-      atomic_load_explicit(&loop->uv_lent, memory_order_relaxed))
+  if (!wakefd_alone(loop))
     return false;
   uv_update_time(loop->uv);
   int timeout = uv_backend_timeout(loop->uv);
@@ -484,6 +494,50 @@ static bool park_on_wakefd(weft_loop_t *loop, uint64_t *waited_ns) {
   else if (r == 0)
     run_uv(loop, UV_RUN_NOWAIT);
   return true;
+}
+
+static bool goal_met(weft_loop_t *loop);
+
+/* Before parking, a loop with spin_us set polls its inbox's length for up to
+ * that long (Go's spinning Ms, Seastar's polling): a message from another
+ * thread then runs the moment it lands, and its sender, seeing the loop not
+ * parked, writes no wake-up. Returns true when a message (or the run's goal,
+ * a stop from another thread) came: the round then ends unpolled and the
+ * next one runs it.
+ *
+ * It must delay nothing libuv would have run, so it spins only where the
+ * loop would park on its wake-up fd alone: no I/O handle, request or lent
+ * libuv loop, whose readiness only a system call could see (a loop with I/O
+ * parks at once). The spin ends a millisecond before the next weft timer is
+ * due: libuv's timeout is in whole milliseconds, truncated, so a timeout of
+ * 1 may be due now, and a timeout of n is at least n - 1 away. An adopted
+ * loop never spins: the application's uv_run owns its poll.
+ *
+ * Spinning follows every round that ends with nothing to run, so it comes
+ * after work (a wake-up, a timer, a burst of messages), at most spin_us
+ * each time, and a loop left idle parks with no timeout and costs nothing. */
+static bool spin_for_inbox(weft_loop_t *loop) {
+  uint64_t spin = loop->inbox.spin_ns;
+  if (spin == 0 || loop->adopted || !wakefd_alone(loop))
+    return false;
+  uv_update_time(loop->uv);
+  int timeout = uv_backend_timeout(loop->uv);
+  if (timeout >= 0) {
+    if (timeout <= 1)
+      return false;
+    if ((uint64_t)(timeout - 1) * 1000000 < spin)
+      spin = (uint64_t)(timeout - 1) * 1000000;
+  }
+  uint64_t until = uv_hrtime() + spin;
+  do {
+    /* The clock (a vDSO call) every 32 looks: the inbox is one load. */
+    for (int i = 0; i < 32; i++) {
+      if (weft__inbox_pending(loop) || goal_met(loop))
+        return true;
+      weft__cpu_relax();
+    }
+  } while (uv_hrtime() < until);
+  return false;
 }
 
 /* What the running run function waits for; once it holds, the round polls
@@ -525,7 +579,9 @@ bool weft__loop_drained(weft_loop_t *loop) {
  *    WEFT__POLL_EVERY rounds passed without one: a task that yields in a loop
  *    then costs two context switches a round instead of a system call, and
  *    I/O still gets its turn (Tokio polls every 61 ticks for the same
- *    reason).
+ *    reason). With spin_us set, a loop about to block first polls its
+ *    inbox for up to that long (spin_for_inbox) and, if a message lands,
+ *    ends the round there without the poll.
  */
 /* Phases 1 and 2 of a round: what an adopted loop runs from libuv's
  * phases as well. Inlined, as run_task is, so that loop_round calls
@@ -564,6 +620,10 @@ static void loop_round(weft_loop_t *loop) {
   }
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
+  if (loop->nready == 0 && !goal_met(loop) && spin_for_inbox(loop)) {
+    loop->step_clock = weft__coarse_ns();
+    return;
+  }
   weft__poll_watch_t watch;
   weft__poll_watch_begin(loop, &watch);
   uint64_t waited = 0;

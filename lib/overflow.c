@@ -20,8 +20,9 @@
 
 #define ALTSTACK_SIZE (64 * 1024)
 /* How far below a stack's lowest byte a fault still counts as running off
- * it: a frame or an alloca larger than the guard page can jump past it. */
-#define OVERFLOW_REACH (64 * 1024)
+ * it: as wide as every guard (internal.h), so a frame that jumps into the
+ * guard's far end is still named. */
+#define OVERFLOW_REACH WEFT__GUARD_REACH
 
 static pthread_once_t segv_once = PTHREAD_ONCE_INIT;
 static pthread_key_t altstack_key;

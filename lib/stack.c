@@ -1,7 +1,23 @@
 /* Task stacks. Each loop keeps a pool: warm stacks are reused as they are, so
  * a spawn with a warm pool costs no system call and no page fault (a first
- * touch of a fresh page is slow on virtual machines). Stacks come from mmap
- * with a guard page below them while the process-wide guard budget lasts;
+ * touch of a fresh page is slow on virtual machines).
+ *
+ * Where the kernel has lightweight guard regions (Linux 6.13+, behind
+ * weft__guard_install in lib/arch/), stacks are carved from chunks of
+ * WEFT__CHUNK_STACKS slots, each with a WEFT__GUARD_REACH guard below its
+ * stack: one mmap and one guard-install call per chunk, no mapping per
+ * stack and no vm.max_map_count budget. A task's end puts its stack on the
+ * warm list, never a system call. When a chunk's last task ends while the
+ * pool holds more than warm_max warm stacks without that chunk, the whole
+ * chunk goes back to the kernel with one madvise(MADV_DONTNEED) (guards
+ * survive it) and its stacks turn cold: the surplus of a burst is trimmed a
+ * chunk at a time, one call per WEFT__CHUNK_STACKS task ends at most.
+ * WEFT_STACK_FALLBACK=1 (or WEFT_GUARDED_STACKS_MAX) in the environment,
+ * read when a pool is made, forces the scheme below; tests use it.
+ *
+ * The fallback (older kernels, other systems): stacks come from mmap
+ * with a WEFT__GUARD_REACH PROT_NONE guard below them (address space, not
+ * memory) while the process-wide guard budget lasts;
  * each guarded stack costs two kernel mappings and Linux caps a process at
  * vm.max_map_count (65530 by default). Past the budget, stacks are carved
  * from large slab mappings without guard pages, and a canary word just below
@@ -17,6 +33,7 @@
  * for the next task. A stack that turns cold or unmaps destroys it. */
 #include "internal.h"
 
+#include <errno.h>
 #include <signal.h>
 
 #include <stdio.h>
@@ -37,6 +54,7 @@
 #endif
 
 #define SLAB_STACKS 256
+#define GUARD WEFT__GUARD_REACH
 
 #if defined(WEFT_TSAN)
 /* TSan dies past 8128 threads and fibers alive at once, so a program sizes
@@ -50,18 +68,24 @@
 static atomic_size_t idle_fibers; /* kept by warm stacks, all pools */
 #endif
 
+/* A slab of the fallback (canary stacks) or a chunk of guarded stacks. */
 struct weft__slab {
   weft__slab_t *next;    /* the pool's list of slabs */
   void *map;
   size_t map_len;
   size_t carved;         /* stacks handed out from it so far */
-  weft__stack_t stacks[SLAB_STACKS];
+  size_t cap;            /* slots: SLAB_STACKS or WEFT__CHUNK_STACKS */
+  bool guarded;          /* a chunk: a guard below every slot */
+  size_t busy;           /* chunks: stacks running a task */
+  size_t nwarm;          /* chunks: stacks on the warm list */
+  weft__stack_t stacks[];
 };
 
 static atomic_size_t guarded_total;
 static size_t guarded_budget;
 static pthread_once_t budget_once = PTHREAD_ONCE_INIT;
 static size_t page_size;
+static atomic_bool lite_refused; /* the kernel has no lightweight guards */
 
 /* A quarter of the mapping limit for guard pages (two mappings each) leaves
  * half of it to the program, its libraries, malloc and the slabs.
@@ -106,12 +130,16 @@ void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm
   p->carving = NULL;
   p->nguarded = 0;
   p->ncanary = 0;
+  p->trims = 0;
+  const char *fb = getenv("WEFT_STACK_FALLBACK");
+  p->lite = !(fb && strcmp(fb, "0") != 0) && !getenv("WEFT_GUARDED_STACKS_MAX") &&
+            !atomic_load_explicit(&lite_refused, memory_order_relaxed);
 }
 
 static const uint64_t guarded_canary = WEFT__STACK_CANARY;
 
 static void stack_arm(weft__stack_t *s) {
-  if (s->slab)
+  if (s->canary != &guarded_canary)
     *(uint64_t *)s->canary = WEFT__STACK_CANARY;
   s->vg_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + s->size);
 }
@@ -125,17 +153,21 @@ static weft__stack_t *stack_new_guarded(weft__stack_pool_t *p) {
   weft__stack_t *s = weft__malloc(sizeof *s);
   if (!s)
     goto error1;
-  size_t len = p->stack_size + page_size;
+  /* The guard is address space only (PROT_NONE, never touched), so it
+   * is as wide as the overflow report's reach. */
+  size_t guard = GUARD > page_size ? GUARD : page_size;
+  size_t len = p->stack_size + guard;
   void *map = mmap(NULL, len, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
   if (map == MAP_FAILED)
     goto error2;
-  if (mprotect(map, page_size, PROT_NONE) != 0)
+  if (mprotect(map, guard, PROT_NONE) != 0)
     goto error3;
   s->map = map;
   s->map_len = len;
   s->slab = NULL;
-  s->lo = (char *)map + page_size;
+  s->cold = false;
+  s->lo = (char *)map + guard;
   s->size = p->stack_size;
   s->canary = &guarded_canary;
   s->tsan_fiber = NULL;
@@ -156,9 +188,13 @@ error1:
 static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
   weft__slab_t *slab = p->carving;
   if (!slab || slab->carved == SLAB_STACKS) {
-    slab = weft__malloc(sizeof *slab);
+    slab = weft__malloc(sizeof *slab + SLAB_STACKS * sizeof slab->stacks[0]);
     if (!slab)
       return NULL;
+    slab->cap = SLAB_STACKS;
+    slab->guarded = false;
+    slab->busy = 0;
+    slab->nwarm = 0;
     /* One page below the first slot holds its canary. */
     slab->map_len = page_size + p->stack_size * SLAB_STACKS;
     slab->map = mmap(NULL, slab->map_len, PROT_READ | PROT_WRITE,
@@ -181,11 +217,65 @@ static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
    * lives there. */
   s->size = p->stack_size - 16;
   s->canary = (const uint64_t *)((char *)s->lo - sizeof(uint64_t));
+  s->cold = false;
   s->tsan_fiber = NULL;
   weft__queue_init(&s->node);
   slab->carved++;
   stack_arm(s);
   p->ncanary++;
+  return s;
+}
+
+/* A stack of a guarded chunk, or NULL: out of memory, or the kernel refused
+ * the guards, and then this pool and every later one turn to the fallback. */
+static weft__stack_t *stack_new_lite(weft__stack_pool_t *p) {
+  weft__slab_t *c = p->carving;
+  size_t stride = GUARD + p->stack_size;
+  if (!c || c->carved == c->cap) {
+    c = weft__malloc(sizeof *c + WEFT__CHUNK_STACKS * sizeof c->stacks[0]);
+    if (!c)
+      return NULL;
+    c->map_len = stride * WEFT__CHUNK_STACKS;
+    c->map = mmap(NULL, c->map_len, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (c->map == MAP_FAILED) {
+      free(c);
+      return NULL;
+    }
+    int rc = weft__guard_install(c->map, stride, GUARD, WEFT__CHUNK_STACKS);
+    if (rc != 0) {
+      munmap(c->map, c->map_len);
+      free(c);
+      if (rc != -ENOMEM) {
+        /* No lightweight guards here: this pool and later ones fall back. */
+        atomic_store_explicit(&lite_refused, true, memory_order_relaxed);
+        p->lite = false;
+        p->carving = NULL;
+      }
+      return NULL;
+    }
+    c->cap = WEFT__CHUNK_STACKS;
+    c->guarded = true;
+    c->carved = 0;
+    c->busy = 0;
+    c->nwarm = 0;
+    c->next = p->slabs;
+    p->slabs = c;
+    p->carving = c;
+  }
+  weft__stack_t *s = &c->stacks[c->carved];
+  s->map = NULL;
+  s->map_len = 0;
+  s->slab = c;
+  s->lo = (char *)c->map + c->carved * stride + GUARD;
+  s->size = p->stack_size;
+  s->canary = &guarded_canary;
+  s->cold = false;
+  s->tsan_fiber = NULL;
+  weft__queue_init(&s->node);
+  c->carved++;
+  stack_arm(s);
+  p->nguarded++;
   return s;
 }
 
@@ -237,23 +327,33 @@ static void fiber_unpark(weft__stack_t *s) {
 
 static weft__stack_t *stack_get(weft__stack_pool_t *p) {
   weft__queue_t *q;
+  weft__stack_t *s;
   if (!weft__queue_empty(&p->warm)) {
     q = weft__queue_head(&p->warm);
     weft__queue_remove(q);
     p->nwarm--;
-    return weft__container_of(q, weft__stack_t, node);
-  }
-  if (!weft__queue_empty(&p->cold)) {
+    s = weft__container_of(q, weft__stack_t, node);
+    if (s->slab && s->slab->guarded)
+      s->slab->nwarm--;
+  } else if (!weft__queue_empty(&p->cold)) {
     q = weft__queue_head(&p->cold);
     weft__queue_remove(q);
-    weft__stack_t *s = weft__container_of(q, weft__stack_t, node);
+    s = weft__container_of(q, weft__stack_t, node);
+    s->cold = false;
     /* MADV_DONTNEED may have zeroed the page holding the canary (the slot
      * below was cold too). */
-    *(uint64_t *)s->canary = WEFT__STACK_CANARY;
-    return s;
+    if (s->canary != &guarded_canary)
+      *(uint64_t *)s->canary = WEFT__STACK_CANARY;
+  } else {
+    s = p->lite ? stack_new_lite(p) : NULL;
+    if (!s && !p->lite)
+      s = stack_new_guarded(p);
+    if (!s && !p->lite)
+      s = stack_new_canary(p);
   }
-  weft__stack_t *s = stack_new_guarded(p);
-  return s ? s : stack_new_canary(p);
+  if (s && s->slab && s->slab->guarded)
+    s->slab->busy++;
+  return s;
 }
 
 weft__stack_t *weft__stack_get(weft__stack_pool_t *p) {
@@ -271,7 +371,37 @@ static void stack_unmap(weft__stack_pool_t *p, weft__stack_t *s) {
   atomic_fetch_sub(&guarded_total, 1);
 }
 
+/* Gives a whole idle chunk's pages back with one call; its warm stacks
+ * turn cold. The guards in the range stay (MADV_DONTNEED keeps them). */
+static void chunk_trim(weft__stack_pool_t *p, weft__slab_t *c) {
+  weft__stack_t *first = &c->stacks[0], *last = &c->stacks[c->carved - 1];
+  madvise(first->lo, (size_t)((char *)last->lo + last->size - (char *)first->lo), MADV_DONTNEED);
+  p->trims++;
+  for (size_t i = 0; i < c->carved; i++) {
+    weft__stack_t *s = &c->stacks[i];
+    if (s->cold)
+      continue;
+    weft__queue_remove(&s->node);
+    p->nwarm--;
+    fiber_unpark(s);
+    s->cold = true;
+    weft__queue_insert_tail(&p->cold, &s->node);
+  }
+  c->nwarm = 0;
+}
+
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
+  weft__slab_t *c = s->slab;
+  if (c && c->guarded) {
+    /* No system call here but for the chunk's last task of a surplus. */
+    fiber_park(s);
+    weft__queue_insert_head(&p->warm, &s->node);
+    p->nwarm++;
+    c->nwarm++;
+    if (--c->busy == 0 && p->nwarm >= p->warm_max + c->nwarm && c != p->carving)
+      chunk_trim(p, c);
+    return;
+  }
   if (p->nwarm < p->warm_max) {
     fiber_park(s);
     weft__queue_insert_head(&p->warm, &s->node);
@@ -287,6 +417,7 @@ void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
     size_t i = (size_t)(s - s->slab->stacks);
     if (i + 1 < s->slab->carved)
       *(uint64_t *)s->slab->stacks[i + 1].canary = WEFT__STACK_CANARY;
+    s->cold = true;
     weft__queue_insert_head(&p->cold, &s->node);
   } else {
     stack_unmap(p, s);

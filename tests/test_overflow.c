@@ -5,9 +5,16 @@
  * - guard_page: a guarded stack (the default) and unbounded recursion: the
  *   fault on the guard page is caught by the SIGSEGV handler, on its
  *   alternate signal stack.
+ * - guard_page_fallback: the same on the fallback's guarded stacks (a
+ *   mapping each, WEFT_STACK_FALLBACK=1), which older kernels get; the
+ *   default is a chunk with lightweight guards where the kernel has them.
  * - canary: stacks from slabs (WEFT_GUARDED_STACKS_MAX=0), no guard page;
  *   the recursion goes a KiB or two past the bottom and then yields: the
  *   canary is found smashed at that switch.
+ * - big_frames, big_frames_fallback: 14 KiB frames that touch only their
+ *   ends (gcc without -fstack-clash-protection), 300 KiB deep on a 256 KiB
+ *   stack: a 4 KiB guard would be jumped into the neighbouring stack; the
+ *   64 KiB guard is not, on either path.
  *
  * Not built under the sanitizers, which handle SIGSEGV and watch stacks
  * themselves.
@@ -40,9 +47,52 @@ static void *diver(void *arg) {
   return (void *)(intptr_t)dive(0);
 }
 
+/* 14 KiB a frame, only its two ends written: the frames step over whatever
+ * lies below the stack 14 KiB at a time. Returns after about 300 KiB. */
+static int leap(int depth) {
+  volatile char frame[14 * 1024];
+  frame[0] = (char)depth;
+  frame[sizeof frame - 1] = (char)depth;
+  if (depth >= 300 / 14)
+    return frame[0];
+  return leap(depth + 1) + frame[sizeof frame - 1];
+}
+
+static void *leaper(void *arg) {
+  (void)arg;
+  return (void *)(intptr_t)leap(0);
+}
+
+static void *bystander(void *arg) {
+  weft_sleep((uint64_t)(uintptr_t)arg);
+  return NULL;
+}
+
+/* Three stacks side by side, the middle one freed and reused by the
+ * leaper: whichever way the stacks are laid out (chunk slots upwards,
+ * fallback mappings downwards), a parked task's stack lies just below the
+ * guard the leaper meets. With a 4 KiB guard the leaper returns and that
+ * stack is quietly overwritten. */
+static void *big_main(void *arg) {
+  (void)arg;
+  weft_task_t *mid, *t;
+  if (weft_spawn(NULL, bystander, (void *)(uintptr_t)1000, NULL) != 0 ||
+      weft_spawn(NULL, bystander, (void *)(uintptr_t)0, &mid) != 0 ||
+      weft_spawn(NULL, bystander, (void *)(uintptr_t)1000, NULL) != 0)
+    _exit(3);
+  weft_await(mid, NULL);
+  weft_task_release(mid);
+  if (weft_spawn(NULL, leaper, NULL, &t) != 0 || weft_task_set_name(t, "diver") != 0)
+    _exit(3);
+  weft_await(t, NULL);
+  return NULL;
+}
+
+enum mode { GUARD, FALLBACK, CANARY, BIG, BIG_FALLBACK };
+
 /* Runs the diver in a child; returns what the child wrote on stderr, and
  * its wait status in *status. */
-static char *run_child(bool canary, int *status) {
+static char *run_child(enum mode mode, int *status) {
   int fds[2];
   assert_int_equal(pipe(fds), 0);
   pid_t pid = fork();
@@ -53,17 +103,24 @@ static char *run_child(bool canary, int *status) {
     /* cmocka catches SIGSEGV around a test; weft reports only where the
      * application left it at its default. */
     signal(SIGSEGV, SIG_DFL);
-    if (canary) {
+    if (mode == CANARY) {
       setenv("WEFT_GUARDED_STACKS_MAX", "0", 1);
       depth_target = STACK / 1024 - 1; /* frames of a bit over 1 KiB: about 2 KiB past the bottom */
     }
+    if (mode == FALLBACK || mode == BIG_FALLBACK)
+      setenv("WEFT_STACK_FALLBACK", "1", 1);
+    bool big = mode == BIG || mode == BIG_FALLBACK;
     weft_loop_t *loop;
-    weft_loop_opts_t o = {.stack_size = STACK, .name = "deep-loop"};
+    weft_loop_opts_t o = {.stack_size = big ? 256 * 1024 : STACK, .name = "deep-loop"};
     if (weft_loop_new(&loop, &o) != 0)
       _exit(3);
     weft_task_t *t;
-    if (weft_spawn(loop, diver, NULL, &t) != 0 || weft_task_set_name(t, "diver") != 0)
+    if (big) {
+      if (weft_spawn(loop, big_main, NULL, &t) != 0)
+        _exit(3);
+    } else if (weft_spawn(loop, diver, NULL, &t) != 0 || weft_task_set_name(t, "diver") != 0) {
       _exit(3);
+    }
     weft_loop_run_until_complete(loop, t, NULL);
     _exit(0); /* not reached if the overflow is caught */
   }
@@ -79,18 +136,34 @@ static char *run_child(bool canary, int *status) {
   return out;
 }
 
-static void guard_page(void **state) {
+static void expect_report(enum mode mode) {
   int status;
-  char *err = run_child(false, &status);
+  char *err = run_child(mode, &status);
   if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT))
     fail_msg("the child did not abort (status %d); it said: %s", status, err);
   if (!strstr(err, "task stack overflow in diver on deep-loop"))
     fail_msg("no overflow report; the child said: %s", err);
 }
 
+static void guard_page(void **state) {
+  expect_report(GUARD);
+}
+
+static void guard_page_fallback(void **state) {
+  expect_report(FALLBACK);
+}
+
+static void big_frames(void **state) {
+  expect_report(BIG);
+}
+
+static void big_frames_fallback(void **state) {
+  expect_report(BIG_FALLBACK);
+}
+
 static void canary(void **state) {
   int status;
-  char *err = run_child(true, &status);
+  char *err = run_child(CANARY, &status);
   if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT))
     fail_msg("the child did not abort (status %d); it said: %s", status, err);
   if (!strstr(err, "task stack overflow in diver on deep-loop (its canary was overwritten)"))
@@ -120,7 +193,10 @@ static void sent_sigsegv_kills(void **state) {
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(guard_page),
+    cmocka_unit_test(guard_page_fallback),
     cmocka_unit_test(canary),
+    cmocka_unit_test(big_frames),
+    cmocka_unit_test(big_frames_fallback),
     cmocka_unit_test(sent_sigsegv_kills),
 };
 

@@ -1,7 +1,8 @@
 /* Tests for task stacks: the switch method is named, a task may use a large
  * part of its stack, small stacks work, many tasks can be parked at once,
  * stacks are pooled, an overflow hits a guard page instead of corrupting
- * memory quietly, and past the guard-page budget (vm.max_map_count) weft
+ * memory quietly, stacks on a kernel with lightweight guard regions cost no
+ * mapping each (and the fallback, forced, does), and past the guard-page budget (vm.max_map_count) weft
  * keeps going on canary-checked stacks until a million tasks are alive at
  * once.
  *
@@ -13,6 +14,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -147,6 +149,63 @@ static void overflow_hits_guard(void **state) {
   assert_false(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* ------------------------------------------------ mappings per stack */
+
+static size_t maps_count(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  size_t n = 0;
+  int c;
+  if (!f)
+    return 0;
+  while ((c = fgetc(f)) != EOF)
+    n += c == '\n';
+  fclose(f);
+  return n;
+}
+
+static size_t g_maps_parked;
+
+static void *maps_sleeper(void *arg) {
+  return (void *)(intptr_t)weft_sleep((uint64_t)(uintptr_t)arg);
+}
+
+static void *maps_main(void *arg) {
+  size_t n = (size_t)(uintptr_t)arg;
+  for (size_t i = 0; i < n; i++)
+    assert_int_equal(weft_spawn(NULL, maps_sleeper, (void *)(uintptr_t)50, NULL), 0);
+  assert_int_equal(weft_yield(), 0); /* every sleeper is parked on its stack */
+  g_maps_parked = maps_count();
+  return NULL;
+}
+
+/* New mappings while 1000 tasks are parked, on a fresh loop. */
+static size_t maps_for_thousand(void) {
+  size_t before = maps_count();
+  assert_int_equal(weft_run(maps_main, (void *)(uintptr_t)1000, NULL), 0);
+  return g_maps_parked > before ? g_maps_parked - before : 0;
+}
+
+/* Linux 6.13 and later: guard regions without a mapping each. */
+static bool kernel_has_lite_guards(void) {
+  struct utsname u;
+  int major = 0, minor = 0;
+  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+    return false;
+  return major > 6 || (major == 6 && minor >= 13);
+}
+
+static void guards_without_mappings(void **state) {
+  /* The fallback, forced: a guard mapping and a stack mapping each. */
+  setenv("WEFT_STACK_FALLBACK", "1", 1);
+  size_t fallback = maps_for_thousand();
+  unsetenv("WEFT_STACK_FALLBACK");
+  size_t lite = maps_for_thousand();
+  print_message("mappings for 1000 parked tasks: %zu (fallback), %zu (default)\n", fallback, lite);
+  assert_true(fallback >= 1000);
+  if (kernel_has_lite_guards())
+    assert_true(lite <= 1000 / 64 /* stacks per chunk (stack.c) */ + 20);
+}
+
 /* --------------------------------------------------------- many at once */
 
 static size_t g_started; /* tasks that began */
@@ -242,9 +301,10 @@ static void run_million(size_t stack_size, const char *label) {
   assert_int_equal(g_done, m.n);
   assert_int_equal(m.while_parked.live, m.n + 1);
   assert_int_equal(m.while_parked.waiting, m.n);
-  /* The guard-page budget cannot cover a million stacks on a default
-   * kernel, so some had to be canary stacks. */
-  assert_true(m.while_parked.stacks_canary > 0);
+  /* With lightweight guards every stack is guarded; on the fallback the
+   * guard-page budget cannot cover a million stacks on a default kernel,
+   * so some had to be canary stacks. */
+  assert_true(m.while_parked.stacks_canary > 0 || m.while_parked.stacks_guarded >= m.n);
   assert_true(m.while_parked.stacks_guarded + m.while_parked.stacks_canary >= m.n);
   assert_int_equal(m.at_end.finished, m.n);
 }
@@ -263,6 +323,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(small_stacks),
     cmocka_unit_test(stacks_are_pooled),
     cmocka_unit_test(overflow_hits_guard),
+    cmocka_unit_test(guards_without_mappings),
     cmocka_unit_test(twenty_thousand_tasks),
     cmocka_unit_test(million_tasks_small_stack),
     cmocka_unit_test(million_tasks_default_stack),

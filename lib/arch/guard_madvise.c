@@ -1,0 +1,78 @@
+/* Lightweight guard regions (Linux 6.13+): madvise(MADV_GUARD_INSTALL) marks
+ * a range of a private anonymous mapping so that any access faults with
+ * SIGSEGV, without splitting the mapping into a VMA of its own. A guard
+ * costs page-table entries, not memory and not a vm.max_map_count slot, so
+ * every stack carved from a large mapping can keep a wide guard (stack.c).
+ * MADV_DONTNEED over a range leaves the guards in it in place.
+ *
+ * One function, weft__guard_install, is all stack.c sees. It installs the n
+ * guards of a mapping with one process_madvise call where the kernel takes
+ * guard advice there (6.18 does), else with one madvise each. Elsewhere, or
+ * on an older kernel, it reports that guards are not available and stack.c
+ * falls back to a guard mapping per stack. */
+#include "internal.h"
+
+#include <errno.h>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+/* The calling process, for the pidfd calls (6.14+): no descriptor to open,
+ * and none that would name the parent after a fork. */
+#define GUARD_PIDFD_SELF (-10000)
+#define GUARD_IOV_MAX 64
+
+static atomic_bool batch_refused; /* process_madvise refused guard advice */
+
+/* Installs guards one by one from guard i onwards. */
+static int install_each(char *base, size_t stride, size_t len, size_t i, size_t n) {
+  for (; i < n; i++)
+    if (madvise(base + i * stride, len, MADV_GUARD_INSTALL) != 0)
+      return -errno;
+  return 0;
+}
+
+int weft__guard_install(void *base, size_t stride, size_t len, size_t n) {
+  char *b = base;
+  size_t i = 0;
+#if defined(SYS_process_madvise)
+  while (i < n && !atomic_load_explicit(&batch_refused, memory_order_relaxed)) {
+    struct iovec iov[GUARD_IOV_MAX];
+    size_t k = 0;
+    for (; k < GUARD_IOV_MAX && i + k < n; k++) {
+      iov[k].iov_base = b + (i + k) * stride;
+      iov[k].iov_len = len;
+    }
+    long done = syscall(SYS_process_madvise, GUARD_PIDFD_SELF, iov, k, MADV_GUARD_INSTALL, 0u);
+    if (done < 0) {
+      /* EBADF (no PIDFD_SELF) or EINVAL (no guard advice here): per range
+       * from now on. The first madvise tells whether guards exist at all. */
+      atomic_store_explicit(&batch_refused, true, memory_order_relaxed);
+      break;
+    }
+    /* A short count: the guards it did install are whole ranges. */
+    i += (size_t)done / len;
+    if ((size_t)done < k * len)
+      break;
+  }
+#endif
+  return install_each(b, stride, len, i, n);
+}
+
+#else
+
+int weft__guard_install(void *base, size_t stride, size_t len, size_t n) {
+  (void)base;
+  (void)stride;
+  (void)len;
+  (void)n;
+  return -ENOSYS;
+}
+
+#endif
