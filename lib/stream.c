@@ -944,16 +944,21 @@ int weft__stream_send_raw(weft_stream_t *s, const char *p, size_t len) {
   return 0;
 }
 
+/* The write queue is full: waits until it has room again, or returns the
+ * error that ended the wait or the stream's write error. */
+static int wait_room(weft_stream_t *s, weft_task_t *t) {
+  int err = wait_queue(s, t, s->wmax);
+  return err ? err : s->werr;
+}
+
 /* weft_stream_write on a filtered stream: a chunk at a time, each sealed
  * and sent whole, waiting for room only between chunks. */
 static int filter_write(weft_stream_t *s, weft_task_t *t, const char *p, size_t len) {
   int err;
   while (len > 0) {
     if (s->wqueued >= s->wmax) {
-      if ((err = wait_queue(s, t, s->wmax)) != 0)
+      if ((err = wait_room(s, t)) != 0)
         return err;
-      if (s->werr)
-        return s->werr;
       continue;
     }
     size_t chunk = len < WEFT__FILTER_CHUNK ? len : WEFT__FILTER_CHUNK;
@@ -1004,10 +1009,8 @@ int weft_stream_write(weft_stream_t *s, const void *buf, size_t len) {
   }
   while (left > 0) {
     if (s->wqueued >= s->wmax) {
-      if ((err = wait_queue(s, t, s->wmax)) != 0)
+      if ((err = wait_room(s, t)) != 0)
         return err;
-      if (s->werr)
-        return s->werr;
       continue;
     }
     size_t chunk = s->wmax - s->wqueued;
