@@ -7,6 +7,7 @@
 #include "internal/queue.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -941,6 +942,9 @@ size_t weft__loops_each(weft__msg_t *(*make)(weft_loop_t *loop, void *arg), void
 bool weft__loops_with(weft_loop_t *loop, void (*fn)(weft_loop_t *loop, void *arg), void *arg);
 /* The weft loop built on uv, or NULL. */
 weft_loop_t *weft__loops_find_uv(const uv_loop_t *uv);
+/* Installs handler (SA_SIGINFO | flags) for sig if nobody handles it yet
+ * (signal.c); false if sig is taken or sigaction failed. */
+bool weft__sig_claim(int sig, void (*handler)(int, siginfo_t *, void *), int flags);
 /* weft_loop_stats; wait: also for a loop held by a long step, where
  * weft_loop_stats names the task instead (WEFT_EAGAIN). stats.c */
 int weft__loop_stats(weft_loop_t *loop, weft_stats_t *out, bool wait);

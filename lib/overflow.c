@@ -79,18 +79,9 @@ static void altstack_free(void *p) {
 }
 
 static void segv_install(void) {
-  struct sigaction old;
-  if (sigaction(SIGSEGV, NULL, &old) != 0 || (old.sa_flags & SA_SIGINFO) ||
-      old.sa_handler != SIG_DFL)
-    return;
   if (pthread_key_create(&altstack_key, altstack_free) != 0)
     return;
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = segv_handler;
-  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-  sigemptyset(&sa.sa_mask);
-  segv_installed = sigaction(SIGSEGV, &sa, NULL) == 0;
+  segv_installed = weft__sig_claim(SIGSEGV, segv_handler, SA_ONSTACK);
 }
 
 /* On a thread about to run a loop: the handler, once per process, and an

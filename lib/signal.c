@@ -296,3 +296,15 @@ int weft__signal_state(int signum, size_t *waiters, bool *pending) {
   pthread_mutex_unlock(&s->q.lock);
   return 0;
 }
+
+bool weft__sig_claim(int sig, void (*handler)(int, siginfo_t *, void *), int flags) {
+  struct sigaction old;
+  if (sigaction(sig, NULL, &old) != 0 || (old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL)
+    return false;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = handler;
+  sa.sa_flags = SA_SIGINFO | flags;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(sig, &sa, NULL) == 0;
+}

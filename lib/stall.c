@@ -97,18 +97,10 @@ static void bt_install(void) {
   if (getenv("WEFT_STALL_BACKTRACE") && strcmp(getenv("WEFT_STALL_BACKTRACE"), "0") == 0)
     return;
   for (int sig = SIGRTMAX - 1; sig > SIGRTMIN + 4; sig--) {
-    struct sigaction old;
-    if (sigaction(sig, NULL, &old) != 0 || old.sa_handler != SIG_DFL ||
-        (old.sa_flags & SA_SIGINFO))
-      continue;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = bt_handler;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(sig, &sa, NULL) == 0)
+    if (weft__sig_claim(sig, bt_handler, SA_RESTART)) {
       bt_signal = sig;
-    return;
+      return;
+    }
   }
 }
 
