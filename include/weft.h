@@ -1327,8 +1327,10 @@ WEFT_API int weft_udp_close(weft_udp_t *u);
  * the next wait takes it and returns 0 at once: a task that handles a
  * signal and then waits again misses none that came meanwhile. The first
  * wait for a signal blocks its thread briefly while the watcher thread
- * installs the handler, so a signal sent once that call has begun to wait
- * is never the default action. Returns 0; WEFT_EINVAL (not a signal one can
+ * installs the handler, so a signal sent once that call has begun is never
+ * the default action (also when the call returns at once with a pending
+ * cancel or a passed deadline: the signal is watched all the same).
+ * Returns 0; WEFT_EINVAL (not a signal one can
  * wait for: 0, negative, NSIG or above, SIGKILL, SIGSTOP, the faults
  * SIGSEGV, SIGBUS, SIGFPE and SIGILL, the real-time signals glibc keeps);
  * WEFT_ECANCELED or WEFT_ETIMEDOUT (a signal that reached the waiter before

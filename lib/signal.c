@@ -251,12 +251,9 @@ int weft_signal_wait(int signum) {
     weft__misuse("weft_signal_wait", "signal %d cannot be waited for", signum);
     return WEFT_EINVAL;
   }
-  weft_task_t *t;
-  int err = weft__waiter_caller(&t, "weft_signal_wait");
-  if (err)
-    return err;
   pthread_once(&g.once, slots_init);
   sigslot_t *s = &g.slot[signum];
+  int err;
   for (;;) {
     if ((err = request(signum, true)) != 0)
       return err;
@@ -264,6 +261,14 @@ int weft_signal_wait(int signum) {
     if (s->active)
       break;
     pthread_mutex_unlock(&s->q.lock); /* a stop came between: watch again */
+  }
+  /* Watched from here on, also when this call returns at once (a cancel
+   * pending, a deadline passed): a signal sent after it is caught and
+   * held, never left to its default action. */
+  weft_task_t *t;
+  if ((err = weft__waiter_caller(&t, "weft_signal_wait")) != 0) {
+    pthread_mutex_unlock(&s->q.lock);
+    return err;
   }
   if (s->pending) {
     s->pending = false;
