@@ -3,10 +3,19 @@
  *
  *   echo_server [--host H] [--port P] [--workers N]
  *               [--mode reuseport|handoff|least-loaded] [limits...]
+ *               [--tls-cert CHAIN.pem --tls-key KEY.pem]
  *
  * Every request gets 200 OK with its body echoed back (or its target, when
  * the body is empty); samples/echo_http.c does the HTTP, this file the
  * loops, the sockets and the deadlines. See --help for the limits.
+ *
+ * --tls-cert and --tls-key: the same echo over HTTPS on the same port
+ * (weft_tls: TLS 1.2 and 1.3), on every mode and worker count, with the same
+ * limits and deadlines. The handshake runs under the header deadline, from
+ * the accept: a client that stalls in it is cut off as a slow header is, and
+ * the first request's header deadline runs from the accept too. A
+ * connection still in its handshake at SIGTERM is closed at once, as an idle
+ * one is. Built without weft_tls (WEFT_TLS OFF), the options are refused.
  *
  * SIGINT or SIGTERM: stop accepting, let requests in flight finish (idle
  * keep-alive connections are closed at once) for up to 1.5 s
@@ -40,6 +49,9 @@
 #include <time.h>
 
 #include <weft.h>
+#ifdef ECHO_TLS
+#include <weft_tls.h>
+#endif
 
 #include "echo_http.h"
 
@@ -57,6 +69,10 @@ typedef struct config {
   echo_limits_t limits;
   uint64_t header_timeout_ms;
   uint64_t idle_timeout_ms;
+  const char *tls_cert, *tls_key; /* both or neither */
+#ifdef ECHO_TLS
+  weft_tls_ctx_t *tls;            /* made from them; NULL: plain HTTP */
+#endif
 } config_t;
 
 /* One per loop: its acceptor and the connections it serves. */
@@ -76,7 +92,8 @@ typedef struct conn {
   loop_state_t *ls;
   weft_stream_t *s;
   weft_task_t *task;
-  bool idle;                /* waiting for the first byte of a request */
+  bool idle;                /* waiting for the first byte of a request, or in
+                               the TLS handshake */
 } conn_t;
 
 static atomic_int g_stopping;
@@ -111,7 +128,10 @@ static int flush(conn_t *c, echo_conn_t *h) {
  * times a second instead of once a request. */
 #define IDLE_SLACK_MS 100
 
-static void serve(conn_t *c, echo_conn_t *h, char *buf) {
+/* first_start: where the first request's header deadline runs from when it
+ * began before the first byte (the TLS handshake's start); 0: from the
+ * first byte. */
+static void serve(conn_t *c, echo_conn_t *h, char *buf, uint64_t first_start) {
   const config_t *cfg = c->ls->cfg;
   uint64_t request_start = 0;
   uint64_t idle_armed = 0; /* now_ms() at the idle deadline's arming; 0: not armed */
@@ -163,7 +183,8 @@ static void serve(conn_t *c, echo_conn_t *h, char *buf) {
       idle_armed = 0;
     }
     if (request_start == 0)
-      request_start = after;
+      request_start = first_start ? first_start : after;
+    first_start = 0;
     if (echo_conn_feed(h, buf, (size_t)got) != 0) {
       weft_deadline_set(cfg->idle_timeout_ms);
       flush(c, h); /* the error response, then close */
@@ -182,8 +203,22 @@ static void *conn_main(void *arg) {
   loop_state_t *ls = c->ls;
   echo_conn_t *h = NULL;
   char *buf = malloc(READ_SIZE);
-  if (buf && echo_conn_new(&h, &ls->cfg->limits) == 0)
-    serve(c, h, buf);
+  uint64_t first_start = 0;
+  bool ok = true;
+#ifdef ECHO_TLS
+  if (ls->cfg->tls) {
+    /* The handshake under the header deadline, from the accept; a stop
+     * asked meanwhile cancels it (close_idle). */
+    first_start = now_ms();
+    first_start += !first_start;
+    weft_deadline_set(ls->cfg->header_timeout_ms);
+    c->idle = true;
+    ok = !atomic_load(&g_stopping) && weft_tls_accept(c->s, ls->cfg->tls) == 0;
+    c->idle = false;
+  }
+#endif
+  if (ok && buf && echo_conn_new(&h, &ls->cfg->limits) == 0)
+    serve(c, h, buf, first_start);
   echo_conn_free(h);
   free(buf);
   weft_deadline_clear();
@@ -257,6 +292,20 @@ static void loop_state_end(loop_state_t *ls) {
 
 /* ------------------------------------------------------ one loop, no pool */
 
+/* ", TLS" in the listening line when it serves HTTPS. */
+static const char *tls_note(const config_t *cfg) {
+  return cfg->tls_cert ? ", TLS" : "";
+}
+
+static void config_free(config_t *cfg) {
+#ifdef ECHO_TLS
+  weft_tls_ctx_free(cfg->tls);
+  cfg->tls = NULL;
+#else
+  (void)cfg;
+#endif
+}
+
 /* The state of a --workers 1 run: its loop runs on the main thread. */
 typedef struct one_loop {
   loop_state_t ls;
@@ -320,8 +369,8 @@ static void *one_loop_main(void *arg) {
     return NULL;
   }
   /* Announced once a signal can stop it cleanly. */
-  printf("echo_server: listening on %s:%d, 1 loop on the main thread\n", o->ls.cfg->host,
-         weft_listener_port(o->ls.l));
+  printf("echo_server: listening on %s:%d, 1 loop on the main thread%s\n", o->ls.cfg->host,
+         weft_listener_port(o->ls.l), tls_note(o->ls.cfg));
   fflush(stdout);
   acceptor_main(&o->ls);
   uint64_t give_up = now_ms() + STOP_GRACE_MS;
@@ -374,7 +423,10 @@ static void usage(FILE *f) {
           "  --max-body BYTES     body limit, 413 beyond (default 1048576)\n"
           "  --max-pipeline N     requests answered but not yet sent (default 16)\n"
           "  --header-timeout MS  from a request's first byte (default 10000)\n"
-          "  --idle-timeout MS    keep-alive idle limit (default 5000)\n");
+          "  --idle-timeout MS    keep-alive idle limit (default 5000)\n"
+          "  --tls-cert FILE      serve HTTPS: the PEM certificate chain (server's first)\n"
+          "  --tls-key FILE       and its PEM private key (unencrypted); the TLS\n"
+          "                       handshake runs under the header deadline\n");
 }
 
 static unsigned long long number(const char *s, const char *what) {
@@ -395,7 +447,8 @@ static void parse(int argc, char **argv, config_t *cfg) {
       {"max-line", required_argument, 0, 'L'},    {"max-header", required_argument, 0, 'H'},
       {"max-headers", required_argument, 0, 'F'}, {"max-body", required_argument, 0, 'B'},
       {"max-pipeline", required_argument, 0, 'P'}, {"header-timeout", required_argument, 0, 'T'},
-      {"idle-timeout", required_argument, 0, 'I'}, {"help", no_argument, 0, '?'},
+      {"idle-timeout", required_argument, 0, 'I'}, {"tls-cert", required_argument, 0, 'C'},
+      {"tls-key", required_argument, 0, 'K'},     {"help", no_argument, 0, '?'},
       {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -422,6 +475,8 @@ static void parse(int argc, char **argv, config_t *cfg) {
     case 'P': cfg->limits.max_pipeline = number(optarg, "--max-pipeline"); break;
     case 'T': cfg->header_timeout_ms = number(optarg, "--header-timeout"); break;
     case 'I': cfg->idle_timeout_ms = number(optarg, "--idle-timeout"); break;
+    case 'C': cfg->tls_cert = optarg; break;
+    case 'K': cfg->tls_key = optarg; break;
     default:
       usage(ch == '?' && strcmp(argv[optind - 1], "--help") == 0 ? stdout : stderr);
       exit(ch == '?' && strcmp(argv[optind - 1], "--help") == 0 ? 0 : 2);
@@ -431,15 +486,38 @@ static void parse(int argc, char **argv, config_t *cfg) {
     usage(stderr);
     exit(2);
   }
+  if (cfg->tls_cert || cfg->tls_key) {
+#ifndef ECHO_TLS
+    fprintf(stderr, "echo_server: --tls-cert/--tls-key: built without TLS (weft_tls: "
+                    "configure with -DWEFT_TLS=ON and OpenSSL 3)\n");
+    exit(2);
+#else
+    if (!cfg->tls_cert || !cfg->tls_key) {
+      fprintf(stderr, "echo_server: --tls-cert and --tls-key go together\n");
+      exit(2);
+    }
+    int err = weft_tls_server_ctx(&cfg->tls, cfg->tls_cert, cfg->tls_key);
+    if (err) {
+      fprintf(stderr, "echo_server: --tls-cert %s --tls-key %s: %s%s%s\n", cfg->tls_cert,
+              cfg->tls_key, weft_strerror(err), err == WEFT_ETLS ? ": " : "",
+              err == WEFT_ETLS ? weft_tls_error() : "");
+      exit(2);
+    }
+#endif
+  }
 }
+
 
 int main(int argc, char **argv) {
   config_t cfg = {.host = "127.0.0.1", .port = 8080, .mode = WEFT_LISTEN_REUSEPORT,
                   .header_timeout_ms = 10000, .idle_timeout_ms = 5000};
   echo_limits_default(&cfg.limits);
   parse(argc, argv, &cfg);
-  if (cfg.workers == 1)
-    return run_one_loop(&cfg);
+  if (cfg.workers == 1) {
+    int rc = run_one_loop(&cfg);
+    config_free(&cfg);
+    return rc;
+  }
 
   /* Block the signals before any thread starts, so only sigwait sees them. */
   sigset_t sigs;
@@ -481,10 +559,12 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  printf("echo_server: listening on %s:%d, %u loops, mode %s\n", cfg.host, weft_listener_port(l),
-         n, cfg.mode == WEFT_LISTEN_HANDOFF        ? "handoff"
-            : cfg.mode == WEFT_LISTEN_LEAST_LOADED ? "least-loaded"
-                                                   : "reuseport");
+  printf("echo_server: listening on %s:%d, %u loops, mode %s%s\n", cfg.host,
+         weft_listener_port(l), n,
+         cfg.mode == WEFT_LISTEN_HANDOFF        ? "handoff"
+         : cfg.mode == WEFT_LISTEN_LEAST_LOADED ? "least-loaded"
+                                                : "reuseport",
+         tls_note(&cfg));
   fflush(stdout);
 
   /* SIGUSR1: a dump of every loop and task, on stderr. */
@@ -512,5 +592,6 @@ int main(int argc, char **argv) {
     loop_state_end(&loops[i]);
   free(loops);
   free(acceptors);
+  config_free(&cfg);
   return 0;
 }
