@@ -748,6 +748,7 @@ typedef struct mode_srv {
   weft_listener_t *l;
   atomic_int served;
   atomic_int accept_done;
+  atomic_int in_accept;      /* acceptor tasks inside weft_tcp_accept */
 } mode_srv_t;
 
 static void *mode_conn(void *arg) {
@@ -763,7 +764,12 @@ static void *mode_conn(void *arg) {
 static void *mode_accept(void *arg) {
   mode_srv_t *m = arg;
   weft_stream_t *s;
-  while (weft_tcp_accept(m->l, &s) == 0) {
+  for (;;) {
+    atomic_fetch_add(&m->in_accept, 1);
+    int rc = weft_tcp_accept(m->l, &s);
+    atomic_fetch_sub(&m->in_accept, 1);
+    if (rc != 0)
+      break;
     atomic_fetch_add(&m->served, 1);
     weft_spawn(NULL, mode_conn, s, NULL);
   }
@@ -799,6 +805,15 @@ static void unix_modes(void **state) {
       assert_int_equal(weft_spawn(weft_pool_loop(pool, i), mode_accept, &m, NULL), 0);
     assert_int_equal(weft_run(mode_client, path, NULL), 0);
     assert_int_equal(atomic_load(&m.served), 20);
+    /* The listener may be closed only once no task can still call accept
+     * on it (the handle is gone after the close): both acceptors are
+     * inside weft_tcp_accept, and parked there, which a stats answer from
+     * each loop (given between two steps) makes sure of. */
+    assert_true(wt_wait_ge(&m.in_accept, 2, 10000));
+    weft_stats_t st;
+    for (unsigned i = 0; i < 2; i++)
+      assert_int_equal(weft_loop_stats(weft_pool_loop(pool, i), &st), 0);
+    assert_int_equal(atomic_load(&m.in_accept), 2);
     assert_int_equal(weft_listener_close(m.l), 0);
     assert_true(wt_wait_ge(&m.accept_done, 2, 10000));
     assert_int_equal(weft_pool_shutdown(pool, WEFT_DRAIN), 0);
