@@ -978,8 +978,11 @@ WEFT_API int weft_tcp_accept(weft_listener_t *l, weft_stream_t **s);
  * yet taken by a loop are closed, streams already accepted are not
  * affected. Never suspends. Any thread, once; close a pool's listener
  * before weft_pool_shutdown(WEFT_DRAIN), which otherwise waits on its
- * accepting tasks. Errors: WEFT_EINVAL (NULL), WEFT_ECLOSED (closed
- * already). */
+ * accepting tasks. The handle is the caller's no more: a task that calls
+ * weft_tcp_accept after the close may find it freed, so stop the accepting
+ * tasks' loops first, or close only while they wait inside
+ * weft_tcp_accept (they then get WEFT_ECLOSED). Errors: WEFT_EINVAL
+ * (NULL), WEFT_ECLOSED (closed already). */
 WEFT_API int weft_listener_close(weft_listener_t *l);
 
 /** asyncio.open_connection(host, port): connects to host:port (await
