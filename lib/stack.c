@@ -185,43 +185,65 @@ error1:
   return NULL;
 }
 
-static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
-  weft__slab_t *slab = p->carving;
-  if (!slab || slab->carved == SLAB_STACKS) {
-    slab = weft__malloc(sizeof *slab + SLAB_STACKS * sizeof slab->stacks[0]);
-    if (!slab)
-      return NULL;
-    slab->cap = SLAB_STACKS;
-    slab->guarded = false;
-    slab->busy = 0;
-    slab->nwarm = 0;
-    /* One page below the first slot holds its canary. */
-    slab->map_len = page_size + p->stack_size * SLAB_STACKS;
-    slab->map = mmap(NULL, slab->map_len, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (slab->map == MAP_FAILED) {
-      free(slab);
-      return NULL;
-    }
-    slab->carved = 0;
-    slab->next = p->slabs;
-    p->slabs = slab;
-    p->carving = slab;
+/* A new slab of cap slots mapped over map_len bytes, not yet the pool's;
+ * NULL when out of memory. */
+static weft__slab_t *slab_new(size_t cap, size_t map_len) {
+  weft__slab_t *slab = weft__malloc(sizeof *slab + cap * sizeof slab->stacks[0]);
+  if (!slab)
+    return NULL;
+  slab->map_len = map_len;
+  slab->map = mmap(NULL, map_len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (slab->map == MAP_FAILED) {
+    free(slab);
+    return NULL;
   }
-  weft__stack_t *s = &slab->stacks[slab->carved];
+  slab->cap = cap;
+  slab->guarded = false;
+  slab->carved = 0;
+  slab->busy = 0;
+  slab->nwarm = 0;
+  return slab;
+}
+
+/* The slab joins the pool's and is carved from next. */
+static void slab_adopt(weft__stack_pool_t *p, weft__slab_t *slab) {
+  slab->next = p->slabs;
+  p->slabs = slab;
+  p->carving = slab;
+}
+
+/* The slab's next slot as a stack of size bytes from lo, checked by the
+ * word at canary. */
+static weft__stack_t *slab_carve(weft__slab_t *slab, void *lo, size_t size,
+                                 const uint64_t *canary) {
+  weft__stack_t *s = &slab->stacks[slab->carved++];
   s->map = NULL;
   s->map_len = 0;
   s->slab = slab;
-  s->lo = (char *)slab->map + page_size + slab->carved * p->stack_size;
-  /* The top 16 bytes of each slot are not stack: the next slot's canary
-   * lives there. */
-  s->size = p->stack_size - 16;
-  s->canary = (const uint64_t *)((char *)s->lo - sizeof(uint64_t));
+  s->lo = lo;
+  s->size = size;
+  s->canary = canary;
   s->cold = false;
   s->tsan_fiber = NULL;
   weft__queue_init(&s->node);
-  slab->carved++;
   stack_arm(s);
+  return s;
+}
+
+static weft__stack_t *stack_new_canary(weft__stack_pool_t *p) {
+  weft__slab_t *slab = p->carving;
+  if (!slab || slab->carved == SLAB_STACKS) {
+    /* One page below the first slot holds its canary. */
+    if (!(slab = slab_new(SLAB_STACKS, page_size + p->stack_size * SLAB_STACKS)))
+      return NULL;
+    slab_adopt(p, slab);
+  }
+  char *lo = (char *)slab->map + page_size + slab->carved * p->stack_size;
+  /* The top 16 bytes of each slot are not stack: the next slot's canary
+   * lives there. */
+  weft__stack_t *s = slab_carve(slab, lo, p->stack_size - 16,
+                                (const uint64_t *)(lo - sizeof(uint64_t)));
   p->ncanary++;
   return s;
 }
@@ -232,16 +254,8 @@ static weft__stack_t *stack_new_lite(weft__stack_pool_t *p) {
   weft__slab_t *c = p->carving;
   size_t stride = GUARD + p->stack_size;
   if (!c || c->carved == c->cap) {
-    c = weft__malloc(sizeof *c + WEFT__CHUNK_STACKS * sizeof c->stacks[0]);
-    if (!c)
+    if (!(c = slab_new(WEFT__CHUNK_STACKS, stride * WEFT__CHUNK_STACKS)))
       return NULL;
-    c->map_len = stride * WEFT__CHUNK_STACKS;
-    c->map = mmap(NULL, c->map_len, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (c->map == MAP_FAILED) {
-      free(c);
-      return NULL;
-    }
     int rc = weft__guard_install(c->map, stride, GUARD, WEFT__CHUNK_STACKS);
     if (rc != 0) {
       munmap(c->map, c->map_len);
@@ -254,27 +268,11 @@ static weft__stack_t *stack_new_lite(weft__stack_pool_t *p) {
       }
       return NULL;
     }
-    c->cap = WEFT__CHUNK_STACKS;
     c->guarded = true;
-    c->carved = 0;
-    c->busy = 0;
-    c->nwarm = 0;
-    c->next = p->slabs;
-    p->slabs = c;
-    p->carving = c;
+    slab_adopt(p, c);
   }
-  weft__stack_t *s = &c->stacks[c->carved];
-  s->map = NULL;
-  s->map_len = 0;
-  s->slab = c;
-  s->lo = (char *)c->map + c->carved * stride + GUARD;
-  s->size = p->stack_size;
-  s->canary = &guarded_canary;
-  s->cold = false;
-  s->tsan_fiber = NULL;
-  weft__queue_init(&s->node);
-  c->carved++;
-  stack_arm(s);
+  weft__stack_t *s = slab_carve(c, (char *)c->map + c->carved * stride + GUARD, p->stack_size,
+                                &guarded_canary);
   p->nguarded++;
   return s;
 }
