@@ -37,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tls_certs.h"
+
 extern char **environ;
 
 #if defined(__has_feature)
@@ -105,31 +107,14 @@ static int sh(char *out, size_t outlen, const char *fmt, ...) {
 }
 
 static void make_certs(void) {
-  strcpy(g_dir, "/tmp/weft-echo-tls-XXXXXX");
-  if (!mkdtemp(g_dir)) {
-    perror("mkdtemp");
-    exit(1);
-  }
-  int rc = sh(NULL, 0,
-    "set -e; cd %s; "
-    "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext; "
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
-    "-out ca.pem -days 1 -subj /CN=weft-echo-ca 2>/dev/null; "
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key "
-    "-out other.pem -days 1 -subj /CN=weft-other-ca 2>/dev/null; "
-    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key "
-    "-out srv.csr -subj /CN=localhost 2>/dev/null; "
-    "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem "
-    "-days 1 -extfile ext 2>/dev/null",
-    g_dir);
-  if (rc != 0) {
+  if (wt_certs_make(g_dir) != 0) {
     fprintf(stderr, "FAIL: the openssl command could not make the certificates\n");
     exit(1);
   }
 }
 
 static void remove_certs(void) {
-  sh(NULL, 0, "rm -rf %s", g_dir);
+  wt_certs_remove(g_dir);
 }
 
 /* ------------------------------------------------------------- server */

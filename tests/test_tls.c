@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <sys/stat.h>
 
+#include "tls_certs.h"
 #include "weft_tls.h"
 
 #define HOST "127.0.0.1"
@@ -25,22 +26,7 @@ static char dir[64];
 static char ca[128], other_ca[128], cert[128], key[128];
 
 static void make_certs(void) {
-  strcpy(dir, "/tmp/weft-tls-XXXXXX");
-  assert_non_null(mkdtemp(dir));
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd,
-    "set -e; cd %s; "
-    "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext; "
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key "
-    "-out ca.pem -days 1 -subj /CN=weft-test-ca 2>/dev/null; "
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key "
-    "-out other.pem -days 1 -subj /CN=weft-other-ca 2>/dev/null; "
-    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key "
-    "-out srv.csr -subj /CN=localhost 2>/dev/null; "
-    "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem "
-    "-days 1 -extfile ext 2>/dev/null",
-    dir);
-  assert_int_equal(system(cmd), 0);
+  assert_int_equal(wt_certs_make(dir), 0);
   snprintf(ca, sizeof ca, "%s/ca.pem", dir);
   snprintf(other_ca, sizeof other_ca, "%s/other.pem", dir);
   snprintf(cert, sizeof cert, "%s/srv.pem", dir);
@@ -48,9 +34,7 @@ static void make_certs(void) {
 }
 
 static void remove_certs(void) {
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  assert_int_equal(system(cmd), 0);
+  assert_int_equal(wt_certs_remove(dir), 0);
 }
 
 /* ------------------------------------------------- echo across loops */
