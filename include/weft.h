@@ -361,9 +361,10 @@ WEFT_API int weft_loop_stats(weft_loop_t *loop, weft_stats_t *out);
  * loop is. "(null)" for NULL. */
 WEFT_API const char *weft_loop_name(const weft_loop_t *loop);
 
-/** Where weft's diagnostics go (slow steps; misuse messages in debug mode):
- * fn(line, arg) gets one line without its newline, on whatever thread
- * noticed. fn NULL restores the default, stderr. Any thread; set it before
+/** Where weft's diagnostics go (slow steps, the watchdog's stall lines and
+ * their call stacks; misuse messages in debug mode): fn(line, arg) gets one
+ * line without its newline, on whatever thread noticed (the watchdog's own
+ * thread for stall lines). fn NULL restores the default, stderr. Any thread; set it before
  * starting loops. */
 typedef void (*weft_log_fn)(const char *line, void *arg);
 WEFT_API void weft_log_set(weft_log_fn fn, void *arg);
