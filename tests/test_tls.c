@@ -3,8 +3,8 @@
  * (TLS 1.3, the framed reads, a 400 KB body each way), verification that
  * fails (a CA that did not sign, a host name the certificate does not
  * name), plain bytes where a ClientHello belongs, cancellation and
- * deadlines during the handshake and during a read, and descriptors back
- * to their count.
+ * deadlines during the handshake, during a read and during a long write,
+ * and descriptors back to their count.
  *
  * Each case makes a throwaway CA, a server certificate it signed (for
  * localhost and 127.0.0.1) and a second, unrelated CA, with the openssl
@@ -453,12 +453,203 @@ static void tls_read_cancel_deadline(void **state) {
   remove_certs();
 }
 
+/* A long write cut while it waits for room (the peer reads nothing, so the
+ * socket's buffers and then the write queue fill): by a cancel, by a
+ * deadline, and by a cancel after which the writer closes the stream at
+ * once. weft_tls.h: a write is sealed a 16 KiB record at a time and each
+ * record is sent whole, so the cut leaves whole records queued and the
+ * stream usable. Once the peer reads, it must see a prefix of what was
+ * written, cut at a record's end, then what is written after the cut and a
+ * clean end; after the close that drops the queue, a prefix of what was
+ * written and an end or a clear error, never bytes that were not written. */
+enum { WCUT_CANCEL, WCUT_DEADLINE, WCUT_CANCEL_CLOSE };
+
+#define WCUT_RECORD ((size_t)16 << 10)  /* the plaintext of one record */
+#define WCUT_LIMIT ((size_t)256 << 10)  /* the client's write limit */
+#define WCUT_LONG ((size_t)16 << 20)    /* the write that is cut: more than
+                                           any socket buffer takes */
+#define WCUT_TRAILER "written after the cut\n"
+
+typedef struct wcut {
+  int mode;
+  weft_listener_t *l;
+  int port;
+  weft_tls_ctx_t *sctx;
+  weft_event_t *go;     /* set when the server may start reading */
+  weft_stream_t *s;     /* the client's end; NULL once the writer closed it */
+  /* The writer. */
+  int entered;          /* the long write began */
+  int returned;         /* ... and returned */
+  int rc;               /* what it returned */
+  int close_rc;         /* WCUT_CANCEL_CLOSE: what its close returned */
+  size_t done;          /* bytes of the writes before it, which returned 0 */
+  /* The server. */
+  int accept_rc;
+  char *got;            /* everything it read */
+  size_t got_len, got_cap;
+  ssize_t end;          /* the read that ended it: 0, or an error */
+} wcut_t;
+
+static char wcut_byte(size_t i) {
+  return (char)(((uint32_t)i * 2654435761u) >> 24);
+}
+
+static void wcut_fill(char *buf, size_t off, size_t len) {
+  for (size_t j = 0; j < len; j++)
+    buf[j] = wcut_byte(off + j);
+}
+
+static void *wcut_writer(void *arg) {
+  wcut_t *w = arg;
+  char *buf = malloc(WCUT_LONG);
+  assert_non_null(buf);
+  /* Whole records, until the socket takes no more and the write queue
+   * holds half its limit: none of these writes waits, and all of this
+   * runs in one step, so the long write below waits for room (parks)
+   * before its deadline can pass. */
+  while (weft_stream_write_queued(w->s) < WCUT_LIMIT / 2) {
+    wcut_fill(buf, w->done, WCUT_RECORD);
+    assert_int_equal(weft_stream_write(w->s, buf, WCUT_RECORD), 0);
+    w->done += WCUT_RECORD;
+  }
+  wcut_fill(buf, w->done, WCUT_LONG);
+  if (w->mode == WCUT_DEADLINE)
+    assert_int_equal(weft_deadline_set(50), 0);
+  w->entered = 1;
+  w->rc = weft_stream_write(w->s, buf, WCUT_LONG);
+  w->returned = 1;
+  if (w->mode == WCUT_DEADLINE)
+    assert_int_equal(weft_deadline_clear(), 0);
+  if (w->mode == WCUT_CANCEL_CLOSE) {
+    /* Cancelled: the close does not wait for the queue, which is dropped. */
+    w->close_rc = weft_stream_close(w->s);
+    w->s = NULL;
+  }
+  free(buf);
+  return NULL;
+}
+
+static void *wcut_server(void *arg) {
+  wcut_t *w = arg;
+  weft_stream_t *s;
+  assert_int_equal(weft_tcp_accept(w->l, &s), 0);
+  w->accept_rc = weft_tls_accept(s, w->sctx);
+  if (w->accept_rc == 0 && weft_event_wait(w->go) == 0) {
+    for (;;) {
+      if (w->got_cap - w->got_len < WCUT_LIMIT) {
+        w->got_cap = w->got_cap ? 2 * w->got_cap : (size_t)8 << 20;
+        w->got = realloc(w->got, w->got_cap);
+        assert_non_null(w->got);
+      }
+      ssize_t n = weft_stream_read(s, w->got + w->got_len, WCUT_LIMIT);
+      if (n <= 0) {
+        w->end = n;
+        break;
+      }
+      w->got_len += (size_t)n;
+    }
+  }
+  weft_stream_close(s);
+  return NULL;
+}
+
+static void *wcut_main(void *arg) {
+  wcut_t *w = arg;
+  assert_int_equal(weft_event_new(&w->go), 0);
+  weft_task_t *srv, *wr;
+  assert_int_equal(weft_spawn(NULL, wcut_server, w, &srv), 0);
+  weft_tls_ctx_t *c;
+  assert_int_equal(weft_tls_client_ctx(&c, ca), 0);
+  assert_int_equal(weft_tcp_connect(&w->s, HOST, w->port), 0);
+  assert_int_equal(weft_tls_connect(w->s, c, "localhost"), 0);
+  assert_int_equal(weft_stream_set_write_limit(w->s, WCUT_LIMIT), 0);
+  assert_int_equal(weft_spawn(NULL, wcut_writer, w, &wr), 0);
+  /* Until the long write waits for room: it has begun, not returned, and
+   * the queue is at its limit (a writer is woken only below it). The
+   * deadline may cut it meanwhile. */
+  while (!w->returned && !(w->entered && weft_stream_write_queued(w->s) >= WCUT_LIMIT))
+    assert_int_equal(weft_sleep(1), 0);
+  if (w->mode == WCUT_DEADLINE) {
+    assert_int_equal(weft_await(wr, NULL), 0);
+    assert_int_equal(w->rc, WEFT_ETIMEDOUT);
+  } else {
+    assert_false(w->returned);
+    assert_int_equal(weft_task_cancel(wr), 0);
+    assert_int_equal(weft_await(wr, NULL), WEFT_ECANCELED);
+    assert_int_equal(w->rc, WEFT_ECANCELED);
+  }
+  weft_task_release(wr);
+  assert_int_equal(weft_event_set(w->go), 0);
+  if (w->mode == WCUT_CANCEL_CLOSE) {
+    assert_int_equal(w->close_rc, WEFT_ECANCELED);
+    assert_null(w->s);
+  } else {
+    /* The stream goes on: this write waits for room while the server
+     * reads, and the close_notify comes after it. */
+    assert_true(weft_stream_write_queued(w->s) > 0);
+    assert_int_equal(weft_stream_write(w->s, WCUT_TRAILER, strlen(WCUT_TRAILER)), 0);
+    assert_int_equal(weft_stream_shutdown(w->s), 0);
+    char byte;
+    assert_int_equal(weft_stream_read(w->s, &byte, 1), 0); /* the server's close_notify */
+    assert_int_equal(weft_stream_close(w->s), 0);
+  }
+  assert_int_equal(weft_await(srv, NULL), 0);
+  weft_task_release(srv);
+  weft_tls_ctx_free(c);
+  assert_int_equal(weft_event_free(w->go), 0);
+  return NULL;
+}
+
+static void wcut_check(const wcut_t *w) {
+  assert_int_equal(w->accept_rc, 0);
+  size_t data = w->got_len;
+  if (w->mode == WCUT_CANCEL_CLOSE) {
+    /* The queue was dropped, perhaps in the middle of a record: the end of
+     * what reached the peer, or an error, is all it sees of that. */
+    if (w->end != 0 && w->end != WEFT_ETLS && w->end != UV_ECONNRESET)
+      fail_msg("the read after the dropped queue ended with %s", weft_strerror((int)w->end));
+    assert_true(data < w->done + WCUT_LONG);
+  } else {
+    size_t tlen = strlen(WCUT_TRAILER);
+    assert_int_equal(w->end, 0);
+    assert_true(data >= tlen);
+    data -= tlen;
+    assert_memory_equal(w->got + data, WCUT_TRAILER, tlen);
+    /* The writes before the long one, and whole records of the long one. */
+    assert_true(data >= w->done);
+    assert_true(data < w->done + WCUT_LONG);
+    assert_int_equal((data - w->done) % WCUT_RECORD, 0);
+  }
+  for (size_t i = 0; i < data; i++)
+    if (w->got[i] != wcut_byte(i))
+      fail_msg("byte %zu of %zu is not what was written", i, data);
+}
+
+static void tls_write_cancel_deadline(void **state) {
+  make_certs();
+  int fds = wt_count_fds();
+  for (int mode = WCUT_CANCEL; mode <= WCUT_CANCEL_CLOSE; mode++) {
+    wcut_t w = {.mode = mode};
+    assert_int_equal(weft_tls_server_ctx(&w.sctx, cert, key), 0);
+    assert_int_equal(weft_tcp_listen(&w.l, HOST, 0, NULL), 0);
+    w.port = weft_listener_port(w.l);
+    assert_int_equal(weft_run(wcut_main, &w, NULL), 0);
+    wcut_check(&w);
+    assert_int_equal(weft_listener_close(w.l), 0);
+    weft_tls_ctx_free(w.sctx);
+    free(w.got);
+  }
+  assert_int_equal(wt_count_fds(), fds);
+  remove_certs();
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(tls_echo_two_loops),
     cmocka_unit_test(tls_verify_failures),
     cmocka_unit_test(tls_plain_bytes_refused),
     cmocka_unit_test(tls_handshake_cancel_deadline),
     cmocka_unit_test(tls_read_cancel_deadline),
+    cmocka_unit_test(tls_write_cancel_deadline),
 };
 
 WT_MAIN("tls", tests)
