@@ -12,8 +12,11 @@
  *   trace_event_ns      what recording one trace event costs: the same
  *                       yields on a loop that traces, less yield_ns, per
  *                       event (three a yield: the round, the step, the park)
- *   yield_ns            one weft_yield of the only task on a loop: two
- *                       switches plus a scheduling round and a libuv poll
+ *   yield_ns            one weft_yield of the only task on a loop: a
+ *                       scheduling round (and a libuv poll every 32nd) with
+ *                       no switch; yield_vs_floor, its ratio to the floor
+ *   yield_pair_ns       one weft_yield of either of two tasks that yield in
+ *                       turn: one switch, straight to the other task
  *   spawn_ns            spawn, run and end of an empty detached task with a
  *                       warm stack pool
  *   gather_100k_ms      100k tasks that sleep 100 ms, gathered
@@ -184,6 +187,7 @@ static struct {
   double coro_ns, coro_med;
   double yield_ns, yield_med, yield_switches, yield_rounds;
   double yield_traced_ns, yield_traced_med;
+  double pair_ns, pair_med, pair_switches;
   double spawn_ns, spawn_med;
   double gather_ms, gather_med;
   double rss_per_task;
@@ -357,6 +361,45 @@ static void *yield_main(void *arg) {
   R.yield_ns = min_median(v, RUNS, &R.yield_med);
   R.yield_switches = (double)(s1.switches - s0.switches) / ((double)YIELDS * RUNS);
   R.yield_rounds = (double)(s1.rounds - s0.rounds) / ((double)YIELDS * RUNS);
+  return NULL;
+}
+
+/* Two tasks that yield in turn, the figure per yield: each yield switches
+ * straight to the other task (loop.c's step_leave), not through the loop. */
+static void *pair_partner(void *arg) {
+  const int *stop = arg;
+  while (!*stop)
+    weft_yield();
+  return NULL;
+}
+
+static void *yield_pair_main(void *arg) {
+  double v[RUNS];
+  weft_stats_t s0, s1;
+  weft_loop_t *loop = weft_loop_current();
+  weft_task_t *partner;
+  int stop = 0, err;
+  (void)arg;
+  if ((err = weft_spawn(NULL, pair_partner, &stop, &partner)) != 0)
+    die("weft_spawn", err);
+  for (unsigned i = 0; i < YIELDS / 10; i++)
+    weft_yield();
+  weft_loop_stats(loop, &s0);
+  for (int r = 0; r < RUNS; r++) {
+    uint64_t t0 = uv_hrtime();
+    for (unsigned i = 0; i < YIELDS; i++)
+      weft_yield();
+    v[r] = (double)(uv_hrtime() - t0) / (2.0 * YIELDS);
+  }
+  weft_loop_stats(loop, &s1);
+  stop = 1;
+  if ((err = weft_await(partner, NULL)) != 0)
+    die("weft_await", err);
+  weft_task_release(partner);
+  R.pair_ns = min_median(v, RUNS, &R.pair_med);
+  /* Context switches a round of two yields: the steps less those that
+   * went on without one (none here: the other task is always ready). */
+  R.pair_switches = (double)(s1.switches - s0.switches) / ((double)YIELDS * RUNS);
   return NULL;
 }
 
@@ -1212,10 +1255,22 @@ static void print_single_thread(void) {
 #endif
 
   printf("# yield_ns: weft_yield of the only task, min of %d runs of %u "
-         "(median %.1f);\n#   per yield: %.2f switches into the task, %.2f "
-         "rounds (each polls libuv)\n",
-         RUNS, YIELDS, R.yield_med, R.yield_switches, R.yield_rounds);
+         "(median %.1f);\n#   per yield: %.2f steps, %.2f rounds (libuv is "
+         "polled every %dth). The task goes on\n#   into its next step on its "
+         "own stack, with no switch (loop.c's step_leave)\n",
+         RUNS, YIELDS, R.yield_med, R.yield_switches, R.yield_rounds, 32);
   printf("yield_ns %.1f ns\n", R.yield_ns);
+#if defined(HAVE_FLOOR)
+  printf("yield_vs_floor %.2f x\n", R.yield_ns / R.floor_ns);
+#endif
+  printf("# yield_pair_ns: two tasks yield in turn, per yield, min of %d runs of\n"
+         "#   2 x %u (median %.1f); each yield is one switch, straight to the\n"
+         "#   other task (%.2f steps a round of two)\n",
+         RUNS, YIELDS, R.pair_med, R.pair_switches);
+  printf("yield_pair_ns %.1f ns\n", R.pair_ns);
+#if defined(HAVE_FLOOR)
+  printf("yield_pair_vs_floor %.2f x\n", R.pair_ns / R.floor_ns);
+#endif
   printf("# trace_event_ns: (yield on a traced loop %.1f ns - yield_ns) / 3 events;\n"
          "#   with tracing off the hook is the untaken branch yield_ns already pays\n",
          R.yield_traced_ns);
@@ -1297,6 +1352,7 @@ int main(int argc, char **argv) {
     bench_gather();
     bench_switches();
     run_task_bench(yield_main, "weft_run (yield)");
+    run_task_bench(yield_pair_main, "weft_run (yield pair)");
     /* Tracing on for one loop only: the rest of the bench runs untraced. */
     if (weft_trace_start(NULL) == 0) {
       run_task_bench(yield_traced_main, "weft_run (traced yield)");

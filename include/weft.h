@@ -230,7 +230,9 @@ typedef struct weft_stats {
   uint64_t finished;   /**< tasks ended with status 0 */
   uint64_t failed;     /**< tasks ended with a failure other than cancellation */
   uint64_t cancelled;  /**< tasks ended with WEFT_ECANCELED */
-  uint64_t switches;   /**< context switches into tasks */
+  uint64_t switches;   /**< steps run: each resumes a task (a context switch,
+                            but for a task that yields alone on its loop and
+                            goes on with no switch) */
   uint64_t rounds;     /**< scheduling rounds */
   size_t ready;        /**< tasks in the ready queue now */
   size_t waiting;      /**< tasks parked on an await now */

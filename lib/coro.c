@@ -1,8 +1,10 @@
 /* Coroutines: a saved context plus what ASan and TSan need to follow a switch
  * between stacks. The loop's scheduler runs on the thread's own stack and every
- * task on a stack of its own; a task only ever switches to its scheduler and
- * back, so the side that resumes a coroutine is always the one it switched to.
- * The arch file (lib/arch/) provides the bare switch; this file wraps it.
+ * task on a stack of its own. A task switches to its scheduler, or, when it
+ * parks with more of the round to run, straight to the next task
+ * (weft__park), so the side that resumes a coroutine need not be the one it
+ * switched to. The arch file (lib/arch/) provides the bare switch; this file
+ * wraps it.
  *
  * Under TSan a task runs as the fiber of its stack, which the pool keeps with
  * the stack (stack.c): creating a fiber costs TSan milliseconds. The tasks
@@ -60,9 +62,10 @@ void weft__coro_switch(weft__coro_t *from, weft__coro_t *to) {
 #endif
   weft__ctx_switch(&from->ctx, &to->ctx);
 #if defined(WEFT_ASAN)
-  /* We are back; the side that resumed us is `to`. Recording its bounds is
-   * how the scheduler learns its own stack's extent. */
-  __sanitizer_finish_switch_fiber(from->asan_fake, &to->stack_lo, &to->stack_size);
+  /* We are back, resumed by the scheduler or by another task: not always
+   * `to`, so the resumer's bounds are not recorded here. The scheduler
+   * learns its own in weft__coro_started, which only it ever resumes. */
+  __sanitizer_finish_switch_fiber(from->asan_fake, NULL, NULL);
 #endif
 }
 

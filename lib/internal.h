@@ -169,7 +169,8 @@ void weft__coro_init(weft__coro_t *c, weft__stack_t *s, void (*entry)(void));
 /* Once the coroutine has exited; its stack, fiber included, goes back to the
  * pool on its own. */
 void weft__coro_destroy(weft__coro_t *c);
-/* Asymmetric switches: a task only ever switches to its scheduler and back. */
+/* From the scheduler to a task, from a task to the scheduler, or from a
+ * task straight to the next task of the round (weft__park). */
 void weft__coro_switch(weft__coro_t *from, weft__coro_t *to);
 /* First thing a new coroutine does, on its own stack. */
 void weft__coro_started(weft__coro_t *self, weft__coro_t *from);
@@ -634,6 +635,8 @@ struct weft_loop {
   weft__wakefd_t wakefd;
   weft__queue_t ready;       /* FIFO of runnable tasks */
   size_t nready;
+  size_t round_left;         /* of the round's tasks (at the head of ready),
+                                how many have not run yet */
   size_t nwaiting;           /* the waiting set: tasks parked on a wait */
   size_t nlive;              /* tasks not yet ended */
   weft__queue_t tasks;       /* every live task (for close and dumps) */

@@ -325,6 +325,106 @@ static void deadline_arm(weft_loop_t *loop, weft_task_t *t) {
   weft__timer_start(loop, dt, t->deadline);
 }
 
+/* The bookkeeping of a step's start, for run_task and step_leave alike. */
+static inline WEFT__ALWAYS_INLINE void step_begin(weft_loop_t *loop, weft_task_t *t) {
+  t->state = WEFT__RUNNING;
+  loop->current = t;
+  loop->counters.switches++;
+  weft__live_begin(loop, t, loop->step_clock);
+  WEFT__EMIT(loop, WEFT_EV_STEP, t, WEFT_WAIT_NONE, 0, 0);
+}
+
+/* And of its end, on either stack: the step's time, from the coarse clock
+ * (one read a step). */
+static inline WEFT__ALWAYS_INLINE void step_end(weft_loop_t *loop, weft_task_t *t) {
+  uint64_t now = weft__coarse_ns();
+  weft__step_timed(loop, t, now - loop->step_clock);
+  loop->step_clock = now;
+}
+
+static bool goal_met(weft_loop_t *loop);
+
+/* A round's start: its tasks are those ready now, at the head of the queue. */
+static inline WEFT__ALWAYS_INLINE void round_begin(weft_loop_t *loop) {
+  loop->round++;
+  loop->counters.rounds++;
+  WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);
+  loop->round_left = loop->nready;
+}
+
+/* The modules' before-poll phases (weft__phase_t): the stream module's
+ * write stage. */
+static inline WEFT__ALWAYS_INLINE void round_phases(weft_loop_t *loop) {
+  for (weft__queue_t *q = loop->phases.next; q != &loop->phases; q = q->next) {
+    weft__phase_t *ph = weft__container_of(q, weft__phase_t, node);
+    if (ph->before_poll)
+      ph->before_poll(loop);
+  }
+}
+
+/* After a round: whether the poll may be skipped, and the next round begin
+ * at once. Tasks are ready (or messages wait), so the poll would not block:
+ * its system call is skipped unless the run function's goal is met, a
+ * timer is due, or I/O has waited WEFT__POLL_EVERY rounds. Counts the
+ * rounds it skips. */
+static inline WEFT__ALWAYS_INLINE bool poll_skip(weft_loop_t *loop) {
+  if ((loop->nready == 0 && !weft__inbox_pending(loop)) || goal_met(loop))
+    return false;
+  bool timer_due = loop->timers.len > 0 && weft__clock_reached(loop, loop->timers.heap[0]->due);
+  return !timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY;
+}
+
+/* Ends t's step from t's own stack, and runs the next step there too when
+ * it can: t switches straight to the next task of the round, and when the
+ * round is over and the next needs no poll and no message waits, it ends
+ * the round and begins the next itself. So a step costs one switch
+ * instead of two through the loop's context, and a task that yields alone
+ * on its loop none, with the same order and the same rounds: round_steps
+ * counts the tasks it did not run itself through loop->round_left, and
+ * resumes whatever round is current.
+ *
+ * The rest goes through the loop's own stack: messages (the inbox runs
+ * other threads' calls outside any task), the poll, a task not yet
+ * started (the loop gives it its stack, or ends it unrun), a task whose
+ * canary is gone (run_task reports it from there), and a loop adopted by
+ * the application, whose uv_run must get the thread back after a round. */
+static inline WEFT__ALWAYS_INLINE void step_leave(weft_loop_t *loop, weft_task_t *t) {
+  if (*t->stack->canary != WEFT__STACK_CANARY)
+    goto to_loop;
+  if (loop->round_left == 0) {
+    if (loop->adopted || loop->nready == 0 || weft__inbox_pending(loop))
+      goto to_loop;
+    step_end(loop, t);
+    loop->current = NULL;
+    weft__live_end(loop);
+    round_phases(loop);
+    if (!poll_skip(loop))
+      goto to_loop;
+    round_begin(loop);
+  } else {
+    step_end(loop, t);
+  }
+  {
+    weft__queue_t *q = weft__queue_head(&loop->ready);
+    weft_task_t *next = weft__container_of(q, weft_task_t, node);
+    if (next->state == WEFT__READY) {
+      loop->round_left--;
+      weft__queue_remove(q);
+      loop->nready--;
+      step_begin(loop, next);
+      if (next != t)
+        weft__coro_switch(&t->coro, &next->coro);
+      return;
+    }
+  }
+  /* The loop's stack runs the rest. run_task takes the task that comes
+   * back from loop->current (ending its step once more costs nothing) and
+   * round_steps pops the head of whatever round is current. */
+to_loop:
+  loop->current = t;
+  weft__coro_switch(&t->coro, &loop->sched);
+}
+
 int weft__park(weft__wait_t *w) {
   weft_task_t *t = w->task;
   weft_loop_t *loop = t->loop;
@@ -342,7 +442,7 @@ int weft__park(weft__wait_t *w) {
   }
   t->wait = w;
   WEFT__EMIT(loop, WEFT_EV_PARK, t, w->kind, w->arg, 0);
-  weft__coro_switch(&t->coro, &loop->sched);
+  step_leave(loop, t);
   t->wait = NULL;
   int result = w->result;
   /* A cancel or deadline that reached the task after its yield or sleep was
@@ -409,9 +509,10 @@ int weft__await_begin(weft_task_t **out, const char *fn) {
 
 /* ---------------------------------------------------------- the round */
 
-/* Gives one task the thread until its next await, then cleans up after it
- * if that step was its last. A task cancelled before it ever ran ends here
- * without running. */
+/* Gives one task the thread until its next await, then cleans up after the
+ * task that switches back (t, or a later task of the round that t's step
+ * switched to: step_leave) if that step was its last. A task cancelled
+ * before it ever ran ends here without running. */
 /* loop->step_clock: the coarse time the step may start from (the end of
  * the step before, or of the last poll); updated to this step's end. One
  * clock read a step: a step's time includes the inbox drain before it. */
@@ -430,21 +531,16 @@ static inline WEFT__ALWAYS_INLINE void run_task(weft_loop_t *loop, weft_task_t *
     }
     weft__coro_init(&t->coro, t->stack, weft__task_entry);
   }
-  t->state = WEFT__RUNNING;
-  loop->current = t;
-  loop->counters.switches++;
-  weft__live_begin(loop, t, loop->step_clock);
-  WEFT__EMIT(loop, WEFT_EV_STEP, t, WEFT_WAIT_NONE, 0, 0);
+  step_begin(loop, t);
   weft__coro_switch(&loop->sched, &t->coro);
+  t = loop->current;
   weft__live_end(loop);
   /* Checked here, back on the loop's own stack: reporting from the task's
    * would need more of the very stack that ran out. */
   if (*t->stack->canary != WEFT__STACK_CANARY)
     weft__fatal("task stack overflow in %s on %s (its canary was overwritten)", weft_task_name(t),
                 loop->name);
-  uint64_t now = weft__coarse_ns();
-  weft__step_timed(loop, t, now - loop->step_clock);
-  loop->step_clock = now;
+  step_end(loop, t);
   loop->current = NULL;
   if (t->state == WEFT__DONE) {
     /* The safe point: we are off the task's stack for good. */
@@ -559,7 +655,10 @@ bool weft__loop_drained(weft_loop_t *loop) {
          !weft__inbox_pending(loop);
 }
 
-/* One scheduling round, asyncio's _run_once:
+/* One scheduling round, asyncio's _run_once. Most rounds pass without this
+ * function: a task's step ends on the task's stack, and goes on to the
+ * next task of the round or into the next round from there (step_leave);
+ * a round is run from here when it needs the loop's own stack.
  *
  * 1. Run every task that was ready when the round began, each until its next
  *    await (or its end). Tasks made ready during the round (spawned, yielded,
@@ -577,7 +676,7 @@ bool weft__loop_drained(weft_loop_t *loop) {
  *    waiting set to the ready queue for the next round. When tasks are ready
  *    the poll could not block, and it is skipped unless a timer is due or
  *    WEFT__POLL_EVERY rounds passed without one: a task that yields in a loop
- *    then costs two context switches a round instead of a system call, and
+ *    then costs no system call a round, and
  *    I/O still gets its turn (Tokio polls every 61 ticks for the same
  *    reason). With spin_us set, a loop about to block first polls its
  *    inbox for up to that long (spin_for_inbox) and, if a message lands,
@@ -588,21 +687,16 @@ bool weft__loop_drained(weft_loop_t *loop) {
  * weft__coro_switch itself: each frame between the run loop and the
  * switch costs two more mispredicted returns a step (WEFT__ALWAYS_INLINE). */
 static inline WEFT__ALWAYS_INLINE void round_steps(weft_loop_t *loop) {
-  loop->round++;
-  loop->counters.rounds++;
-  WEFT__EMIT(loop, WEFT_EV_ROUND, NULL, WEFT_WAIT_NONE, 0, 0);
-  for (size_t n = loop->nready; n > 0; n--) {
+  round_begin(loop);
+  while (loop->round_left > 0) {
+    loop->round_left--;
     weft__queue_t *q = weft__queue_head(&loop->ready);
     weft__queue_remove(q);
     loop->nready--;
     run_task(loop, weft__container_of(q, weft_task_t, node));
   }
   weft__inbox_drain(loop, WEFT__INBOX_BUDGET);
-  for (weft__queue_t *q = loop->phases.next; q != &loop->phases; q = q->next) {
-    weft__phase_t *ph = weft__container_of(q, weft__phase_t, node);
-    if (ph->before_poll)
-      ph->before_poll(loop);
-  }
+  round_phases(loop);
 }
 
 void weft__loop_phase_add(weft_loop_t *loop, weft__phase_t *ph) {
@@ -611,13 +705,8 @@ void weft__loop_phase_add(weft_loop_t *loop, weft__phase_t *ph) {
 
 static void loop_round(weft_loop_t *loop) {
   round_steps(loop);
-  if ((loop->nready > 0 || weft__inbox_pending(loop)) && !goal_met(loop)) {
-    /* Tasks are ready, so the poll would not block: skip its system call
-     * unless a timer is due or I/O has waited WEFT__POLL_EVERY rounds. */
-    bool timer_due = loop->timers.len > 0 && weft__clock_reached(loop, loop->timers.heap[0]->due);
-    if (!timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY)
-      return;
-  }
+  if (poll_skip(loop))
+    return;
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
   if (loop->nready == 0 && !goal_met(loop) && spin_for_inbox(loop)) {

@@ -832,6 +832,76 @@ static void loop_stats_counts(void **state) {
   assert_int_equal(weft_loop_close(loop), 0);
 }
 
+/* A task that yields alone on its loop ends each round and begins the next
+ * on its own stack, with no switch (loop.c's step_leave). What only the
+ * loop's own stack may run still runs while it spins: another thread's
+ * call, outside any task, and the poll that fires a sleeper's timer. */
+typedef struct lone {
+  weft_loop_t *loop;
+  atomic_int yielding;     /* the spinner has begun */
+  atomic_int call_ran;
+  atomic_int call_in_task; /* the call saw a current task: it must not */
+  atomic_int slept;
+} lone_t;
+
+static void lone_call(void *arg) {
+  lone_t *l = arg;
+  atomic_store(&l->call_in_task, weft_task_current() != NULL);
+  atomic_store(&l->call_ran, 1);
+}
+
+static void *lone_poster(void *arg) {
+  lone_t *l = arg;
+  while (!atomic_load(&l->yielding))
+    uv_sleep(1);
+  assert_int_equal(weft_loop_call_soon(l->loop, lone_call, l), 0);
+  return NULL;
+}
+
+static void *lone_sleeper(void *arg) {
+  lone_t *l = arg;
+  assert_int_equal(weft_sleep(5), 0);
+  atomic_store(&l->slept, 1);
+  return NULL;
+}
+
+static void *lone_main(void *arg) {
+  lone_t *l = arg;
+  l->loop = weft_loop_current();
+  weft_task_t *s;
+  pthread_t th;
+  assert_int_equal(weft_spawn(NULL, lone_sleeper, l, &s), 0);
+  assert_int_equal(pthread_create(&th, NULL, lone_poster, l), 0);
+  /* Once the sleeper has parked, this task is the only one ready. */
+  assert_int_equal(weft_yield(), 0);
+  weft_stats_t s0, s1;
+  weft_loop_stats(l->loop, &s0);
+  atomic_store(&l->yielding, 1);
+  unsigned long yields = 0;
+  double give_up = wt_now_ms() + 20000;
+  while (!(atomic_load(&l->call_ran) && atomic_load(&l->slept)) && wt_now_ms() < give_up) {
+    assert_int_equal(weft_yield(), 0);
+    yields++;
+  }
+  weft_loop_stats(l->loop, &s1);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  assert_true(atomic_load(&l->call_ran));
+  assert_false(atomic_load(&l->call_in_task));
+  assert_true(atomic_load(&l->slept));
+  /* Every yield was a step of its own and a round of its own. */
+  assert_true(s1.switches - s0.switches >= yields);
+  assert_true(s1.rounds - s0.rounds >= yields);
+  assert_int_equal(weft_await(s, NULL), 0);
+  weft_task_release(s);
+  return NULL;
+}
+
+static void lone_yielder_lets_loop_work(void **state) {
+  (void)state;
+  lone_t l = {0};
+  assert_int_equal(weft_run(lone_main, &l, NULL), 0);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(run_returns_status_and_result),
     cmocka_unit_test(run_refuses_nesting),
@@ -853,6 +923,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unref_handle_events_arrive),
     cmocka_unit_test(drained_wakes_keep_timers),
     cmocka_unit_test(loop_stats_counts),
+    cmocka_unit_test(lone_yielder_lets_loop_work),
 };
 
 WT_MAIN("loop", tests)
