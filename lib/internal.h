@@ -111,6 +111,7 @@ typedef struct weft__stack_pool {
   size_t ncanary;       /* slab stacks handed out at least once */
   bool lite;            /* stacks from guarded chunks (lightweight guards) */
   size_t trims;         /* chunks given back to the kernel (madvise calls) */
+  weft__queue_t idle;   /* chunks whose stacks all ended, for weft__stack_trim */
 } weft__stack_pool_t;
 
 #define WEFT__STACK_CANARY UINT64_C(0x7765667443414e59) /* "weftCANY" */
@@ -120,6 +121,11 @@ void weft__stack_pool_destroy(weft__stack_pool_t *p);
 /* Under TSan the stack comes with its fiber (stack.c says why). */
 weft__stack_t *weft__stack_get(weft__stack_pool_t *p);
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s);
+/* Gives back to the kernel, one madvise each, the idle chunks the pool can
+ * spare (stack.c), at most WEFT__TRIM_BUDGET of them; true if idle chunks
+ * are left for another call. From the loop, when it has nothing to run. */
+#define WEFT__TRIM_BUDGET 64
+bool weft__stack_trim(weft__stack_pool_t *p);
 size_t weft__stack_round(size_t size);
 /* lib/arch/guard_*.c: installs n guard regions of len bytes at base,
  * base + stride, ... (page multiples); 0, or a negative errno where the

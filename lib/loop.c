@@ -98,6 +98,10 @@ static void embedded_round(weft_loop_t *loop) {
   /* Parked from weft's side: another thread's push rings the wake-up fd,
    * which the application's poll watches. */
   bool quiet = weft__inbox_park(loop) && loop->nready == 0;
+  /* Idle: give back the stacks a burst left (stack.c); while some are
+   * left, the idle handle keeps the application's poll from blocking. */
+  if (quiet && weft__stack_trim(&loop->stacks))
+    quiet = false;
   if (quiet)
     uv_idle_stop(&loop->idle);
   else
@@ -709,14 +713,19 @@ static void loop_round(weft_loop_t *loop) {
     return;
   loop->rounds_unpolled = 0;
   weft__timers_arm(loop);
-  if (loop->nready == 0 && !goal_met(loop) && spin_for_inbox(loop)) {
+  bool idle = loop->nready == 0 && !goal_met(loop);
+  /* Nothing to run: the time to give back the stacks a burst left idle
+   * (stack.c), a budget a round; while some are left the poll does not
+   * block, so a message or I/O still gets its turn between batches. */
+  bool trimming = idle && weft__stack_trim(&loop->stacks);
+  if (idle && !trimming && spin_for_inbox(loop)) {
     loop->step_clock = weft__coarse_ns();
     return;
   }
   weft__poll_watch_t watch;
   weft__poll_watch_begin(loop, &watch);
   uint64_t waited = 0;
-  if (loop->nready > 0 || goal_met(loop) || !weft__inbox_park(loop)) {
+  if (!idle || trimming || !weft__inbox_park(loop)) {
     run_uv(loop, UV_RUN_NOWAIT);
   } else {
     loop->park_since = uv_hrtime();

@@ -7,11 +7,13 @@
  * WEFT__CHUNK_STACKS slots, each with a WEFT__GUARD_REACH guard below its
  * stack: one mmap and one guard-install call per chunk, no mapping per
  * stack and no vm.max_map_count budget. A task's end puts its stack on the
- * warm list, never a system call. When a chunk's last task ends while the
- * pool holds more than warm_max warm stacks without that chunk, the whole
- * chunk goes back to the kernel with one madvise(MADV_DONTNEED) (guards
- * survive it) and its stacks turn cold: the surplus of a burst is trimmed a
- * chunk at a time, one call per WEFT__CHUNK_STACKS task ends at most.
+ * warm list, never a system call. When a chunk's last task ends, the chunk
+ * goes on the pool's idle list; when its loop is about to block (nothing
+ * to run), weft__stack_trim gives each idle chunk that the pool can spare
+ * (more than warm_max warm stacks without it) back to the kernel with one
+ * madvise(MADV_DONTNEED) (guards survive it), and its stacks turn cold. So
+ * the surplus of a burst is trimmed a chunk at a time, while the loop has
+ * nothing else to do: neither a spawn nor a task's end makes the call.
  * WEFT_STACK_FALLBACK=1 (or WEFT_GUARDED_STACKS_MAX) in the environment,
  * read when a pool is made, forces the scheme below; tests use it.
  *
@@ -78,6 +80,7 @@ struct weft__slab {
   bool guarded;          /* a chunk: a guard below every slot */
   size_t busy;           /* chunks: stacks running a task */
   size_t nwarm;          /* chunks: stacks on the warm list */
+  weft__queue_t idle;    /* chunks: link in the pool's idle list, when on it */
   weft__stack_t stacks[];
 };
 
@@ -131,6 +134,7 @@ void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm
   p->nguarded = 0;
   p->ncanary = 0;
   p->trims = 0;
+  weft__queue_init(&p->idle);
   const char *fb = getenv("WEFT_STACK_FALLBACK");
   p->lite = !(fb && strcmp(fb, "0") != 0) && !getenv("WEFT_GUARDED_STACKS_MAX") &&
             !atomic_load_explicit(&lite_refused, memory_order_relaxed);
@@ -203,6 +207,7 @@ static weft__slab_t *slab_new(size_t cap, size_t map_len) {
   slab->carved = 0;
   slab->busy = 0;
   slab->nwarm = 0;
+  weft__queue_init(&slab->idle);
   return slab;
 }
 
@@ -349,8 +354,12 @@ static weft__stack_t *stack_get(weft__stack_pool_t *p) {
     if (!s && !p->lite)
       s = stack_new_canary(p);
   }
-  if (s && s->slab && s->slab->guarded)
+  if (s && s->slab && s->slab->guarded) {
     s->slab->busy++;
+    /* In use again: not the trim's to take. */
+    if (weft__queue_linked(&s->slab->idle))
+      weft__queue_remove(&s->slab->idle);
+  }
   return s;
 }
 
@@ -388,6 +397,16 @@ static void chunk_trim(weft__stack_pool_t *p, weft__slab_t *c) {
   c->nwarm = 0;
 }
 
+bool weft__stack_trim(weft__stack_pool_t *p) {
+  for (size_t n = 0; n < WEFT__TRIM_BUDGET && !weft__queue_empty(&p->idle); n++) {
+    weft__slab_t *c = weft__container_of(weft__queue_head(&p->idle), weft__slab_t, idle);
+    weft__queue_remove(&c->idle);
+    if (p->nwarm >= p->warm_max + c->nwarm)
+      chunk_trim(p, c);
+  }
+  return !weft__queue_empty(&p->idle);
+}
+
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
   weft__slab_t *c = s->slab;
   if (c && c->guarded) {
@@ -396,8 +415,8 @@ void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s) {
     weft__queue_insert_head(&p->warm, &s->node);
     p->nwarm++;
     c->nwarm++;
-    if (--c->busy == 0 && p->nwarm >= p->warm_max + c->nwarm && c != p->carving)
-      chunk_trim(p, c);
+    if (--c->busy == 0 && c != p->carving)
+      weft__queue_insert_tail(&p->idle, &c->idle);
     return;
   }
   if (p->nwarm < p->warm_max) {

@@ -114,6 +114,88 @@ static void stacks_are_pooled(void **state) {
   assert_int_equal(weft_run(pool_main, NULL, NULL), 0);
 }
 
+/* A burst's surplus stacks go back to the kernel once the loop has nothing
+ * to run (stack.c: neither a spawn nor a task's end makes that call). 3000
+ * tasks each touch 32 KiB of their stack and wait until all have started,
+ * so that 3000 stacks are in use at once; once they end, the pool holds
+ * them all warm, until the loop idles (here: main's sleep) and gives the
+ * surplus back, whole chunks at a time, down to about warm_max (1024). */
+#define BURST_TASKS 3000
+#define BURST_TOUCH (32 * 1024)
+
+typedef struct burst {
+  weft_event_t *go;
+  size_t started;
+} burst_t;
+
+static void *burst_toucher(void *arg) {
+  burst_t *b = arg;
+  volatile char buf[BURST_TOUCH];
+  memset((char *)buf, 1, sizeof buf);
+  b->started++;
+  assert_int_equal(weft_event_wait(b->go), 0);
+  return (void *)(uintptr_t)buf[BURST_TOUCH - 1];
+}
+
+/* The process's resident memory in KiB (/proc/self/statm), or -1. */
+static long rss_kib(void) {
+  long pages = -1, resident = -1;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (!f)
+    return -1;
+  if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+    resident = -1;
+  fclose(f);
+  return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static void *trim_main(void *arg) {
+  (void)arg;
+  weft_loop_t *loop = weft_loop_current();
+  weft_task_t **t = calloc(BURST_TASKS, sizeof *t);
+  burst_t b = {0};
+  weft_stats_t st;
+  assert_non_null(t);
+  assert_int_equal(weft_event_new(&b.go), 0);
+  for (size_t i = 0; i < BURST_TASKS; i++)
+    assert_int_equal(weft_spawn(NULL, burst_toucher, &b, &t[i]), 0);
+  while (b.started < BURST_TASKS)
+    assert_int_equal(weft_yield(), 0);
+  long rss_busy = rss_kib();
+  weft_event_set(b.go);
+  assert_int_equal(weft_gather(t, BURST_TASKS, NULL, NULL), 0);
+  for (size_t i = 0; i < BURST_TASKS; i++)
+    weft_task_release(t[i]);
+  free(t);
+  weft_event_free(b.go);
+  /* The loop has had no moment without a task to run since the tasks
+   * ended: every stack is still warm, or (the fallback) unmapped or cold
+   * past warm_max at each end, as before. Then the loop idles. */
+  double give_up = wt_now_ms() + 20000;
+  do {
+    assert_int_equal(weft_sleep(5), 0);
+    assert_int_equal(weft_loop_stats(loop, &st), 0);
+  } while (st.stacks_pooled > 1024 + 64 && wt_now_ms() < give_up);
+  assert_true(st.stacks_pooled <= 1024 + 64);
+#if !defined(__SANITIZE_ADDRESS__)
+  /* And the memory went back: about (3000 - 1024) x 32 KiB, here at least
+   * half of it. (ASan may put the touched array on a fake stack.) */
+  long rss_idle = rss_kib();
+  long freed = (long)(BURST_TASKS - 1024 - 64) * (BURST_TOUCH / 1024) / 2;
+  if (!(rss_busy > 0 && rss_idle > 0 && rss_busy - rss_idle >= freed))
+    fail_msg("RSS %ld KiB with the burst running, %ld KiB idle after it: "
+             "less than %ld KiB given back", rss_busy, rss_idle, freed);
+#else
+  (void)rss_busy;
+#endif
+  return NULL;
+}
+
+static void burst_surplus_trimmed_when_idle(void **state) {
+  (void)state;
+  assert_int_equal(weft_run(trim_main, NULL, NULL), 0);
+}
+
 /* Recurses with a 1 KiB frame until something stops it (the depth limit is
  * a gigabyte away, far past any task stack). */
 static int overflow(int depth) {
@@ -322,6 +404,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(big_frame_default_stack),
     cmocka_unit_test(small_stacks),
     cmocka_unit_test(stacks_are_pooled),
+    cmocka_unit_test(burst_surplus_trimmed_when_idle),
     cmocka_unit_test(overflow_hits_guard),
     cmocka_unit_test(guards_without_mappings),
     cmocka_unit_test(twenty_thousand_tasks),
