@@ -597,8 +597,14 @@ typedef struct weft__inbox {
 } weft__inbox_t;
 
 /* A loop's timers (timer.c): one uv_timer_t drives a heap of them. */
+/* A heap entry: the timer's key kept beside it (timer.c says why). */
+typedef struct weft__timer_entry {
+  uint64_t due, seq;
+  weft__timer_t *t;
+} weft__timer_entry_t;
+
 typedef struct weft__timers {
-  weft__timer_t **heap;      /* min-heap of timers by (due, seq) */
+  weft__timer_entry_t *heap; /* 4-ary min-heap of timers by (due, seq) */
   size_t len, cap;
   uint64_t seq;
   uint64_t armed_due;        /* due the uv_timer points at; 0 = not armed */

@@ -374,7 +374,7 @@ static inline WEFT__ALWAYS_INLINE void round_phases(weft_loop_t *loop) {
 static inline WEFT__ALWAYS_INLINE bool poll_skip(weft_loop_t *loop) {
   if ((loop->nready == 0 && !weft__inbox_pending(loop)) || goal_met(loop))
     return false;
-  bool timer_due = loop->timers.len > 0 && weft__clock_reached(loop, loop->timers.heap[0]->due);
+  bool timer_due = loop->timers.len > 0 && weft__clock_reached(loop, loop->timers.heap[0].due);
   return !timer_due && ++loop->rounds_unpolled < WEFT__POLL_EVERY;
 }
 

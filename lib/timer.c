@@ -1,48 +1,61 @@
 /* Timers. Every sleep, wait_for timeout and task deadline of a loop is a
- * weft__timer_t kept in one binary min-heap ordered by (due, seq), and a single
+ * weft__timer_t kept in one min-heap ordered by (due, seq), and a single
  * uv_timer_t points at the earliest. Starting or stopping a timer is a heap
  * operation with no system call; the uv_timer is re-armed once per round,
  * just before the loop polls. The heap's capacity is reserved when tasks are
- * spawned, so an await point never fails for lack of memory. */
+ * spawned, so an await point never fails for lack of memory.
+ *
+ * The heap is 4-ary and each entry holds its timer's key (due, seq) beside
+ * the pointer: the timers live on their tasks' stacks, one page apart or
+ * more, so a heap that compared through the pointers missed the cache (and
+ * the TLB) twice a level. With a million sleeping tasks that was a seventh
+ * of a burst's wall time (bench/burst.c under perf); four children share a
+ * cache line or two, and the heap is half as deep. The one write a move
+ * makes to its timer is the index that weft__timer_stop needs. */
 #include "internal.h"
 
 #include <stdlib.h>
 
-static bool earlier(const weft__timer_t *a, const weft__timer_t *b) {
+#define ARITY 4
+
+static bool earlier(const weft__timer_entry_t *a, const weft__timer_entry_t *b) {
   return a->due < b->due || (a->due == b->due && a->seq < b->seq);
 }
 
-static void place(weft__timer_t **heap, size_t i, weft__timer_t *t) {
-  heap[i] = t;
-  t->index = i;
+static void place(weft__timer_entry_t *heap, size_t i, weft__timer_entry_t e) {
+  heap[i] = e;
+  e.t->index = i;
 }
 
-static void sift_up(weft__timer_t **heap, size_t i) {
-  weft__timer_t *t = heap[i];
+static void sift_up(weft__timer_entry_t *heap, size_t i) {
+  weft__timer_entry_t e = heap[i];
   while (i > 0) {
-    size_t parent = (i - 1) / 2;
-    if (!earlier(t, heap[parent]))
+    size_t parent = (i - 1) / ARITY;
+    if (!earlier(&e, &heap[parent]))
       break;
     place(heap, i, heap[parent]);
     i = parent;
   }
-  place(heap, i, t);
+  place(heap, i, e);
 }
 
-static void sift_down(weft__timer_t **heap, size_t len, size_t i) {
-  weft__timer_t *t = heap[i];
+static void sift_down(weft__timer_entry_t *heap, size_t len, size_t i) {
+  weft__timer_entry_t e = heap[i];
   for (;;) {
-    size_t child = 2 * i + 1;
-    if (child >= len)
+    size_t first = ARITY * i + 1;
+    if (first >= len)
       break;
-    if (child + 1 < len && earlier(heap[child + 1], heap[child]))
-      child++;
-    if (!earlier(heap[child], t))
+    size_t last = first + ARITY < len ? first + ARITY : len;
+    size_t best = first;
+    for (size_t c = first + 1; c < last; c++)
+      if (earlier(&heap[c], &heap[best]))
+        best = c;
+    if (!earlier(&heap[best], &e))
       break;
-    place(heap, i, heap[child]);
-    i = child;
+    place(heap, i, heap[best]);
+    i = best;
   }
-  place(heap, i, t);
+  place(heap, i, e);
 }
 
 int weft__timers_reserve(weft_loop_t *loop, size_t n) {
@@ -51,7 +64,7 @@ int weft__timers_reserve(weft_loop_t *loop, size_t n) {
   size_t cap = loop->timers.cap ? loop->timers.cap : 64;
   while (cap < n)
     cap *= 2;
-  weft__timer_t **heap = weft__realloc(loop->timers.heap, cap * sizeof *heap);
+  weft__timer_entry_t *heap = weft__realloc(loop->timers.heap, cap * sizeof *heap);
   if (!heap)
     return WEFT_ENOMEM;
   loop->timers.heap = heap;
@@ -64,7 +77,8 @@ void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due) {
   WEFT__ASSERT(loop->timers.len < loop->timers.cap);
   t->due = due;
   t->seq = loop->timers.seq++;
-  place(loop->timers.heap, loop->timers.len, t);
+  weft__timer_entry_t e = {.due = due, .seq = t->seq, .t = t};
+  place(loop->timers.heap, loop->timers.len, e);
   sift_up(loop->timers.heap, loop->timers.len++);
 }
 
@@ -72,12 +86,12 @@ void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t) {
   if (!weft__timer_active(t))
     return;
   size_t i = t->index;
-  weft__timer_t *last = loop->timers.heap[--loop->timers.len];
+  weft__timer_entry_t last = loop->timers.heap[--loop->timers.len];
   t->index = WEFT__TIMER_IDLE;
-  if (last == t)
+  if (last.t == t)
     return;
   place(loop->timers.heap, i, last);
-  if (i > 0 && earlier(last, loop->timers.heap[(i - 1) / 2]))
+  if (i > 0 && earlier(&last, &loop->timers.heap[(i - 1) / ARITY]))
     sift_up(loop->timers.heap, i);
   else
     sift_down(loop->timers.heap, loop->timers.len, i);
@@ -87,8 +101,8 @@ void weft__timer_stop(weft_loop_t *loop, weft__timer_t *t) {
  * other timers; each pass takes the current minimum again. */
 static void run_due(weft_loop_t *loop) {
   uint64_t now = weft__now(loop);
-  while (loop->timers.len > 0 && loop->timers.heap[0]->due <= now) {
-    weft__timer_t *t = loop->timers.heap[0];
+  while (loop->timers.len > 0 && loop->timers.heap[0].due <= now) {
+    weft__timer_t *t = loop->timers.heap[0].t;
     weft__timer_stop(loop, t);
     t->fire(t);
   }
@@ -115,7 +129,7 @@ void weft__timers_arm(weft_loop_t *loop) {
     }
     return;
   }
-  uint64_t due = loop->timers.heap[0]->due;
+  uint64_t due = loop->timers.heap[0].due;
   if (due == loop->timers.armed_due)
     return;
   uint64_t now = weft__now(loop);
