@@ -366,8 +366,11 @@ WEFT_API const char *weft_loop_name(const weft_loop_t *loop);
 /** Where weft's diagnostics go (slow steps, the watchdog's stall lines and
  * their call stacks; misuse messages in debug mode): fn(line, arg) gets one
  * line without its newline, on whatever thread noticed (the watchdog's own
- * thread for stall lines). fn NULL restores the default, stderr. Any thread; set it before
- * starting loops. */
+ * thread for stall lines). fn NULL restores the default, stderr. Any thread.
+ * Once it returns, no call of the sink it replaced is still running, so
+ * that sink's arg may be freed; called from inside a sink, it does not wait
+ * (it would wait for itself). Calls to fn may come from several threads at
+ * once: fn synchronises what it shares. */
 typedef void (*weft_log_fn)(const char *line, void *arg);
 WEFT_API void weft_log_set(weft_log_fn fn, void *arg);
 

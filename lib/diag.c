@@ -49,14 +49,23 @@ uint64_t weft__slow_default_ns(uint64_t opt_ms) {
 
 /* --------------------------------------------------------------- the sink */
 
+/* The sink runs outside log_lock (it may log in turn, or set another),
+ * counted in log_calls, so that weft_log_set can wait until no call of the
+ * sink it replaces is running: the watchdog's thread logs at any time, and
+ * an application frees the old sink's arg after the set. */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t log_idle = PTHREAD_COND_INITIALIZER;
 static weft_log_fn log_fn;
 static void *log_arg;
+static unsigned log_calls;
+static _Thread_local bool in_sink;
 
 void weft_log_set(weft_log_fn fn, void *arg) {
   pthread_mutex_lock(&log_lock);
   log_fn = fn;
   log_arg = arg;
+  while (log_calls > 0 && !in_sink)
+    pthread_cond_wait(&log_idle, &log_lock);
   pthread_mutex_unlock(&log_lock);
 }
 
@@ -65,9 +74,18 @@ static bool sink(const char *line) {
   pthread_mutex_lock(&log_lock);
   weft_log_fn fn = log_fn;
   void *arg = log_arg;
+  if (fn)
+    log_calls++;
   pthread_mutex_unlock(&log_lock);
   if (fn) {
+    bool nested = in_sink;
+    in_sink = true;
     fn(line, arg);
+    in_sink = nested;
+    pthread_mutex_lock(&log_lock);
+    if (--log_calls == 0)
+      pthread_cond_broadcast(&log_idle);
+    pthread_mutex_unlock(&log_lock);
     return true;
   }
   fprintf(stderr, "%s\n", line);

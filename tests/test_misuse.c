@@ -11,6 +11,8 @@
  */
 #include "testutil.h"
 
+#include <pthread.h>
+
 /* ---------------------------------------------------------- outside tasks */
 
 static void await_points_outside_task(void **state) {
@@ -307,6 +309,67 @@ static void version_string(void **state) {
   assert_string_equal(weft_version_string(), want);
 }
 
+/* weft_log_set returns only once no call of the sink it replaces is
+ * running: here a sink that blocks on a plain thread (a misuse line, with
+ * WEFT_DEBUG=1) holds a replacing weft_log_set until it returns. A sink
+ * that sets another sink from inside itself does not wait for itself. */
+typedef struct blocking_sink {
+  atomic_int entered, release, set_returned;
+  atomic_int nested_ok;
+} blocking_sink_t;
+
+static void blocking_line(const char *line, void *arg) {
+  blocking_sink_t *b = arg;
+  (void)line;
+  atomic_store(&b->entered, 1);
+  while (!atomic_load(&b->release))
+    uv_sleep(1);
+}
+
+static void *misuse_thread(void *arg) {
+  (void)arg;
+  assert_int_equal(weft_sleep(1), WEFT_ENOTASK); /* logs a misuse line */
+  return NULL;
+}
+
+static void *setter_thread(void *arg) {
+  blocking_sink_t *b = arg;
+  weft_log_set(NULL, NULL);
+  atomic_store(&b->set_returned, 1);
+  return NULL;
+}
+
+static void resetting_line(const char *line, void *arg) {
+  blocking_sink_t *b = arg;
+  (void)line;
+  weft_log_set(NULL, NULL); /* from inside the sink: must not wait */
+  atomic_store(&b->nested_ok, 1);
+}
+
+static void log_set_waits_for_running_sink(void **state) {
+  (void)state;
+  setenv("WEFT_DEBUG", "1", 1);
+  blocking_sink_t b = {0};
+  pthread_t logger, setter;
+  weft_log_set(blocking_line, &b);
+  assert_int_equal(pthread_create(&logger, NULL, misuse_thread, NULL), 0);
+  assert_true(wt_wait_ge(&b.entered, 1, 10000));
+  assert_int_equal(pthread_create(&setter, NULL, setter_thread, &b), 0);
+  /* The sink is still running: the set must not have returned, however
+   * long it is given. */
+  uv_sleep(50);
+  assert_int_equal(atomic_load(&b.set_returned), 0);
+  atomic_store(&b.release, 1);
+  assert_int_equal(pthread_join(setter, NULL), 0);
+  assert_int_equal(atomic_load(&b.set_returned), 1);
+  assert_int_equal(pthread_join(logger, NULL), 0);
+
+  weft_log_set(resetting_line, &b);
+  assert_int_equal(weft_sleep(1), WEFT_ENOTASK);
+  assert_int_equal(atomic_load(&b.nested_ok), 1);
+  unsetenv("WEFT_DEBUG");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(await_points_outside_task),
     cmocka_unit_test(await_points_in_uv_callback),
@@ -317,6 +380,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(strerror_names_every_code),
     cmocka_unit_test(version_string),
     cmocka_unit_test(misuse_goes_to_log),
+    cmocka_unit_test(log_set_waits_for_running_sink),
 };
 
 WT_MAIN("misuse", tests)

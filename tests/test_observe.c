@@ -215,18 +215,27 @@ static void slow_step_warning(void **state) {
   assert_int_equal(weft_spawn(loop, many_short_steps, NULL, &t), 0);
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   weft_task_release(t);
+  pthread_mutex_lock(&c.lock);
   assert_int_equal(c.lines, 0);
+  pthread_mutex_unlock(&c.lock);
   /* One 800 ms step: exactly one line after it, naming the task, the loop
    * and the time (the watchdog's lines while it ran: stall_line_*). */
   assert_int_equal(weft_spawn(loop, spin_ms, (void *)800, &t), 0);
   assert_int_equal(weft_task_set_name(t, "spinner"), 0);
   assert_int_equal(weft_loop_run_until_complete(loop, t, NULL), 0);
   weft_task_release(t);
-  assert_int_equal(c.slow, 1);
-  assert_int_equal(c.lines, c.slow + atomic_load(&c.stalls));
-  assert_non_null(strstr(c.slow_line, "spinner"));
-  assert_non_null(strstr(c.slow_line, "watched"));
-  assert_non_null(strstr(c.slow_line, " ms"));
+  /* The watchdog's thread may still be logging the stall it saw: the
+   * counts are read together, under the capture's lock. */
+  pthread_mutex_lock(&c.lock);
+  int slow = c.slow, lines = c.lines, stalls = atomic_load(&c.stalls);
+  char slow_line[sizeof c.slow_line];
+  memcpy(slow_line, c.slow_line, sizeof slow_line);
+  pthread_mutex_unlock(&c.lock);
+  assert_int_equal(slow, 1);
+  assert_int_equal(lines, slow + stalls);
+  assert_non_null(strstr(slow_line, "spinner"));
+  assert_non_null(strstr(slow_line, "watched"));
+  assert_non_null(strstr(slow_line, " ms"));
   weft_stats_t st;
   assert_int_equal(weft_loop_stats(loop, &st), 0);
   assert_int_equal(st.slow_steps, 1);
