@@ -221,7 +221,13 @@ typedef struct weft_loop_opts {
                                At most 1000000 (1 s). */
 } weft_loop_opts_t;
 
-#define WEFT_STACK_SIZE_DEFAULT (256u * 1024u)
+/** A task's stack when weft_loop_opts_t.stack_size is 0: 128 KiB (256 KiB
+ * before 0.x; CHANGELOG). Only the pages a task touches cost memory; the
+ * size sets the address space each stack spans, and the page tables that
+ * span needs, which a burst of a million tasks pays for (README,
+ * Limits). A deeper stack overflows into its guard and the process dies
+ * with the task's name: set stack_size for tasks that need more. */
+#define WEFT_STACK_SIZE_DEFAULT (128u * 1024u)
 #define WEFT_STACK_SIZE_MIN (16u * 1024u)
 
 /** Counters a loop keeps; see weft_loop_stats. */
