@@ -32,25 +32,23 @@ fail() {
 }
 say() { echo "-- $*"; }
 
-# expect BINARY: runs BINARY (60 s at most) and checks it prints what
-# tests/downstream/main.c prints.
-expect() {
+# expect_lines RE1 RE2 BINARY...: runs BINARY (60 s at most) and checks
+# it prints a line matching RE1 and one matching RE2.
+expect_lines() {
+  re1=$1 re2=$2
+  shift 2
   out=$(timeout 60 "$@" 2>&1) || { echo "$out"; fail "$* failed or hung"; }
   echo "$out" | sed 's/^/   | /'
-  echo "$out" | grep -q '^hello from weft [0-9]' &&
-    echo "$out" | grep -q '^gathered 3 sleeps in [0-9]* ms' ||
+  echo "$out" | grep -q "$re1" && echo "$out" | grep -q "$re2" ||
     fail "$* did not print the expected lines"
 }
 
-# expect_tls BINARY: the same for tests/downstream/tls.c, whose handshake
+# expect BINARY: what tests/downstream/main.c prints.
+expect() { expect_lines '^hello from weft [0-9]' '^gathered 3 sleeps in [0-9]* ms' "$@"; }
+
+# expect_tls BINARY: what tests/downstream/tls.c prints, whose handshake
 # with a plain-text server must fail as TLS (WEFT_ETLS, with a reason).
-expect_tls() {
-  out=$(timeout 60 "$@" 2>&1) || { echo "$out"; fail "$* failed or hung"; }
-  echo "$out" | sed 's/^/   | /'
-  echo "$out" | grep -q '^hello from weft_tls [0-9]' &&
-    echo "$out" | grep -q '^refused as TLS should be' ||
-    fail "$* did not print the expected lines"
-}
+expect_tls() { expect_lines '^hello from weft_tls [0-9]' '^refused as TLS should be' "$@"; }
 
 # needed FILE: the shared libraries FILE names (DT_NEEDED), one a line.
 needed() {
