@@ -131,6 +131,10 @@ size_t weft__stack_round(size_t size);
  * base + stride, ... (page multiples); 0, or a negative errno where the
  * system has no lightweight guards (-EINVAL: the kernel predates them). */
 int weft__guard_install(void *base, size_t stride, size_t len, size_t n);
+/* Faults in n ranges of len bytes at base, base + stride, ... for writing,
+ * in one call where the kernel allows (lib/arch/guard_madvise.c), at most
+ * 64 of them; else nothing: they fault in when touched. */
+void weft__pages_populate(void *base, size_t stride, size_t len, size_t n);
 
 /* ---------------------------------------------------------------- coros */
 

@@ -84,6 +84,9 @@ struct weft__slab {
   weft__stack_t stacks[];
 };
 
+/* Chunk slots whose first page stack_new_lite faults in at once. */
+#define POPULATE_BATCH 16
+
 static atomic_size_t guarded_total;
 static size_t guarded_budget;
 static pthread_once_t budget_once = PTHREAD_ONCE_INIT;
@@ -276,8 +279,15 @@ static weft__stack_t *stack_new_lite(weft__stack_pool_t *p) {
     c->guarded = true;
     slab_adopt(p, c);
   }
-  weft__stack_t *s = slab_carve(c, (char *)c->map + c->carved * stride + GUARD, p->stack_size,
-                                &guarded_canary);
+  char *lo = (char *)c->map + c->carved * stride + GUARD;
+  /* The first page each task touches is its stack's top one (the switch's
+   * first frame): fault those in for the next POPULATE_BATCH slots with one
+   * call, not one trap each. */
+  if (c->carved % POPULATE_BATCH == 0) {
+    size_t n = c->cap - c->carved < POPULATE_BATCH ? c->cap - c->carved : POPULATE_BATCH;
+    weft__pages_populate(lo + p->stack_size - page_size, stride, page_size, n);
+  }
+  weft__stack_t *s = slab_carve(c, lo, p->stack_size, &guarded_canary);
   p->nguarded++;
   return s;
 }

@@ -13,7 +13,10 @@
 #include "testutil.h"
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -194,6 +197,38 @@ static void *trim_main(void *arg) {
 static void burst_surplus_trimmed_when_idle(void **state) {
   (void)state;
   assert_int_equal(weft_run(trim_main, NULL, NULL), 0);
+}
+
+/* lib/arch/guard_madvise.c's batch fault-in, which stack.c calls for the
+ * top pages of a chunk's next stacks: where the kernel takes
+ * MADV_POPULATE_WRITE through process_madvise (6.18 does), the pages it
+ * names are resident afterwards and the pages between are not. */
+void weft__pages_populate(void *base, size_t stride, size_t len, size_t n);
+
+static void pages_populate_batch(void **state) {
+  (void)state;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), n = 8;
+  char *m = mmap(NULL, 2 * n * pg, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  assert_true(m != MAP_FAILED);
+  /* Whether this kernel can do it at all: one range, asked directly. */
+  struct iovec probe = {.iov_base = m + (2 * n - 1) * pg, .iov_len = pg};
+  if (syscall(SYS_process_madvise, -10000 /* PIDFD_SELF */, &probe, 1, 23 /* POPULATE_WRITE */,
+              0u) < 0) {
+    munmap(m, 2 * n * pg);
+    print_message("no MADV_POPULATE_WRITE through process_madvise here: pages fault in as touched\n");
+    skip();
+  }
+  weft__pages_populate(m, 2 * pg, pg, n);
+  unsigned char in[16];
+  assert_int_equal(mincore(m, 2 * n * pg, in), 0);
+  for (size_t i = 0; i + 1 < 2 * n; i++) {
+    if (i % 2 == 0 && !(in[i] & 1))
+      fail_msg("page %zu was not faulted in", i);
+    if (i % 2 == 1 && (in[i] & 1))
+      fail_msg("page %zu, between the ranges, was faulted in", i);
+  }
+  munmap(m, 2 * n * pg);
 }
 
 /* Recurses with a 1 KiB frame until something stops it (the depth limit is
@@ -405,6 +440,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(small_stacks),
     cmocka_unit_test(stacks_are_pooled),
     cmocka_unit_test(burst_surplus_trimmed_when_idle),
+    cmocka_unit_test(pages_populate_batch),
     cmocka_unit_test(overflow_hits_guard),
     cmocka_unit_test(guards_without_mappings),
     cmocka_unit_test(twenty_thousand_tasks),
