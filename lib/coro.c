@@ -31,8 +31,11 @@ const char *weft_switch_method(void) {
 }
 
 void weft__coro_init_thread(weft__coro_t *sched) {
-  sched->stack_lo = NULL;  /* learnt from ASan at the first switch back */
-  sched->stack_size = 0;
+  /* stack_lo and stack_size are the thread's stack: ASan tells them when
+   * the loop's first task starts (weft__coro_started; zero until then, the
+   * loop being calloc'd), and they stay right for every later run, since a
+   * loop keeps its thread. A run that only resumes older tasks learns
+   * nothing new, so they are not cleared here. */
   sched->asan_fake = NULL;
 #if defined(WEFT_TSAN)
   sched->tsan_fiber = __tsan_get_current_fiber();
