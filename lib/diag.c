@@ -50,21 +50,29 @@ uint64_t weft__slow_default_ns(uint64_t opt_ms) {
 /* --------------------------------------------------------------- the sink */
 
 /* The sink runs outside log_lock (it may log in turn, or set another),
- * counted in log_calls, so that weft_log_set can wait until no call of the
- * sink it replaces is running: the watchdog's thread logs at any time, and
- * an application frees the old sink's arg after the set. */
+ * and its calls are counted, so that weft_log_set can wait until no call
+ * of the sinks it replaced is running: the watchdog's thread logs at any
+ * time, and an application frees the old sink's arg after the set. Calls
+ * are counted per generation (each set begins one): the set waits for the
+ * calls begun before it (log_old), never for those of the sink it set
+ * (log_cur), which threads that keep logging would never let reach 0. */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t log_idle = PTHREAD_COND_INITIALIZER;
 static weft_log_fn log_fn;
 static void *log_arg;
-static unsigned log_calls;
+static uint64_t log_gen;
+static unsigned log_cur, log_old;
 static _Thread_local bool in_sink;
 
 void weft_log_set(weft_log_fn fn, void *arg) {
+  weft__fork_guard_once();
   pthread_mutex_lock(&log_lock);
   log_fn = fn;
   log_arg = arg;
-  while (log_calls > 0 && !in_sink)
+  log_gen++;
+  log_old += log_cur;
+  log_cur = 0;
+  while (log_old > 0 && !in_sink)
     pthread_cond_wait(&log_idle, &log_lock);
   pthread_mutex_unlock(&log_lock);
 }
@@ -74,8 +82,9 @@ static bool sink(const char *line) {
   pthread_mutex_lock(&log_lock);
   weft_log_fn fn = log_fn;
   void *arg = log_arg;
+  uint64_t gen = log_gen;
   if (fn)
-    log_calls++;
+    log_cur++;
   pthread_mutex_unlock(&log_lock);
   if (fn) {
     bool nested = in_sink;
@@ -83,7 +92,9 @@ static bool sink(const char *line) {
     fn(line, arg);
     in_sink = nested;
     pthread_mutex_lock(&log_lock);
-    if (--log_calls == 0)
+    if (gen == log_gen)
+      log_cur--;
+    else if (--log_old == 0)
       pthread_cond_broadcast(&log_idle);
     pthread_mutex_unlock(&log_lock);
     return true;
@@ -105,7 +116,13 @@ void weft__log_fork_prepare(void) {
   pthread_mutex_lock(&log_lock);
 }
 
-void weft__log_fork_done(void) {
+void weft__log_fork_done(bool child) {
+  if (child) {
+    /* The threads that were inside a sink are not in the child: their
+     * calls will never end there. */
+    log_cur = log_old = 0;
+    pthread_cond_init(&log_idle, NULL);
+  }
   pthread_mutex_unlock(&log_lock);
 }
 

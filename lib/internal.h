@@ -997,7 +997,10 @@ uint64_t weft__slow_default_ns(uint64_t opt_ms);
 /* One line to the log sink (weft_log_set), or stderr. */
 void weft__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void weft__log_fork_prepare(void);
-void weft__log_fork_done(void);
+void weft__log_fork_done(bool child);
+/* Registers the fork guard (registry.c) once: from the first loop, and
+ * from the first weft_log_set, whose sink calls a fork must not inherit. */
+void weft__fork_guard_once(void);
 /* "weft: fn: <sentence>" to the sink, in debug mode only. */
 void weft__misuse(const char *fn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* "weft: fatal: <sentence>" to the sink and stderr, then abort. */

@@ -33,20 +33,32 @@ static void fork_prepare(void) {
     trace_prepare();
 }
 
-static void fork_done(void) {
+static void fork_done(bool child) {
   if (trace_done)
     trace_done();
-  weft__log_fork_done();
+  weft__log_fork_done(child);
   pthread_mutex_unlock(&loops_lock);
 }
 
+static void fork_parent(void) {
+  fork_done(false);
+}
+
+static void fork_child(void) {
+  fork_done(true);
+}
+
 static void fork_guard(void) {
-  pthread_atfork(fork_prepare, fork_done, fork_done);
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+void weft__fork_guard_once(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, fork_guard);
 }
 
 void weft__loops_add(weft_loop_t *loop, const char *name) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, fork_guard);
+  weft__fork_guard_once();
   if (name)
     snprintf(loop->name, sizeof loop->name, "%s", name);
   else

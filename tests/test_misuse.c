@@ -12,6 +12,9 @@
 #include "testutil.h"
 
 #include <pthread.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------- outside tasks */
 
@@ -370,6 +373,83 @@ static void log_set_waits_for_running_sink(void **state) {
   unsetenv("WEFT_DEBUG");
 }
 
+/* Threads that keep logging do not hold weft_log_set up: it waits for the
+ * calls of the sink it replaces, not for those of the sink it sets. Four
+ * threads log misuse lines through a sink that takes 200 us a line. */
+typedef struct busy_log {
+  atomic_int stop, lines, set_done;
+} busy_log_t;
+
+static void slow_line(const char *line, void *arg) {
+  busy_log_t *b = arg;
+  (void)line;
+  atomic_fetch_add(&b->lines, 1);
+  struct timespec ts = {0, 200000};
+  nanosleep(&ts, NULL);
+}
+
+static void *busy_logger(void *arg) {
+  busy_log_t *b = arg;
+  while (!atomic_load(&b->stop))
+    (void)weft_sleep(1); /* a misuse line each time */
+  return NULL;
+}
+
+static void *busy_setter(void *arg) {
+  busy_log_t *b = arg;
+  weft_log_set(slow_line, b); /* a new sink: the loggers go on */
+  atomic_store(&b->set_done, 1);
+  return NULL;
+}
+
+static void log_set_not_starved(void **state) {
+  (void)state;
+  setenv("WEFT_DEBUG", "1", 1);
+  busy_log_t b = {0};
+  pthread_t th[4], setter;
+  weft_log_set(slow_line, &b);
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, busy_logger, &b), 0);
+  assert_true(wt_wait_ge(&b.lines, 100, 20000));
+  assert_int_equal(pthread_create(&setter, NULL, busy_setter, &b), 0);
+  /* Generous: each replaced call ends within 200 us; starved, it never
+   * returns while the loggers run. */
+  bool done = wt_wait_ge(&b.set_done, 1, 20000);
+  atomic_store(&b.stop, 1);
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(pthread_join(th[i], NULL), 0);
+  assert_int_equal(pthread_join(setter, NULL), 0);
+  assert_true(done);
+  weft_log_set(NULL, NULL);
+  unsetenv("WEFT_DEBUG");
+}
+
+/* A fork while another thread is inside the sink: the child has no such
+ * thread, and its weft_log_set must not wait for it. */
+static void log_set_after_fork(void **state) {
+  (void)state;
+  setenv("WEFT_DEBUG", "1", 1);
+  blocking_sink_t b = {0};
+  pthread_t logger;
+  weft_log_set(blocking_line, &b);
+  assert_int_equal(pthread_create(&logger, NULL, misuse_thread, NULL), 0);
+  assert_true(wt_wait_ge(&b.entered, 1, 10000));
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(20); /* a hang dies of SIGALRM, which the parent sees */
+    weft_log_set(NULL, NULL);
+    _exit(0);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  atomic_store(&b.release, 1);
+  assert_int_equal(pthread_join(logger, NULL), 0);
+  weft_log_set(NULL, NULL);
+  unsetenv("WEFT_DEBUG");
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(await_points_outside_task),
     cmocka_unit_test(await_points_in_uv_callback),
@@ -381,6 +461,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(version_string),
     cmocka_unit_test(misuse_goes_to_log),
     cmocka_unit_test(log_set_waits_for_running_sink),
+    cmocka_unit_test(log_set_not_starved),
+    cmocka_unit_test(log_set_after_fork),
 };
 
 WT_MAIN("misuse", tests)
