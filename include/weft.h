@@ -112,8 +112,10 @@ typedef struct weft_udp weft_udp_t;
 typedef void *(*weft_fn)(void *arg);
 
 /** What a loop reports to an event hook (weft_loop_opts_t.on_event). The hook
- * runs on the loop's thread, inside the scheduler, and must not call await
- * points, spawn, or cancel: it is for recording what happens. */
+ * runs on the loop's thread as the scheduler records events, for some of
+ * them on the stack of the task whose step just ended (keep it small), and
+ * must not call await points, spawn, or cancel: it is for recording what
+ * happens. */
 typedef enum weft_loop_event_kind {
   WEFT_EV_ROUND = 1,  /**< a scheduling round begins; .count = tasks ready */
   WEFT_EV_STEP,       /**< .task starts running a step */

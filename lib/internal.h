@@ -122,10 +122,12 @@ void weft__stack_pool_destroy(weft__stack_pool_t *p);
 weft__stack_t *weft__stack_get(weft__stack_pool_t *p);
 void weft__stack_put(weft__stack_pool_t *p, weft__stack_t *s);
 /* Gives back to the kernel, one madvise each, the idle chunks the pool can
- * spare (stack.c), at most WEFT__TRIM_BUDGET of them; true if idle chunks
- * are left for another call. From the loop, when it has nothing to run. */
+ * spare (stack.c), at most budget of them; true if idle chunks are left
+ * for another call. From the loop: WEFT__TRIM_BUDGET when it has nothing
+ * to run, WEFT__TRIM_BUSY at a poll between busy rounds. */
 #define WEFT__TRIM_BUDGET 64
-bool weft__stack_trim(weft__stack_pool_t *p);
+#define WEFT__TRIM_BUSY 4
+bool weft__stack_trim(weft__stack_pool_t *p, size_t budget);
 size_t weft__stack_round(size_t size);
 /* lib/arch/guard_*.c: installs n guard regions of len bytes at base,
  * base + stride, ... (page multiples); 0, or a negative errno where the

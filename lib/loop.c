@@ -100,7 +100,7 @@ static void embedded_round(weft_loop_t *loop) {
   bool quiet = weft__inbox_park(loop) && loop->nready == 0;
   /* Idle: give back the stacks a burst left (stack.c); while some are
    * left, the idle handle keeps the application's poll from blocking. */
-  if (quiet && weft__stack_trim(&loop->stacks))
+  if (weft__stack_trim(&loop->stacks, quiet ? WEFT__TRIM_BUDGET : WEFT__TRIM_BUSY) && quiet)
     quiet = false;
   if (quiet)
     uv_idle_stop(&loop->idle);
@@ -339,12 +339,21 @@ static inline WEFT__ALWAYS_INLINE void step_begin(weft_loop_t *loop, weft_task_t
 }
 
 /* And of its end, on either stack: the step's time, from the coarse clock
- * (one read a step). */
-static inline WEFT__ALWAYS_INLINE void step_end(weft_loop_t *loop, weft_task_t *t) {
-  uint64_t now = weft__coarse_ns();
+ * (one read a step), now. */
+static inline WEFT__ALWAYS_INLINE void step_end_at(weft_loop_t *loop, weft_task_t *t, uint64_t now) {
   weft__step_timed(loop, t, now - loop->step_clock);
   loop->step_clock = now;
 }
+
+static inline WEFT__ALWAYS_INLINE void step_end(weft_loop_t *loop, weft_task_t *t) {
+  step_end_at(loop, t, weft__coarse_ns());
+}
+
+/* The stack step_leave keeps free below its own frame for the library
+ * code it runs on a task's stack (the write stage's flush, the event
+ * hook, the trace): a task nearer its stack's end goes through the loop's
+ * stack, so that an overflow is the task's own, caught and named. */
+#define LEAVE_HEADROOM (8 * 1024)
 
 static bool goal_met(weft_loop_t *loop);
 
@@ -390,15 +399,22 @@ static inline WEFT__ALWAYS_INLINE bool poll_skip(weft_loop_t *loop) {
  * The rest goes through the loop's own stack: messages (the inbox runs
  * other threads' calls outside any task), the poll, a task not yet
  * started (the loop gives it its stack, or ends it unrun), a task whose
- * canary is gone (run_task reports it from there), and a loop adopted by
- * the application, whose uv_run must get the thread back after a round. */
+ * canary is gone (run_task reports it from there) or that is near its
+ * stack's end (LEAVE_HEADROOM), a slow step (its line is logged from
+ * there), and a loop adopted by the application, whose uv_run must get
+ * the thread back after a round. */
 static inline WEFT__ALWAYS_INLINE void step_leave(weft_loop_t *loop, weft_task_t *t) {
-  if (*t->stack->canary != WEFT__STACK_CANARY)
+  if (*t->stack->canary != WEFT__STACK_CANARY ||
+      (char *)__builtin_frame_address(0) - (char *)t->stack->lo < LEAVE_HEADROOM)
+    goto to_loop;
+  /* A slow step's line is logged from the loop's stack (run_task). */
+  uint64_t now = weft__coarse_ns();
+  if (loop->slow_ns && now - loop->step_clock >= loop->slow_ns)
     goto to_loop;
   if (loop->round_left == 0) {
     if (loop->adopted || loop->nready == 0 || weft__inbox_pending(loop))
       goto to_loop;
-    step_end(loop, t);
+    step_end_at(loop, t, now);
     loop->current = NULL;
     weft__live_end(loop);
     round_phases(loop);
@@ -406,7 +422,7 @@ static inline WEFT__ALWAYS_INLINE void step_leave(weft_loop_t *loop, weft_task_t
       goto to_loop;
     round_begin(loop);
   } else {
-    step_end(loop, t);
+    step_end_at(loop, t, now);
   }
   {
     weft__queue_t *q = weft__queue_head(&loop->ready);
@@ -716,8 +732,11 @@ static void loop_round(weft_loop_t *loop) {
   bool idle = loop->nready == 0 && !goal_met(loop);
   /* Nothing to run: the time to give back the stacks a burst left idle
    * (stack.c), a budget a round; while some are left the poll does not
-   * block, so a message or I/O still gets its turn between batches. */
-  bool trimming = idle && weft__stack_trim(&loop->stacks);
+   * block, so a message or I/O still gets its turn between batches. A
+   * loop with work trims a few at each poll, so one that never runs out
+   * of work gives a burst's surplus back too. */
+  bool trimming = weft__stack_trim(&loop->stacks, idle ? WEFT__TRIM_BUDGET : WEFT__TRIM_BUSY) &&
+                  idle;
   if (idle && !trimming && spin_for_inbox(loop)) {
     loop->step_clock = weft__coarse_ns();
     return;

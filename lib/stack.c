@@ -13,7 +13,9 @@
  * (more than warm_max warm stacks without it) back to the kernel with one
  * madvise(MADV_DONTNEED) (guards survive it), and its stacks turn cold. So
  * the surplus of a burst is trimmed a chunk at a time, while the loop has
- * nothing else to do: neither a spawn nor a task's end makes the call.
+ * nothing else to do: neither a spawn nor a task's end makes the call. A
+ * loop that never runs out of work trims a few chunks at each of its polls
+ * instead (WEFT__TRIM_BUSY), so its surplus goes back too, more slowly.
  * WEFT_STACK_FALLBACK=1 (or WEFT_GUARDED_STACKS_MAX) in the environment,
  * read when a pool is made, forces the scheme below; tests use it.
  *
@@ -407,8 +409,8 @@ static void chunk_trim(weft__stack_pool_t *p, weft__slab_t *c) {
   c->nwarm = 0;
 }
 
-bool weft__stack_trim(weft__stack_pool_t *p) {
-  for (size_t n = 0; n < WEFT__TRIM_BUDGET && !weft__queue_empty(&p->idle); n++) {
+bool weft__stack_trim(weft__stack_pool_t *p, size_t budget) {
+  for (size_t n = 0; n < budget && !weft__queue_empty(&p->idle); n++) {
     weft__slab_t *c = weft__container_of(weft__queue_head(&p->idle), weft__slab_t, idle);
     weft__queue_remove(&c->idle);
     if (p->nwarm >= p->warm_max + c->nwarm)
