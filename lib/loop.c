@@ -412,14 +412,14 @@ static inline WEFT__ALWAYS_INLINE void step_leave(weft_loop_t *loop, weft_task_t
   if (loop->slow_ns && now - loop->step_clock >= loop->slow_ns)
     goto to_loop;
   if (loop->round_left == 0) {
-    if (loop->adopted || loop->nready == 0 || weft__inbox_pending(loop))
+    /* The poll is decided before the phases run, which cannot change the
+     * answer: a round that goes to the loop's stack runs them there, once. */
+    if (loop->adopted || loop->nready == 0 || weft__inbox_pending(loop) || !poll_skip(loop))
       goto to_loop;
     step_end_at(loop, t, now);
     loop->current = NULL;
     weft__live_end(loop);
     round_phases(loop);
-    if (!poll_skip(loop))
-      goto to_loop;
     round_begin(loop);
   } else {
     step_end_at(loop, t, now);
