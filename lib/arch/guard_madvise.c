@@ -49,18 +49,27 @@ static int install_each(char *base, size_t stride, size_t len, size_t i, size_t 
   return 0;
 }
 
+#if defined(SYS_process_madvise)
+/* One process_madvise call with advice for the k ranges of len bytes at
+ * base, base + stride, ... (k at most GUARD_IOV_MAX): the bytes it advised,
+ * or -1 with errno. */
+static long advise_ranges(char *base, size_t stride, size_t len, size_t k, int advice) {
+  struct iovec iov[GUARD_IOV_MAX];
+  for (size_t j = 0; j < k; j++) {
+    iov[j].iov_base = base + j * stride;
+    iov[j].iov_len = len;
+  }
+  return syscall(SYS_process_madvise, GUARD_PIDFD_SELF, iov, k, advice, 0u);
+}
+#endif
+
 int weft__guard_install(void *base, size_t stride, size_t len, size_t n) {
   char *b = base;
   size_t i = 0;
 #if defined(SYS_process_madvise)
   while (i < n && !atomic_load_explicit(&batch_refused, memory_order_relaxed)) {
-    struct iovec iov[GUARD_IOV_MAX];
-    size_t k = 0;
-    for (; k < GUARD_IOV_MAX && i + k < n; k++) {
-      iov[k].iov_base = b + (i + k) * stride;
-      iov[k].iov_len = len;
-    }
-    long done = syscall(SYS_process_madvise, GUARD_PIDFD_SELF, iov, k, MADV_GUARD_INSTALL, 0u);
+    size_t k = n - i < GUARD_IOV_MAX ? n - i : GUARD_IOV_MAX;
+    long done = advise_ranges(b + i * stride, stride, len, k, MADV_GUARD_INSTALL);
     if (done < 0) {
       /* EBADF (no PIDFD_SELF) or EINVAL (no guard advice here): per range
        * from now on. The first madvise tells whether guards exist at all. */
@@ -78,18 +87,11 @@ int weft__guard_install(void *base, size_t stride, size_t len, size_t n) {
 
 void weft__pages_populate(void *base, size_t stride, size_t len, size_t n) {
 #if defined(SYS_process_madvise)
-  char *b = base;
-  struct iovec iov[GUARD_IOV_MAX];
   if (n > GUARD_IOV_MAX)
     n = GUARD_IOV_MAX;
   if (atomic_load_explicit(&populate_refused, memory_order_relaxed))
     return;
-  for (size_t k = 0; k < n; k++) {
-    iov[k].iov_base = b + k * stride;
-    iov[k].iov_len = len;
-  }
-  if (syscall(SYS_process_madvise, GUARD_PIDFD_SELF, iov, n, MADV_POPULATE_WRITE, 0u) < 0 &&
-      errno != ENOMEM)
+  if (advise_ranges(base, stride, len, n, MADV_POPULATE_WRITE) < 0 && errno != ENOMEM)
     atomic_store_explicit(&populate_refused, true, memory_order_relaxed);
 #else
   (void)base;
