@@ -39,44 +39,10 @@
 
 #include "tls_certs.h"
 
-extern char **environ;
+#include "e2e.h"
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define E2E_TSAN 1
-#endif
-#if __has_feature(address_sanitizer)
-#define E2E_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__) || defined(E2E_TSAN)
-#define SLOW 3
-#elif defined(__SANITIZE_ADDRESS__) || defined(E2E_ASAN)
-#define SLOW 2
-#else
-#define SLOW 1
-#endif
-
-static int g_failures;
-static int g_port;
+/* The certificates' directory (tls_certs.h). */
 static char g_dir[64];
-static const char *g_workers = "2";
-
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);            \
-      fprintf(stderr, __VA_ARGS__);                                   \
-      fputc('\n', stderr);                                            \
-      g_failures++;                                                   \
-    }                                                                 \
-  } while (0)
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* Runs a shell command; its output (stdout and whatever it redirects) in
  * out, and its exit status (-1: killed or not run). */
@@ -119,99 +85,22 @@ static void remove_certs(void) {
 
 /* ------------------------------------------------------------- server */
 
-typedef struct server {
-  pid_t pid;
-  FILE *out;
-  int port;
-} server_t;
-
-static void server_start(server_t *s, const char *path, const char *mode,
-                         const char *const *extra) {
-  int fds[2];
-  if (pipe(fds) != 0) {
-    perror("pipe");
-    exit(1);
-  }
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-  posix_spawn_file_actions_addclose(&fa, fds[0]);
+/* server_start with the certificate and key made here before extra. */
+static void tls_server_start(server_t *s, const char *path, const char *mode,
+                             const char *const *extra) {
   static char cert[128], key[128];
   snprintf(cert, sizeof cert, "%s/srv.pem", g_dir);
   snprintf(key, sizeof key, "%s/srv.key", g_dir);
-  char *argv[24];
-  int n = 0;
-  argv[n++] = (char *)path;
-  argv[n++] = "--host";
-  argv[n++] = "127.0.0.1";
-  argv[n++] = "--port";
-  argv[n++] = "0";
-  argv[n++] = "--workers";
-  argv[n++] = (char *)g_workers;
-  argv[n++] = "--mode";
-  argv[n++] = (char *)mode;
-  argv[n++] = "--tls-cert";
-  argv[n++] = cert;
-  argv[n++] = "--tls-key";
-  argv[n++] = key;
-  for (; extra && *extra && n < 23; extra++)
-    argv[n++] = (char *)*extra;
-  argv[n] = NULL;
-  if (posix_spawn(&s->pid, path, &fa, NULL, argv, environ) != 0) {
-    perror("posix_spawn");
-    exit(1);
-  }
-  posix_spawn_file_actions_destroy(&fa);
-  close(fds[1]);
-  s->out = fdopen(fds[0], "r");
-  char line[256];
-  char *at = fgets(line, sizeof line, s->out) ? strstr(line, "127.0.0.1:") : NULL;
-  if (!at || sscanf(at + 10, "%d", &s->port) != 1 || !strstr(line, ", TLS")) {
-    fprintf(stderr, "FAIL: the server did not say where it listens with TLS\n");
-    kill(s->pid, SIGKILL);
-    remove_certs();
-    exit(1);
-  }
-  g_port = s->port;
-}
-
-static void server_stop(server_t *s) {
-  double t0 = now_ms();
-  kill(s->pid, SIGTERM);
-  int status = 0;
-  pid_t r;
-  while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && now_ms() - t0 < 5000 * SLOW)
-    usleep(10000);
-  double took = now_ms() - t0;
-  if (r == 0) {
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &status, 0);
-    CHECK(false, "the server did not exit within %d s of SIGTERM", 5 * SLOW);
-  } else {
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
-    CHECK(took < 2000 * SLOW, "exit took %.0f ms (at most %d)", took, 2000 * SLOW);
-    char line[256];
-    int loops = 0;
-    while (fgets(line, sizeof line, s->out))
-      if (strncmp(line, "loop weft-", 10) == 0 && strstr(line, "connections"))
-        loops++;
-    CHECK(loops == atoi(g_workers), "%d per-loop lines, not %s", loops, g_workers);
-  }
-  fclose(s->out);
+  const char *opts[16] = {"--tls-cert", cert, "--tls-key", key};
+  int n = 4;
+  for (; extra && *extra && n < 15; extra++)
+    opts[n++] = *extra;
+  opts[n] = NULL;
+  g_on_fatal = remove_certs;
+  server_start(s, path, mode, ", TLS", opts);
 }
 
 /* --------------------------------------------------------- raw sockets */
-
-static int conn_open(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-    perror("connect");
-    exit(1);
-  }
-  return fd;
-}
 
 /* Reads until the server closes (true) or timeout_ms passes; the first
  * bytes read in first (NUL-ended). */
@@ -402,7 +291,7 @@ int main(int argc, char **argv) {
   make_certs();
 
   server_t s;
-  server_start(&s, argv[1], argv[2], NULL);
+  tls_server_start(&s, argv[1], argv[2], NULL);
   check_curl();
   check_tls13();
   check_python();
@@ -413,14 +302,14 @@ int main(int argc, char **argv) {
    * and one idle on a kept-alive connection after the handshake. Closed,
    * not waited for. */
   int stalled = conn_open();
-  server_stop(&s);
+  server_stop(&s, true);
   close(stalled);
 
   static const char *const short_header[] = {"--header-timeout", "300", "--idle-timeout",
                                              "5000", NULL};
-  server_start(&s, argv[1], argv[2], short_header);
+  tls_server_start(&s, argv[1], argv[2], short_header);
   check_stalled_handshake();
-  server_stop(&s);
+  server_stop(&s, true);
 
   remove_certs();
   if (g_failures) {
