@@ -197,7 +197,6 @@ WEFT__TSAN_BARE void weft__coro_exit(weft__coro_t *self, weft__coro_t *to)
 typedef struct weft__timer weft__timer_t;
 struct weft__timer {
   uint64_t due;
-  uint64_t seq;                      /* insertion order: equal dues fire FIFO */
   size_t index;                      /* place in the heap; SIZE_MAX if idle */
   void (*fire)(weft__timer_t *t);    /* runs on the loop, outside any task */
 };
@@ -605,7 +604,8 @@ typedef struct weft__inbox {
 /* A loop's timers (timer.c): one uv_timer_t drives a heap of them. */
 /* A heap entry: the timer's key kept beside it (timer.c says why). */
 typedef struct weft__timer_entry {
-  uint64_t due, seq;
+  uint64_t due;
+  uint64_t seq;              /* start order: equal dues fire first in, first out */
   weft__timer_t *t;
 } weft__timer_entry_t;
 

@@ -76,8 +76,8 @@ void weft__timer_start(weft_loop_t *loop, weft__timer_t *t, uint64_t due) {
   WEFT__ASSERT(!weft__timer_active(t));
   WEFT__ASSERT(loop->timers.len < loop->timers.cap);
   t->due = due;
-  t->seq = loop->timers.seq++;
-  weft__timer_entry_t e = {.due = due, .seq = t->seq, .t = t};
+  /* seq, the start order, makes equal dues fire first in, first out. */
+  weft__timer_entry_t e = {.due = due, .seq = loop->timers.seq++, .t = t};
   place(loop->timers.heap, loop->timers.len, e);
   sift_up(loop->timers.heap, loop->timers.len++);
 }
