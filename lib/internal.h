@@ -110,7 +110,6 @@ typedef struct weft__stack_pool {
   size_t nguarded;      /* guarded stacks alive (pooled or in use) */
   size_t ncanary;       /* slab stacks handed out at least once */
   bool lite;            /* stacks from guarded chunks (lightweight guards) */
-  size_t trims;         /* chunks given back to the kernel (madvise calls) */
   weft__queue_t idle;   /* chunks whose stacks all ended, for weft__stack_trim */
 } weft__stack_pool_t;
 

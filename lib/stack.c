@@ -138,7 +138,6 @@ void weft__stack_pool_init(weft__stack_pool_t *p, size_t stack_size, size_t warm
   p->carving = NULL;
   p->nguarded = 0;
   p->ncanary = 0;
-  p->trims = 0;
   weft__queue_init(&p->idle);
   const char *fb = getenv("WEFT_STACK_FALLBACK");
   p->lite = !(fb && strcmp(fb, "0") != 0) && !getenv("WEFT_GUARDED_STACKS_MAX") &&
@@ -395,7 +394,6 @@ static void stack_unmap(weft__stack_pool_t *p, weft__stack_t *s) {
 static void chunk_trim(weft__stack_pool_t *p, weft__slab_t *c) {
   weft__stack_t *first = &c->stacks[0], *last = &c->stacks[c->carved - 1];
   madvise(first->lo, (size_t)((char *)last->lo + last->size - (char *)first->lo), MADV_DONTNEED);
-  p->trims++;
   for (size_t i = 0; i < c->carved; i++) {
     weft__stack_t *s = &c->stacks[i];
     if (s->cold)
